@@ -1,0 +1,5 @@
+import sys
+
+from monai_oct.cli import main
+
+sys.exit(main())

@@ -1,0 +1,249 @@
+"""Datalists and image files: load, write and validate datasets of B-scans and label maps.
+
+Datalists are Decathlon style JSON, ``{"train": [{"image": "images/a.png", "label": "labels/a.png"}]}``,
+with paths relative to a root (by default the folder holding the JSON). Every error names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from monai_oct.data.labels import DUKE_DME, UNANNOTATED, LabelTable
+
+__all__ = [
+    "DataError",
+    "IMAGE_EXTENSIONS",
+    "read_image",
+    "read_label",
+    "write_png",
+    "load_datalist",
+    "write_datalist",
+    "image_folder_datalist",
+    "DatasetReport",
+    "check_dataset",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file and what is wrong with it."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a 2D image file into a numpy array (``H x W`` grey or ``H x W x 3`` RGB).
+
+    Raises:
+        DataError: when the file is missing or cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "RGB", "P", "I", "I;16"):
+                im = im.convert("RGB")
+            arr = np.array(im)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from e
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{path}: expected a 2D image, got array of shape {arr.shape}")
+    return arr
+
+
+def read_label(path: str | os.PathLike, table: LabelTable | None = None) -> np.ndarray:
+    """Read a label map of class ids (``H x W``, uint8) and check its ids against ``table``.
+
+    Raises:
+        DataError: when the file is missing, unreadable, not single channel or holds unknown ids.
+    """
+    arr = read_image(path)
+    if arr.ndim != 2:
+        raise DataError(f"{path}: a label map must be single channel, got shape {arr.shape}")
+    if table is not None:
+        try:
+            table.validate_ids(arr, where=str(path))
+        except ValueError as e:
+            raise DataError(str(e)) from None
+    return arr.astype(np.uint8)
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 array (``H x W`` or ``H x W x 3``) as PNG atomically (temp file + rename)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def load_datalist(
+    path: str | os.PathLike, root: str | os.PathLike | None = None, key: str | None = None
+) -> list[dict[str, Any]]:
+    """Load a Decathlon-style datalist and make its paths absolute.
+
+    Args:
+        path: the JSON file.
+        root: folder the relative paths start from; default: the JSON file's folder.
+        key: which list to read (``"train"``, ``"validation"``, ...); default: ``"train"`` if present,
+            else the only list in the file.
+
+    Returns:
+        list of dicts whose ``image``/``label`` (and any other string path fields) are absolute.
+
+    Raises:
+        DataError: missing/invalid JSON, unknown key or an empty list.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: datalist not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+    if isinstance(data, list):
+        items = data
+    elif isinstance(data, dict):
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        if key is None:
+            if "train" in lists:
+                key = "train"
+            elif len(lists) == 1:
+                key = next(iter(lists))
+            else:
+                raise DataError(f"{path}: several lists {sorted(lists)}; say which with key=")
+        if key not in lists:
+            raise DataError(f"{path}: no list named {key!r} (found {sorted(lists)})")
+        items = lists[key]
+    else:
+        raise DataError(f"{path}: expected a JSON object or list, got {type(data).__name__}")
+    if not items:
+        raise DataError(f"{path}: the datalist{'' if key is None else f' [{key}]'} is empty")
+    base = Path(root) if root is not None else path.parent
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"image": item}
+        if not isinstance(item, dict) or "image" not in item:
+            raise DataError(f"{path}: item {i} has no 'image' entry: {item!r}")
+        out.append({k: (str(base / v) if k in ("image", "label") and isinstance(v, str) else v) for k, v in item.items()})
+    return out
+
+
+def write_datalist(
+    path: str | os.PathLike, items: Sequence[dict[str, Any]], root: str | os.PathLike | None = None, key: str = "train"
+) -> None:
+    """Write ``items`` as a datalist with paths relative to ``root`` (default: the JSON's folder), atomically."""
+    path = Path(path)
+    base = Path(root) if root is not None else path.parent
+    rel = []
+    for item in items:
+        rel.append({k: (os.path.relpath(v, base) if k in ("image", "label") and isinstance(v, str) else v) for k, v in item.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({key: rel}, indent=1))
+    os.replace(tmp, path)
+
+
+def image_folder_datalist(folder: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[dict[str, str]]:
+    """A datalist of every image file in ``folder`` (sorted, unlabelled): ``[{"image": path}, ...]``.
+
+    Raises:
+        DataError: when the folder is missing or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    exts = tuple(e.lower() for e in extensions)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(exts)})")
+    return [{"image": str(p)} for p in files]
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`check_dataset` found: counts, sizes and one message per bad file."""
+
+    num_items: int = 0
+    num_labelled: int = 0
+    sizes: Counter = field(default_factory=Counter)
+    class_pixels: Counter = field(default_factory=Counter)
+    class_images: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self, table: LabelTable | None = None) -> str:
+        """A human-readable multi-line summary."""
+        lines = [f"items: {self.num_items} ({self.num_labelled} with labels)"]
+        lines.append("sizes (HxW): " + ", ".join(f"{h}x{w} ({n})" for (h, w), n in sorted(self.sizes.items())))
+        if self.class_pixels:
+            total = sum(self.class_pixels.values())
+            lines.append("class     name          pixels %   in images")
+            for c in sorted(self.class_pixels):
+                name = "unannotated" if c == UNANNOTATED else (table.classes.get(c, "?") if table else "")
+                lines.append(f"{c:>5}     {name:<12} {100 * self.class_pixels[c] / total:8.3f}   {self.class_images[c]}")
+        lines.append("OK" if self.ok else f"{len(self.errors)} problem(s):")
+        lines += [f"  - {e}" for e in self.errors]
+        return "\n".join(lines)
+
+
+def check_dataset(
+    items: Sequence[dict[str, Any]], table: LabelTable | None = DUKE_DME, num_classes: int | None = None
+) -> DatasetReport:
+    """Validate a dataset: every file exists and loads, image and label sizes match, label ids are known.
+
+    Args:
+        items: datalist items with absolute ``image`` (and optional ``label``) paths.
+        table: label table the ids must belong to.
+        num_classes: if given, overrides the table: ids must lie in ``0..num_classes-1`` (or be 255).
+
+    Returns:
+        a :class:`DatasetReport`; its ``errors`` name each bad file. It does not raise for bad files.
+
+    Raises:
+        DataError: when ``items`` is empty.
+    """
+    if not items:
+        raise DataError("the datalist is empty")
+    if num_classes is not None:
+        table = LabelTable(name=f"{num_classes} classes", classes={i: str(i) for i in range(num_classes)})
+    rep = DatasetReport(num_items=len(items))
+    for item in items:
+        try:
+            img = read_image(item["image"])
+        except DataError as e:
+            rep.errors.append(str(e))
+            img = None
+        if img is not None:
+            rep.sizes[img.shape[:2]] += 1
+        if "label" not in item:
+            continue
+        rep.num_labelled += 1
+        try:
+            lab = read_label(item["label"], table)
+        except DataError as e:
+            rep.errors.append(str(e))
+            continue
+        if img is not None and img.shape[:2] != lab.shape:
+            rep.errors.append(f"{item['label']}: label size {lab.shape} differs from image {item['image']} size {img.shape[:2]}")
+            continue
+        ids, counts = np.unique(lab, return_counts=True)
+        for i, n in zip(ids.tolist(), counts.tolist()):
+            rep.class_pixels[i] += n
+            rep.class_images[i] += 1
+    return rep

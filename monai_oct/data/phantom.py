@@ -1,0 +1,170 @@
+"""OCT B-scan phantom: layered retina with a foveal pit, speckle and optional fluid, with its exact labels.
+
+The phantom is the built-in data of the demo, the tests and the tutorials: it needs no download and
+its labels are exact, in Duke DME's class ids (:data:`monai_oct.data.labels.DUKE_DME`): 0 vitreous,
+1-7 the retinal layers from NFL to OS-RPE, 8 choroid, 9 fluid.
+
+Each B-scan draws 8 smooth boundaries (random low-frequency curves on a curved, tilted retina, inner
+layers thinning into a foveal pit), fills the regions with layer-specific reflectivity, adds optional
+dark fluid pockets inside the inner/outer nuclear layers, and multiplies by speckle. The same seed
+gives identical arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from monai_oct.data.datalist import write_datalist, write_png
+
+__all__ = ["PhantomConfig", "generate_bscan", "generate_bscans", "write_phantom_dataset"]
+
+# Mean thickness of layers 1..7 (NFL .. OS-RPE) as a fraction of the image height, away from the fovea.
+_THICKNESS = np.array([0.040, 0.070, 0.045, 0.035, 0.085, 0.018, 0.040])
+# How much of each layer remains at the foveal centre (inner layers vanish, ONL thickens).
+_FOVEA_KEEP = np.array([0.05, 0.10, 0.15, 0.30, 1.45, 1.0, 1.0])
+# Mean reflectivity per class 0..9.
+_REFLECTIVITY = np.array([0.04, 0.80, 0.50, 0.22, 0.55, 0.14, 0.90, 0.97, 0.35, 0.02])
+
+
+class PhantomConfig:
+    """Parameters of the phantom.
+
+    Args:
+        fluid_probability: chance that a B-scan holds fluid pockets.
+        max_fluid_pockets: at most this many pockets per B-scan with fluid.
+        speckle: strength of multiplicative speckle (0 = none).
+        fovea_probability: chance that the B-scan passes through the fovea (has a pit).
+    """
+
+    def __init__(self, fluid_probability: float = 0.5, max_fluid_pockets: int = 3, speckle: float = 0.35,
+                 fovea_probability: float = 0.8) -> None:
+        self.fluid_probability = fluid_probability
+        self.max_fluid_pockets = max_fluid_pockets
+        self.speckle = speckle
+        self.fovea_probability = fovea_probability
+
+
+def _smooth_curve(rng: np.random.Generator, x: np.ndarray, n_terms: int = 4, max_freq: float = 3.0) -> np.ndarray:
+    """Sum of a few random low-frequency sines on ``x`` in [0, 1], roughly unit amplitude."""
+    freqs = rng.uniform(0.3, max_freq, n_terms)
+    phases = rng.uniform(0, 2 * np.pi, n_terms)
+    amps = rng.normal(0, 1, n_terms) / np.sqrt(n_terms)
+    return (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * x[None] + phases[:, None])).sum(0)
+
+
+def generate_bscan(rng: np.random.Generator, size: Sequence[int] = (256, 256),
+                   config: PhantomConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Generate one phantom B-scan and its label map.
+
+    Args:
+        rng: numpy random generator (the only source of randomness).
+        size: ``(H, W)``.
+        config: phantom parameters.
+
+    Returns:
+        ``(image, label)``: uint8 ``H x W`` image and uint8 ``H x W`` label map with Duke DME ids.
+
+    Raises:
+        ValueError: for a size smaller than 32 x 32.
+    """
+    cfg = config or PhantomConfig()
+    h, w = int(size[0]), int(size[1])
+    if h < 32 or w < 32:
+        raise ValueError(f"phantom size must be at least 32x32, got {h}x{w}")
+    x = np.linspace(0.0, 1.0, w)
+
+    # ILM: curved, tilted, wavy; the foveal pit is a Gaussian dip of the inner layers.
+    top = h * (rng.uniform(0.28, 0.38) + rng.uniform(-0.06, 0.06) * (x - 0.5)
+               + rng.uniform(0.0, 0.12) * (x - 0.5) ** 2 + 0.012 * _smooth_curve(rng, x))
+    if rng.random() < cfg.fovea_probability:
+        centre, width = rng.uniform(0.35, 0.65), rng.uniform(0.05, 0.09)
+        pit = np.exp(-0.5 * ((x - centre) / width) ** 2)
+    else:
+        pit = np.zeros_like(x)
+    scale = rng.uniform(0.85, 1.15)
+    thick = np.empty((7, w))
+    flat = np.empty((7, w))
+    for k in range(7):
+        flat[k] = h * _THICKNESS[k] * scale * (1.0 + 0.15 * _smooth_curve(rng, x))
+        keep = 1.0 - (1.0 - _FOVEA_KEEP[k]) * pit
+        thick[k] = np.maximum(flat[k] * keep, 1.0)
+    bounds = np.empty((8, w))
+    # the pit lowers the ILM by what the layers lost, so the outer retina (RPE, Bruch) stays smooth
+    bounds[0] = top + np.clip((flat - thick).sum(0), 0, None)
+    bounds[1:] = bounds[0] + np.cumsum(thick, axis=0)
+    bounds = np.clip(bounds, 1, h - 2)
+    # enforce at least one row per layer after clipping so classes stay ordered and present
+    for k in range(1, 8):
+        bounds[k] = np.maximum(bounds[k], bounds[k - 1] + 1)
+
+    rows = np.arange(h)[:, None, None]
+    starts = np.floor(bounds)[None]  # row r belongs to region #{k: r >= b_k}
+    label = (rows >= starts).sum(axis=1).astype(np.uint8)  # H x W
+
+    if rng.random() < cfg.fluid_probability:
+        yy, xx = np.mgrid[0:h, 0:w]
+        for _ in range(int(rng.integers(1, cfg.max_fluid_pockets + 1))):
+            cx = rng.uniform(0.15, 0.85) * w
+            c = int(np.clip(round(cx), 0, w - 1))
+            lo, hi = bounds[2, c], bounds[5, c]  # from INL to the bottom of ONL
+            cy = rng.uniform(lo, hi)
+            ry = rng.uniform(0.3, 0.6) * max(hi - lo, 2.0)
+            rx = rng.uniform(0.02, 0.07) * w
+            inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+            label[inside & (label >= 2) & (label <= 5)] = 9
+
+    # reflectivity: per-class mean, a little lateral variation, choroid decaying with depth
+    img = _REFLECTIVITY[label] * (1.0 + 0.1 * _smooth_curve(rng, x))[None]
+    depth = np.clip((rows[:, :, 0] - bounds[7][None]) / (0.25 * h), 0, None)
+    img = np.where(label == 8, img * np.exp(-depth), img)
+    # soften region edges by one row (scanner PSF), then speckle
+    img = (img + np.roll(img, 1, axis=0) + np.roll(img, -1, axis=0)) / 3.0
+    if cfg.speckle > 0:
+        img = img * rng.gamma(1.0 / cfg.speckle, cfg.speckle, size=img.shape) + 0.03 * rng.random(img.shape)
+    img = np.clip(img / 1.2, 0, 1) ** 0.8
+    return (img * 255).astype(np.uint8), label
+
+
+def generate_bscans(num: int, size: Sequence[int] = (256, 256), seed: int = 0,
+                    config: PhantomConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``num`` phantom B-scans as arrays ``(N, H, W)`` uint8 images and labels; deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    pairs = [generate_bscan(rng, size, config) for _ in range(num)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def write_phantom_dataset(out_dir: str | os.PathLike, num: int = 32, size: Sequence[int] = (256, 256),
+                          seed: int = 0, val_fraction: float = 0.25, config: PhantomConfig | None = None) -> Path:
+    """Write a phantom dataset in the layout of the real data and return its datalist path.
+
+    Layout: ``out_dir/images/phantom_XXXX.png``, ``out_dir/labels/phantom_XXXX.png`` and
+    ``out_dir/datalist.json`` with ``"train"`` and ``"validation"`` lists (paths relative to ``out_dir``).
+
+    Raises:
+        ValueError: when ``num`` < 1.
+    """
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(num):
+        img, lab = generate_bscan(rng, size, config)
+        ip, lp = out_dir / "images" / f"phantom_{i:04d}.png", out_dir / "labels" / f"phantom_{i:04d}.png"
+        write_png(ip, img)
+        write_png(lp, lab)
+        items.append({"image": str(ip), "label": str(lp)})
+    n_val = int(round(num * val_fraction)) if num > 1 else 0
+    dl = out_dir / "datalist.json"
+    write_datalist(dl, items[: num - n_val], root=out_dir, key="train")
+    if n_val:
+        import json
+
+        data = json.loads(dl.read_text())
+        data["validation"] = [{k: os.path.relpath(v, out_dir) for k, v in it.items()} for it in items[num - n_val:]]
+        dl.write_text(json.dumps(data, indent=1))
+    return dl

@@ -1,0 +1,78 @@
+"""MONAI transform chains for 2D B-scans: load, channel-first, optional retina band, resize, scale.
+
+Images end in [-1, 1] (the diffusion convention), labels as integer class ids resized by nearest
+neighbour. The same chain serves training, synthesis and evaluation; only its options differ.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from monai.data import PILReader
+from monai.transforms import (
+    CastToTyped,
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    RandFlipd,
+    Resized,
+    ScaleIntensityRanged,
+)
+
+from monai_oct.transforms.band import RetinaBandCropd
+
+__all__ = ["bscan_transforms", "png_reader"]
+
+
+def png_reader() -> PILReader:
+    """The reader for PNG B-scans: rows first (``H x W``), as the files are stored."""
+    return PILReader(reverse_indexing=False)
+
+
+def bscan_transforms(
+    image_size: Sequence[int] | None = None,
+    keys: Sequence[str] = ("image", "label"),
+    band_height: int | None = None,
+    band_from_label: bool = True,
+    flip: float = 0.0,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> Compose:
+    """A transform chain for B-scans and (optionally) label maps.
+
+    Args:
+        image_size: ``[H, W]`` to resize to (``None`` keeps the size).
+        keys: keys to load; those other than ``image_key`` are label maps.
+        band_height: crop this many rows around the retina before resizing (``None``: whole B-scan).
+        band_from_label: locate the band from the label when present; False forces the image alone
+            (use it for test images).
+        flip: probability of a random left-right flip (augmentation).
+        image_key: the image's key.
+        label_key: the label's key.
+
+    Returns:
+        a MONAI ``Compose``; images come out as float ``(1, H, W)`` in [-1, 1], labels as int64 ``(1, H, W)``.
+    """
+    keys = list(keys)
+    labels = [k for k in keys if k != image_key]
+    t = [
+        LoadImaged(keys, reader=png_reader(), image_only=True),
+        EnsureChannelFirstd(keys),
+    ]
+    if band_height:
+        t.append(RetinaBandCropd(keys, band_height=band_height, label_key=label_key if band_from_label and label_key in keys else None,
+                                 image_key=image_key))
+    if image_size is not None:
+        size = [int(s) for s in image_size]
+        t.append(Resized([image_key], spatial_size=size, mode="area"))
+        if labels:
+            t.append(Resized(labels, spatial_size=size, mode="nearest"))
+    t.append(ScaleIntensityRanged([image_key], a_min=0.0, a_max=255.0, b_min=-1.0, b_max=1.0, clip=True))
+    if flip > 0:
+        t.append(RandFlipd(keys, prob=flip, spatial_axis=1))
+    if labels:
+        t.append(CastToTyped(labels, dtype=torch.int64))
+    t.append(EnsureTyped(keys, track_meta=False))
+    return Compose(t)

@@ -1,0 +1,3 @@
+"""Array transforms with their dictionary twins (MONAI style)."""
+
+from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd, locate_retina_rows
