@@ -1,0 +1,41 @@
+"""Shared fixtures: a small phantom dataset (built once per session) and the real data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+#: ../shared/data beside the repository (real data; absent on a user's fresh machine).
+SHARED_DATA = Path(os.environ.get("MONAI_OCT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A 12-scan 64x64 phantom dataset (``datalist.json`` with train 9 / validation 3)."""
+    from monai_oct.data.phantom import write_phantom_dataset
+
+    out = tmp_path_factory.mktemp("phantom")
+    write_phantom_dataset(out, num=12, size=(64, 64), seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def duke_dir() -> Path:
+    """``../shared/data/duke_dme``; skips the test when the real data is absent."""
+    d = SHARED_DATA / "duke_dme"
+    if not (d / "datalist_train.json").is_file():
+        pytest.skip(f"real Duke DME data not found at {d} (set MONAI_OCT_SHARED_DATA); skipping")
+    return d
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; skips the test when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} not found; skipping")
+    return SHARED_DATA
