@@ -1,3 +1,4 @@
 """Array transforms with their dictionary twins (MONAI style)."""
 
 from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd, locate_retina_rows
+from monai_oct.transforms.io import LoadBScan, LoadBScand
