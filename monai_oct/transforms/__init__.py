@@ -1,3 +1,14 @@
 """Array transforms with their dictionary twins (MONAI style)."""
 
 from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd, locate_retina_rows
+from monai_oct.transforms.encoding import (
+    MODES,
+    MaskDecode,
+    MaskDecoded,
+    MaskEncode,
+    MaskEncoded,
+    condition_channels,
+    decode_mask,
+    encode_mask,
+    scalar_levels,
+)
