@@ -12,3 +12,4 @@ from monai_oct.transforms.encoding import (
     encode_mask,
     scalar_levels,
 )
+from monai_oct.transforms.dmc import DiscreteMaskClustering, DiscreteMaskClusteringd, nearest_level_decode
