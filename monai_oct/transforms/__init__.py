@@ -13,3 +13,4 @@ from monai_oct.transforms.encoding import (
     scalar_levels,
 )
 from monai_oct.transforms.dmc import DiscreteMaskClustering, DiscreteMaskClusteringd, nearest_level_decode
+from monai_oct.transforms.drm import DynamicRegionMask, RandDynamicRegionMaskd
