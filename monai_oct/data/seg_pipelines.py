@@ -10,15 +10,17 @@ so metrics are computed against the untouched annotation.
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import Hashable, Mapping, Sequence
 
 import torch
+from monai.config import KeysCollection
 from monai.transforms import (
+    MapTransform,
     Activationsd,
     AsDiscreted,
     CastToTyped,
     Compose,
-    CopyItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
@@ -30,7 +32,31 @@ from monai_oct.data.pipelines import png_reader
 from monai_oct.transforms.band import RetinaBandCropd
 from monai_oct.transforms.restore import RecordShaped, RestoreBScand
 
-__all__ = ["seg_eval_transforms", "seg_post_transforms"]
+__all__ = ["KeepPathd", "seg_eval_transforms", "seg_post_transforms"]
+
+
+class KeepPathd(MapTransform):
+    """Copy the file path under ``keys[0]`` to ``path_key`` before loading (for output names and overlays).
+
+    When the value is not a path (already an array, as MONAI Label may pass), an existing ``path_key``
+    is left alone. Dictionary-only bookkeeping.
+
+    Args:
+        keys: the image key (first key used).
+        path_key: where the path goes.
+    """
+
+    def __init__(self, keys: KeysCollection, path_key: str = "image_path", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.path_key = path_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if isinstance(d[key], (str, os.PathLike)):
+                d[self.path_key] = str(d[key])
+            break
+        return d
 
 
 def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | None = None, with_label: bool = True,
@@ -54,7 +80,7 @@ def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | Non
     """
     keys = [image_key] + ([label_key] if with_label else [])
     t = [
-        CopyItemsd([image_key], names=[path_key]),
+        KeepPathd([image_key], path_key=path_key),
         LoadImaged(keys, reader=png_reader(), image_only=True),
         EnsureChannelFirstd(keys),
         RecordShaped([image_key]),
