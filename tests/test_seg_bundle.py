@@ -130,7 +130,8 @@ def test_mixed_training_config_draws_both_sources_in_ratio(phantom_dir, tmp_path
     batch = next(iter(loader))
     assert batch["image"].shape[1:] == (1, 64, 64) and set(batch["source"].tolist()) <= {0, 1}
     # a plain list of items (what MONAI Label writes into train#dataset#data) trains as one source
-    parser.update({"train#dataset#data": [{"image": d["image"], "label": d["label"]} for d in data[:5]], "mix_ratio": None})
+    parser.update({"train#dataset#data": [{"image": d["image"], "label": d["label"]} for d in data[:5]], "mix_ratio": None,
+                   "samples_per_epoch": None})
     parser.parse()
     assert sorted(parser.get_parsed_content("train#sampler")) == list(range(5))
 
