@@ -13,15 +13,15 @@ from monai.data import PILReader
 from monai.transforms import (
     CastToTyped,
     Compose,
-    EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     RandFlipd,
     Resized,
     ScaleIntensityRanged,
 )
 
+from monai_oct.data.labels import LabelTable
 from monai_oct.transforms.band import RetinaBandCropd
+from monai_oct.transforms.io import LoadBScand
 
 __all__ = ["bscan_transforms", "png_reader"]
 
@@ -39,6 +39,7 @@ def bscan_transforms(
     flip: float = 0.0,
     image_key: str = "image",
     label_key: str = "label",
+    table: LabelTable | str | None = "duke_dme",
 ) -> Compose:
     """A transform chain for B-scans and (optionally) label maps.
 
@@ -51,16 +52,17 @@ def bscan_transforms(
         flip: probability of a random left-right flip (augmentation).
         image_key: the image's key.
         label_key: the label's key.
+        table: label table the label ids are checked against at load time (None: no check).
+
+    Raises (when applied):
+        DataError: naming the file that is missing, unreadable or holds unknown label ids.
 
     Returns:
         a MONAI ``Compose``; images come out as float ``(1, H, W)`` in [-1, 1], labels as int64 ``(1, H, W)``.
     """
     keys = list(keys)
     labels = [k for k in keys if k != image_key]
-    t = [
-        LoadImaged(keys, reader=png_reader(), image_only=True),
-        EnsureChannelFirstd(keys),
-    ]
+    t = [LoadBScand(keys, label_keys=labels, table=table)]
     if band_height:
         t.append(RetinaBandCropd(keys, band_height=band_height, label_key=label_key if band_from_label and label_key in keys else None,
                                  image_key=image_key))

@@ -1,5 +1,19 @@
 """Array transforms with their dictionary twins (MONAI style)."""
 
 from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd, locate_retina_rows
+from monai_oct.transforms.io import LoadBScan, LoadBScand
+from monai_oct.transforms.encoding import (
+    MODES,
+    MaskDecode,
+    MaskDecoded,
+    MaskEncode,
+    MaskEncoded,
+    condition_channels,
+    decode_mask,
+    encode_mask,
+    scalar_levels,
+)
+from monai_oct.transforms.dmc import DiscreteMaskClustering, DiscreteMaskClusteringd, nearest_level_decode
+from monai_oct.transforms.drm import DynamicRegionMask, RandDynamicRegionMaskd
 from monai_oct.transforms.restore import RecordShaped, RestoreBScan, RestoreBScand
 from monai_oct.transforms.save import SaveLabelMap, SaveLabelMapd
