@@ -1,1 +1,2 @@
 
+from monai_oct.engines.pseudo_label import PseudoLabeller

@@ -1,1 +1,2 @@
 
+from monai_oct.handlers.segmentation import SegmentationReportHandler, label_overlay

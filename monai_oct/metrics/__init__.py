@@ -1,1 +1,2 @@
 
+from monai_oct.metrics.segmentation import LayerDiceMetric, PixelAccuracyMetric, segmentation_report, write_segmentation_report

@@ -15,3 +15,5 @@ from monai_oct.transforms.encoding import (
 )
 from monai_oct.transforms.dmc import DiscreteMaskClustering, DiscreteMaskClusteringd, nearest_level_decode
 from monai_oct.transforms.drm import DynamicRegionMask, RandDynamicRegionMaskd
+from monai_oct.transforms.restore import RecordShaped, RestoreBScan, RestoreBScand
+from monai_oct.transforms.save import SaveLabelMap, SaveLabelMapd

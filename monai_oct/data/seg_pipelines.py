@@ -1,0 +1,117 @@
+"""Transform chains of the layer-segmentation bundle: evaluation/inference preprocessing and postprocessing.
+
+Training uses :func:`monai_oct.data.pipelines.bscan_transforms` (band located from the label). For
+evaluation and inference the image is located *without* its label: either the whole B-scan is
+resized to ``image_size``, or a band of ``band_height`` rows is found from the image alone
+(``RetinaBandCropd`` with no label key); the label, when present, stays at its original size, and the
+prediction is mapped back onto the original frame (:class:`~monai_oct.transforms.restore.RestoreBScand`)
+so metrics are computed against the untouched annotation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Hashable, Mapping, Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    MapTransform,
+    Activationsd,
+    AsDiscreted,
+    CastToTyped,
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Resized,
+    ScaleIntensityRanged,
+)
+
+from monai_oct.data.pipelines import png_reader
+from monai_oct.transforms.band import RetinaBandCropd
+from monai_oct.transforms.restore import RecordShaped, RestoreBScand
+
+__all__ = ["KeepPathd", "seg_eval_transforms", "seg_post_transforms"]
+
+
+class KeepPathd(MapTransform):
+    """Copy the file path under ``keys[0]`` to ``path_key`` before loading (for output names and overlays).
+
+    When the value is not a path (already an array, as MONAI Label may pass), an existing ``path_key``
+    is left alone. Dictionary-only bookkeeping.
+
+    Args:
+        keys: the image key (first key used).
+        path_key: where the path goes.
+    """
+
+    def __init__(self, keys: KeysCollection, path_key: str = "image_path", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.path_key = path_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if isinstance(d[key], (str, os.PathLike)):
+                d[self.path_key] = str(d[key])
+            break
+        return d
+
+
+def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | None = None, with_label: bool = True,
+                        image_key: str = "image", label_key: str = "label", path_key: str = "image_path",
+                        band_from_label: bool = False) -> Compose:
+    """Preprocessing for evaluation and inference (the label never locates or resizes anything).
+
+    Args:
+        image_size: ``[H, W]`` the network sees (None: keep the size).
+        band_height: rows of the retina band found from the image alone (None: whole B-scan).
+        with_label: also load ``label_key`` (kept at full size, int64).
+        image_key: the image's key (a file path on input).
+        label_key: the label's key.
+        path_key: where the image's path is kept (for output names and overlays).
+        band_from_label: locate the band from the label. Only for synthetic data whose label is the
+            generating condition (pseudo-labelling); never for evaluation.
+
+    Returns:
+        a ``Compose``: ``image`` float ``(1, h, w)`` in [-1, 1], ``label`` int64 ``(1, H, W)``,
+        ``original_shape`` ``(H, W)``, ``band_offset`` (with a band) and ``image_path``.
+    """
+    keys = [image_key] + ([label_key] if with_label else [])
+    t = [
+        KeepPathd([image_key], path_key=path_key),
+        LoadImaged(keys, reader=png_reader(), image_only=True),
+        EnsureChannelFirstd(keys),
+        RecordShaped([image_key]),
+    ]
+    if band_height:
+        t.append(RetinaBandCropd([image_key], band_height=int(band_height),
+                                 label_key=label_key if (band_from_label and with_label) else None, image_key=image_key))
+    if image_size is not None:
+        t.append(Resized([image_key], spatial_size=[int(s) for s in image_size], mode="area"))
+    t.append(ScaleIntensityRanged([image_key], a_min=0.0, a_max=255.0, b_min=-1.0, b_max=1.0, clip=True))
+    if with_label:
+        t.append(CastToTyped([label_key], dtype=torch.int64))
+    t.append(EnsureTyped(keys, track_meta=False))
+    return Compose(t)
+
+
+def seg_post_transforms(band_height: int | None = None, fill_above: int = 0, fill_below: int = 8,
+                        pred_key: str = "pred") -> Compose:
+    """Postprocessing: softmax, back onto the original frame (bilinear on probabilities), argmax.
+
+    Args:
+        band_height: the band height used in preprocessing (None: whole B-scans).
+        fill_above: class id given to rows above the band (vitreous).
+        fill_below: class id given to rows below the band (choroid).
+        pred_key: the prediction's key.
+
+    Returns:
+        a ``Compose`` turning logits ``(C, h, w)`` into a label map ``(1, H, W)`` of the original size.
+    """
+    return Compose([
+        Activationsd([pred_key], softmax=True),
+        RestoreBScand([pred_key], band_height=band_height, fill_above=fill_above, fill_below=fill_below),
+        AsDiscreted([pred_key], argmax=True),
+    ])
