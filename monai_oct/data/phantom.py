@@ -66,10 +66,11 @@ def _smooth_curve(rng: np.random.Generator, x: np.ndarray, n_terms: int = 4, max
 
 def sample_boundaries(rng: np.random.Generator, size: Sequence[int], thickness: Sequence[float] = _THICKNESS,
                       fovea_keep: Sequence[float] = _FOVEA_KEEP, fovea_probability: float = 0.8,
-                      top: tuple[float, float] = (0.28, 0.38), tilt: float = 0.06, curvature: float = 0.12,
+                      top: tuple[float, float] = (0.28, 0.38), tilt: float = 0.06,
+                      curvature: float | tuple[float, float] = 0.12,
                       wave: float = 0.012, pit_centre: tuple[float, float] = (0.35, 0.65),
                       pit_width: tuple[float, float] = (0.05, 0.09), scale: tuple[float, float] = (0.85, 1.15),
-                      wobble: float = 0.15, min_thickness: float = 1.0) -> np.ndarray:
+                      wobble: float = 0.15, min_thickness: float = 1.0, allow_rise: bool = False) -> np.ndarray:
     """Draw ``L + 1`` smooth, ordered layer boundaries of a retina with an optional foveal pit.
 
     The top boundary (ILM) is a curved, tilted, wavy line; each of the ``L`` layers has a mean thickness
@@ -86,13 +87,16 @@ def sample_boundaries(rng: np.random.Generator, size: Sequence[int], thickness: 
         fovea_probability: chance that the B-scan has a pit.
         top: range of the mean ILM row, as fractions of ``H``.
         tilt: ILM tilt drawn in ``[-tilt, tilt]`` (fraction of ``H`` across the width).
-        curvature: ILM curvature drawn in ``[0, curvature]``.
+        curvature: ILM curvature (coefficient of ``(x - 0.5) ** 2``, fraction of ``H``) drawn in
+            ``[0, curvature]``, or in ``[lo, hi]`` for a pair.
         wave: amplitude of the ILM's smooth waviness (fraction of ``H``).
         pit_centre: range of the pit centre (fraction of ``W``).
         pit_width: range of the pit's Gaussian sigma (fraction of ``W``).
         scale: range of a global thickness scale.
         wobble: relative lateral thickness variation of each layer.
         min_thickness: least distance between consecutive boundaries, in rows.
+        allow_rise: let the ILM rise where the pit's layers end up thicker than around it (a swollen,
+            oedematous fovea, ``fovea_keep`` summing above 1); False (the phantom) only lets it drop.
 
     Returns:
         ``(L + 1, W)`` float rows; region ``k`` of a column holds the rows ``r`` with
@@ -106,10 +110,11 @@ def sample_boundaries(rng: np.random.Generator, size: Sequence[int], thickness: 
     if thickness.shape != fovea_keep.shape or thickness.ndim != 1:
         raise ValueError(f"thickness {thickness.shape} and fovea_keep {fovea_keep.shape} must be equal-length vectors")
     n = len(thickness)
+    curv = (0.0, float(curvature)) if np.isscalar(curvature) else tuple(curvature)
     x = np.linspace(0.0, 1.0, w)
     # ILM: curved, tilted, wavy; the foveal pit is a Gaussian dip of the inner layers.
     top_row = h * (rng.uniform(*top) + rng.uniform(-tilt, tilt) * (x - 0.5)
-                   + rng.uniform(0.0, curvature) * (x - 0.5) ** 2 + wave * _smooth_curve(rng, x))
+                   + rng.uniform(*curv) * (x - 0.5) ** 2 + wave * _smooth_curve(rng, x))
     if rng.random() < fovea_probability:
         centre, width = rng.uniform(*pit_centre), rng.uniform(*pit_width)
         pit = np.exp(-0.5 * ((x - centre) / width) ** 2)
@@ -124,7 +129,8 @@ def sample_boundaries(rng: np.random.Generator, size: Sequence[int], thickness: 
         thick[k] = np.maximum(flat[k] * keep, min_thickness)
     bounds = np.empty((n + 1, w))
     # the pit lowers the ILM by what the layers lost, so the outer retina (RPE, Bruch) stays smooth
-    bounds[0] = top_row + np.clip((flat - thick).sum(0), 0, None)
+    lost = (flat - thick).sum(0)
+    bounds[0] = top_row + (lost if allow_rise else np.clip(lost, 0, None))
     bounds[1:] = bounds[0] + np.cumsum(thick, axis=0)
     bounds = np.clip(bounds, 1, h - 2)
     # enforce a least thickness per layer after clipping so classes stay ordered and present

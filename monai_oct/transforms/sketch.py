@@ -71,7 +71,7 @@ def _as_2d_label(label, table: LabelTable, where: str = "label") -> np.ndarray:
     return arr
 
 
-def label_boundaries(label: np.ndarray, table: LabelTable | str = "duke_dme") -> np.ndarray:
+def label_boundaries(label: np.ndarray, table: LabelTable | str = "duke_dme", where: str = "label") -> np.ndarray:
     """Locate the ``K = len(layer_order) - 1`` layer boundaries of a label map in every column.
 
     Boundary ``k`` of a column is the first row of the regions below ``layer_order[k]``. Where it is
@@ -83,6 +83,7 @@ def label_boundaries(label: np.ndarray, table: LabelTable | str = "duke_dme") ->
     Args:
         label: ``(H, W)`` or ``(1, H, W)`` class-id map.
         table: the label table (its ``layer_order`` and ``pathological`` ids).
+        where: what to name in error messages (e.g. the file path).
 
     Returns:
         ``(K, W)`` float64 rows in ``[0, H]`` (``H``: the boundary lies below the image).
@@ -92,7 +93,7 @@ def label_boundaries(label: np.ndarray, table: LabelTable | str = "duke_dme") ->
             without a ``layer_order``.
     """
     table = get_label_table(table)
-    lab = _as_2d_label(label, table)
+    lab = _as_2d_label(label, table, where)
     return _boundaries(lab, table)
 
 
