@@ -80,12 +80,15 @@ def test_same_seed_same_sketch_and_dataset_is_deterministic():
         RandomSketchDataset(0)
 
 
-@pytest.mark.parametrize("stats_name", ["duke", "phantom", "wild"])
+@pytest.mark.parametrize("stats_name", ["duke", "phantom", "wild", "high", "low"])
 def test_random_sketch_boundaries_never_cross(stats_name):
     stats = {"duke": LayerThicknessStats.duke_defaults(), "phantom": LayerThicknessStats(),
              # thin, very wobbly layers with a deep pit: the hardest case for ordering
              "wild": LayerThicknessStats(thickness_mean=[0.01] * 7, thickness_std=[0.01] * 7, wobble=1.5,
-                                         fovea_probability=1.0, fovea_keep=[0.0] * 4 + [3.0] * 3, tilt=0.3)}[stats_name]
+                                         fovea_probability=1.0, fovea_keep=[0.0] * 4 + [3.0] * 3, tilt=0.3),
+             # retina pushed against the top / bottom of the frame: clipping must keep every layer
+             "high": LayerThicknessStats(top_mean=0.0, top_std=0.0, tilt=0.2, curvature=[-0.2, 0.0]),
+             "low": LayerThicknessStats(top_mean=0.85, top_std=0.05, tilt=0.2)}[stats_name]
     fluid_seen = 0
     for seed in range(40):
         sketch, label = generate_sketch(stats, (64, 80), seed=seed)
