@@ -288,8 +288,7 @@ class LayerThicknessStats:
 
         thick = np.array(per["thick"])
         total = np.array(per["total"])
-        d = cls(table=table.name).to_dict() if n_layers == 7 else {}
-        d.update(
+        d: dict[str, Any] = dict(
             table=table.name,
             thickness_mean=[round(float(v), 5) for v in thick.mean(0)],
             thickness_std=[round(float(v), 5) for v in thick.std(0)],
@@ -303,8 +302,8 @@ class LayerThicknessStats:
             num_images=len(labels),
             source=source or f"fitted on {len(labels)} label maps",
         )
-        if n_layers != 7:
-            d.setdefault("fovea_keep", [1.0] * n_layers)
+        if n_layers != len(_FOVEA_KEEP):  # the default pit shape is Duke's 7 layers; elsewhere: no pit shape
+            d["fovea_keep"] = [1.0] * n_layers
         if pits["keep"]:
             d["fovea_keep"] = [round(float(v), 5) for v in np.clip(np.mean(pits["keep"], 0), 0.0, 3.0)]
             d["pit_width_mean"] = round(float(np.mean(pits["width"])), 5)

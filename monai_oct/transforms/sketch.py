@@ -238,11 +238,11 @@ class LayerSketch(Randomizable, Transform):
         xn = xs / max(w - 1, 1)
         shift_x = _smooth_field(p["dx"], xn) * w  # new x of column x0: x0 + shift_x(x0)
         new_x = xs + shift_x
+        order = np.argsort(new_x, kind="stable")
         out = np.empty_like(bounds, dtype=float)
         for k in range(bounds.shape[0]):
             y0 = bounds[k]
             y1 = y0 + _smooth_field(p["dy"], xn, y0 / h) * h + _smooth_field(p["jitter"][k], xn) * h
-            order = np.argsort(new_x, kind="stable")
             out[k] = np.interp(xs, new_x[order], y1[order])
         out = np.clip(np.maximum.accumulate(out, axis=0), 0.0, h)
         warped = None
@@ -323,8 +323,7 @@ class LayerSketch(Randomizable, Transform):
         pathology = np.where(np.isin(lab, path_ids), lab, 0) if len(path_ids) else None
         bounds, pathology = self.deform_boundaries(bounds, pathology, lab.shape)
         sketch, sketch_label = self.render(bounds, pathology, lab.shape)
-        src = convert_data_type(label, np.ndarray)[0]
-        if src.ndim == 3:
+        if len(label.shape) == 3:
             sketch, sketch_label = sketch[None], sketch_label[None]
         sketch = convert_to_dst_type(sketch, label, dtype=np.float32)[0]
         sketch_label = convert_to_dst_type(sketch_label, label)[0]
