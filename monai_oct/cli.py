@@ -34,6 +34,25 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_sketch_stats(args: argparse.Namespace) -> int:
+    from monai_oct.data.datalist import DataError
+    from monai_oct.data.sketches import LayerThicknessStats
+
+    try:
+        stats = LayerThicknessStats.fit_datalist(args.datalist, root=args.root, key=args.key, table=args.table,
+                                                 max_items=args.max_items)
+    except (DataError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = stats.save(args.out)
+    layers = ", ".join(f"{t:.4f}+-{s:.4f}" for t, s in zip(stats.thickness_mean, stats.thickness_std))
+    print(f"fitted sketch statistics on {stats.num_images} label maps of {args.datalist} -> {out}")
+    print(f"  layer thickness (fraction of height): {layers}")
+    print(f"  retina top {stats.top_mean:.3f}+-{stats.top_std:.3f}; fovea in {stats.fovea_probability:.0%} "
+          f"(pit depth {stats.pit_depth:+.3f}); fluid in {stats.fluid_probability:.0%}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monai_oct.demo import run_demo
 
@@ -63,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--num-classes", type=int, default=None, help="accept ids 0..C-1 instead of the table's")
     ck.add_argument("--table", default="duke_dme", help="label table (default: duke_dme)")
     ck.set_defaults(func=_cmd_check_data)
+
+    ss = sub.add_parser("sketch-stats", help="fit layer-thickness statistics for random sketches on a labelled datalist")
+    ss.add_argument("datalist", help="Decathlon-style datalist JSON with 'label' entries")
+    ss.add_argument("--out", required=True, help="output JSON (LayerThicknessStats)")
+    ss.add_argument("--root", default=None, help="folder the paths are relative to (default: the JSON's folder)")
+    ss.add_argument("--key", default=None, help="list to read (default: 'train' or the only list)")
+    ss.add_argument("--table", default="duke_dme", help="label table (default: duke_dme)")
+    ss.add_argument("--max-items", type=int, default=None, help="fit on the first N items only")
+    ss.set_defaults(func=_cmd_sketch_stats)
 
     de = sub.add_parser("demo", help="run the main job on built-in phantom data")
     de.add_argument("--out", default="runs/demo", help="output folder")
