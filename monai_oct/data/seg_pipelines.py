@@ -88,8 +88,8 @@ def seg_augment(level: float = 1.0, image_key: str = "image") -> Compose:
 
 
 def seg_train_transforms(image_size: Sequence[int] | None, band_height: int | None = None, flip: float = 0.5,
-                         augment: float = 0.0, table: str | None = "duke_dme") -> Compose:
-    """Training preprocessing: load, band located **from the label**, resize, scale, flip, then augment.
+                         augment: float = 0.0, table: str | None = "duke_dme", band_from_label: bool = True) -> Compose:
+    """Training preprocessing: load, retina band, resize, scale, flip, then augment.
 
     Args:
         image_size: ``[H, W]`` the network sees.
@@ -97,12 +97,14 @@ def seg_train_transforms(image_size: Sequence[int] | None, band_height: int | No
         flip: probability of a left-right flip.
         augment: strength of :func:`seg_augment` (0: none).
         table: label table the label ids are checked against at load time.
+        band_from_label: locate the band from the label (exact) or, False, from the image alone as at test
+            time, so the network learns the same framing (and its errors) that it will meet.
 
     Returns:
         a ``Compose``; its deterministic head is what a ``CacheDataset`` caches.
     """
     chain = bscan_transforms(image_size=image_size, keys=["image", "label"], band_height=band_height,
-                             band_from_label=True, flip=flip, table=table)
+                             band_from_label=band_from_label, flip=flip, table=table)
     return Compose(list(chain.transforms) + list(seg_augment(augment).transforms))
 
 
