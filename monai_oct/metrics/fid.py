@@ -232,15 +232,40 @@ def extract_features(extractor: Callable[[torch.Tensor], torch.Tensor], images: 
     return feats
 
 
-def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+def _span_projection(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets in an orthonormal basis of the span of their centred rows and the mean difference.
+
+    Every term of the Fréchet distance (``|mu_a - mu_b|²``, the covariance traces, the eigenvalues of
+    ``Σa Σb``) lives in that span, so the distance is unchanged, but the matrix square root is taken of an
+    ``r x r`` matrix (``r <= N + M - 1``) instead of ``D x D``: seconds become milliseconds for 2048-D
+    Inception features of tens of images.
+    """
+    mu_a, mu_b = a.mean(0, keepdim=True), b.mean(0, keepdim=True)
+    basis = torch.cat([a - mu_a, b - mu_b, mu_a - mu_b]).T  # (D, N + M + 1)
+    u, sv, _ = torch.linalg.svd(basis, full_matrices=False)
+    q = u[:, sv > 1e-10 * max(1.0, float(sv.max()))]
+    return a @ q, b @ q
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, project: bool = True) -> float:
     """Fréchet distance of two feature sets ``(N, D)``, ``(M, D)`` (MONAI ``FIDMetric``).
 
+    Args:
+        feats_a, feats_b: the features.
+        project: when ``D > N + M``, first express both sets in the orthonormal basis of the span of their
+            data (exact, see :func:`_span_projection`), which makes the matrix square root cheap.
+
     Raises:
-        ValueError: when a set has fewer than 2 samples.
+        ValueError: when a set has fewer than 2 samples or the feature sizes differ.
     """
-    if feats_a.shape[0] < 2 or feats_b.shape[0] < 2:
-        raise ValueError(f"the Fréchet distance needs >= 2 samples per set, got {feats_a.shape[0]} and {feats_b.shape[0]}")
-    return float(FIDMetric()(feats_a.double(), feats_b.double()))
+    a, b = feats_a.double(), feats_b.double()
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        raise ValueError(f"the Fréchet distance needs >= 2 samples per set, got {a.shape[0]} and {b.shape[0]}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets must be (N, D) with the same D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if project and a.shape[1] > a.shape[0] + b.shape[0]:
+        a, b = _span_projection(a, b)
+    return max(0.0, float(FIDMetric()(a, b)))
 
 
 def kernel_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, num_subsets: int = 100, subset_size: int = 1000,
