@@ -49,7 +49,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         rep = evaluate_synthesis(
             args.real, args.synthetic, args.out, reference=args.reference, real_key=args.real_key,
             synthetic_key=args.synthetic_key, reference_key=args.reference_key,
-            image_size=None if args.image_size == [0, 0] else args.image_size, extractor=args.extractor,
+            image_size=args.image_size, extractor=args.extractor,
             extractor_layer=args.extractor_layer, teacher=args.teacher, teacher_network=args.teacher_network,
             teacher_image_size=args.teacher_image_size, table=args.table, max_images=args.max_images,
             max_pairs=args.max_pairs, repeats=args.repeats, batch_size=args.batch_size, device=args.device, seed=args.seed)

@@ -115,6 +115,19 @@ def _to_grey(arr: np.ndarray, where: str) -> np.ndarray:
     return arr / top * 2.0 - 1.0
 
 
+def _size(image_size: Any) -> tuple[int, int] | None:
+    """``(H, W)``, or None for "keep the files' size" (None, 0, ``[0, 0]``, ``"none"``, ``"native"``)."""
+    if image_size is None or (isinstance(image_size, str) and image_size.lower() in ("none", "null", "native", "")):
+        return None
+    if isinstance(image_size, (int, float)):
+        return None if int(image_size) == 0 else (int(image_size), int(image_size))
+    if all(int(v) == 0 for v in image_size):
+        return None
+    if len(image_size) != 2 or any(int(v) < 1 for v in image_size):
+        raise ValueError(f"image_size must be (H, W) with positive sizes, or 0 / None for the files' size; got {image_size!r}")
+    return int(image_size[0]), int(image_size[1])
+
+
 def load_image_set(source: str | os.PathLike | Sequence[dict[str, Any]], key: str | Sequence[str] | None = None,
                    image_size: Sequence[int] | None = None, with_labels: bool = True, limit: int | None = None,
                    table: LabelTable | None = None, seed: int = 0) -> ImageSet:
@@ -124,7 +137,7 @@ def load_image_set(source: str | os.PathLike | Sequence[dict[str, Any]], key: st
         source: see :func:`resolve_items`.
         key: datalist list(s) to read.
         image_size: ``(H, W)`` every image (and label) is resized to (bilinear with antialiasing / nearest).
-            None keeps the files' size, which must then be the same for all of them.
+            None (or 0, ``"native"``) keeps the files' size, which must then be the same for all of them.
         with_labels: read the ``label`` entries (all items must have one, or none).
         limit: keep at most this many items (a seeded random choice, in datalist order).
         table: check label ids against this table.
@@ -147,7 +160,7 @@ def load_image_set(source: str | os.PathLike | Sequence[dict[str, Any]], key: st
     if use_labels and not all(has_lab):
         missing = items[has_lab.index(False)]["image"]
         raise DataError(f"{source}: some items have labels and some do not (e.g. {missing}); label all or none")
-    size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+    size = _size(image_size)
     imgs, labs, sizes, first = [], [], [], None
     for it in items:
         arr = _to_grey(read_image(it["image"]), it["image"])

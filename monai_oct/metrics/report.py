@@ -43,7 +43,7 @@ __all__ = ["LPIPS_NOTE", "evaluate_synthesis", "quality_figure", "write_report"]
 
 #: Why LPIPS is absent from the report.
 LPIPS_NOTE = ("LPIPS not computed: the lpips package fetches its VGG/AlexNet backbone weights from the internet on "
-              "first use (torchvision model zoo), which this offline toolkit does not do. Diversity is reported "
+              "first use (torchvision model zoo downloads), which this offline toolkit does not do. Diversity is reported "
               "with MS-SSIM instead.")
 
 
