@@ -102,6 +102,17 @@ def test_torchscript_file_extractor(tmp_path):
     assert extract_features(ext, torch.rand(3, 1, 16, 16) * 2 - 1).shape == (3, 4)
 
 
+def test_segmentation_encoder_extractor(tmp_path):
+    from monai_oct.metrics.fid import segmentation_encoder_extractor
+    from monai_oct.networks.segmentation import segmentation_network
+
+    torch.save(segmentation_network("unet", channels=(4, 8, 16)).state_dict(), tmp_path / "seg.pt")
+    ext = segmentation_encoder_extractor(tmp_path / "seg.pt", channels=(4, 8, 16))
+    assert ext.layer.endswith("submodule") and extract_features(ext, torch.zeros(2, 1, 32, 32)).shape == (2, 16)
+    with pytest.raises(ValueError, match="does not fit"):
+        segmentation_encoder_extractor(tmp_path / "seg.pt")
+
+
 def test_tf_inception_fid_duke_train_vs_val(duke_dir):
     try:
         from monai_oct.metrics.fid import TFInceptionExtractor

@@ -14,6 +14,7 @@ from monai_oct.metrics.fid import (
     frechet_summary,
     get_extractor,
     kernel_distance,
+    segmentation_encoder_extractor,
 )
 from monai_oct.metrics.loader import ImageSet, load_image_set, resolve_items
 from monai_oct.metrics.memorisation import memorisation_report, nearest_neighbours, pairwise_distances

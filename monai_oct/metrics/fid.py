@@ -37,6 +37,7 @@ __all__ = [
     "find_tf_inception_weights",
     "TFInceptionExtractor",
     "ModuleExtractor",
+    "segmentation_encoder_extractor",
     "get_extractor",
     "extract_features",
     "frechet_distance",
@@ -191,6 +192,41 @@ class ModuleExtractor(nn.Module):
             f = store[0]
         f = f.float()
         return f.flatten(2).mean(-1) if f.ndim > 2 else f.reshape(f.shape[0], -1)
+
+
+def _deepest_unet_layer(net: nn.Module) -> str:
+    """Name of the bottom (deepest) block of a MONAI ``UNet``: the innermost ``...submodule`` that has no ``submodule``."""
+    names = [n for n, _ in net.named_modules() if n.endswith("submodule") and f"{n}.1" not in dict(net.named_modules())]
+    if not names:
+        raise ValueError(f"{type(net).__name__}: cannot find the bottom of the encoder; give layer=")
+    return max(names, key=lambda n: n.count("."))
+
+
+def segmentation_encoder_extractor(checkpoint: str | os.PathLike, network: str = "unet", layer: str | None = None,
+                                   num_classes: int = 10, channels: Sequence[int] | None = None, key: str = "model"
+                                   ) -> ModuleExtractor:
+    """Features of a trained layer-segmentation network (e.g. ``oct_layer_seg``'s ``model.pt``): a domain-specific
+    Fréchet distance.
+
+    Args:
+        checkpoint: state-dict checkpoint of the network (loaded with ``weights_only=True``).
+        network: network name as trained (``unet``, ``basicunet``, ``relaynet``).
+        layer: layer to pool; default for ``unet``: the bottom of the encoder (256 channels by default).
+        num_classes, channels: as trained.
+        key: entry of a multi-object checkpoint.
+
+    Raises:
+        FileNotFoundError, ValueError: for a missing or unfitting checkpoint, or no default layer.
+    """
+    from monai_oct.networks.segmentation import load_weights, segmentation_network
+
+    net = load_weights(segmentation_network(network, in_channels=1, out_channels=num_classes, channels=channels),
+                       checkpoint, key=key)
+    if layer is None:
+        if str(network).lower() != "unet":
+            raise ValueError(f"no default feature layer for {network!r}; give layer= (see named_modules())")
+        layer = _deepest_unet_layer(net)
+    return ModuleExtractor(net, layer=layer, name=f"{Path(checkpoint).name}:{layer}")
 
 
 def get_extractor(spec: str | os.PathLike | nn.Module | Callable | None = "tf_inception", **kwargs: Any
