@@ -34,7 +34,7 @@ from monai_oct.transforms.dmc import DiscreteMaskClustering
 from monai_oct.transforms.encoding import encode_mask
 from monai_oct.transforms.io import LoadBScand
 
-__all__ = ["PairWriter", "MaskSampler", "LabelBank", "SamplerEngine"]
+__all__ = ["PairWriter", "MaskSampler", "LabelBank", "SamplerEngine", "build_label_source"]
 
 
 def _resize(x: torch.Tensor, size: Sequence[int] | None, label: bool) -> torch.Tensor:
@@ -288,3 +288,41 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     os.replace(tmp, path)
+
+
+def build_label_source(image_size: Sequence[int], num_classes: int, label_datalist: str | Sequence[str] | None = None,
+                       mask_ckpt: str | os.PathLike | None = None, mask_network: nn.Module | None = None,
+                       mask_sampler: DiffusionSampler | None = None, dataset_dir: str | None = None,
+                       band_height: int | None = None, label_flip: bool = False, dmc_smooth: int = 0,
+                       table: LabelTable | str | None = "duke_dme", device: str | torch.device = "cpu") -> Callable:
+    """The label maps of a synthesis: from ``label_datalist`` when given, else sampled from the stage-2 model.
+
+    Args:
+        image_size: ``[H, W]``.
+        num_classes: C.
+        label_datalist: datalist(s) whose labels condition the images (RetiDiff R/S 0/N).
+        mask_ckpt: stage-2 ``model.pt`` (used when no ``label_datalist``).
+        mask_network: the (untrained) mask UNet the checkpoint is loaded into.
+        mask_sampler: its sampler.
+        dataset_dir: folder relative datalist paths start from.
+        band_height: retina band rows for datalist labels (None/0: whole B-scan).
+        label_flip: also use the mirrored datalist labels.
+        dmc_smooth: median window of DMC (0: none).
+        table: label table for datalist labels.
+        device: where the mask UNet runs.
+
+    Returns:
+        a :class:`LabelBank` or :class:`MaskSampler`.
+
+    Raises:
+        ValueError: when neither a datalist nor a mask checkpoint (with network and sampler) is given.
+    """
+    if label_datalist:
+        return LabelBank.from_datalist(label_datalist, image_size, dataset_dir=dataset_dir, band_height=band_height,
+                                       flip=bool(label_flip), table=table)
+    if not mask_ckpt or mask_network is None or mask_sampler is None:
+        raise ValueError("synthesis needs label maps: give --mask_ckpt (stage 2 model.pt) or --label_datalist")
+    from monai_oct.networks.checkpoint import load_weights
+
+    net = load_weights(mask_network, mask_ckpt).to(device)
+    return MaskSampler(net, mask_sampler, image_size, num_classes, DiscreteMaskClustering(num_classes, smooth=int(dmc_smooth)))

@@ -73,7 +73,12 @@ class TrainingCheckpoint:
         return self.output_dir / "last.pt"
 
     def attach(self, engine: Engine) -> None:
-        """Resume on ``STARTED``, save on epoch/iteration intervals, write the final weights on ``COMPLETED``."""
+        """Resume on ``STARTED``, save on epoch/iteration intervals, write the final weights on ``COMPLETED``.
+
+        The engine's ``GradScaler`` (``engine.scaler``, MONAI trainers under AMP) joins ``save_dict`` as ``"scaler"``.
+        """
+        if getattr(engine, "scaler", None) is not None and "scaler" not in self.save_dict:
+            self.save_dict["scaler"] = engine.scaler
         engine.add_event_handler(Events.STARTED, self.load)
         if self.epoch_interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.epoch_interval), self.save)
