@@ -95,6 +95,7 @@ class SampleGrid:
         self.num_classes, self.interval, self.seed = int(num_classes), int(interval), int(seed)
         self.log_dir = log_dir
         self._writer = None
+        self._last_epoch = -1
 
     def attach(self, engine: Engine) -> None:
         """Write grids at ``EPOCH_COMPLETED(every=interval)`` and ``COMPLETED``."""
@@ -107,7 +108,11 @@ class SampleGrid:
         self.attach(engine)
 
     def write(self, engine: Engine) -> Path:
-        """Sample and write the grid of the current epoch; returns the PNG path."""
+        """Sample and write the grid of the current epoch (once per epoch); returns the PNG path."""
+        path = self.output_dir / "samples" / f"epoch_{engine.state.epoch:04d}.png"
+        if engine.state.epoch == self._last_epoch:
+            return path
+        self._last_epoch = engine.state.epoch
         device = next(self.network.parameters()).device
         was_training = self.network.training
         self.network.eval()
@@ -116,7 +121,6 @@ class SampleGrid:
                               self.image_shape, cond, device)
         self.network.train(was_training)
         grid = pair_grid(images, self.labels, self.num_classes)
-        path = self.output_dir / "samples" / f"epoch_{engine.state.epoch:04d}.png"
         write_png(path, grid)
         if self.log_dir is not None:
             if self._writer is None:
