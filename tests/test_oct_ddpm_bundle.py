@@ -148,13 +148,13 @@ def test_kill_during_training_then_resume(phantom_dir, tmp_path):
 @pytest.mark.slow
 def test_kill_during_synthesis_then_exactly_n(phantom_dir, tmp_path):
     runs = tmp_path / "runs"
-    stage("finetune", dataset_dir=phantom_dir, output_dir=runs / "ft", max_epochs=1, pretrained_ckpt=None,
+    stage("finetune", dataset_dir=phantom_dir, output_dir=runs / "ft", max_epochs=1, pretrained_ckpt="null",
           **dict(TINY, sample_interval=0))
     stage("train_masks", dataset_dir=phantom_dir, output_dir=runs / "masks", max_epochs=1, **dict(TINY, sample_interval=0))
     out = tmp_path / "synth"
     n = 40
     args = dict(output_dir=out, mask_ckpt=runs / "masks" / "model.pt", image_ckpt=runs / "ft" / "model.pt", num_samples=n,
-                sampler="ddpm", num_inference_steps=25, **dict(TINY, batch_size=2))
+                sampler="ddpm", num_inference_steps=10, **dict(TINY, batch_size=2))
     proc = popen("synthesize", tmp_path / "log.txt", **args)
     wait_for(lambda: (out / "images").is_dir() and len(list((out / "images").glob("*.png"))) >= 3, proc)
     os.killpg(proc.pid, signal.SIGKILL)

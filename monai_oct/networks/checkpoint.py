@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["load_weights", "load_checkpoint", "save_checkpoint"]
+__all__ = ["load_weights", "maybe_load_weights", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
@@ -75,3 +75,16 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model"
     except RuntimeError as e:
         raise ValueError(f"{path}: checkpoint does not fit {type(network).__name__} (wrong --network or channels?): {e}") from e
     return network
+
+
+def maybe_load_weights(network: nn.Module, path: str | os.PathLike | None, key: str = "model", strict: bool = True,
+                       map_location: str | torch.device = "cpu") -> nn.Module:
+    """:func:`load_weights` when ``path`` is given; ``network`` unchanged for None, ``""``, ``"none"`` or ``"null"``
+    (how an optional checkpoint looks when it comes from a command line).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_weights`.
+    """
+    if path is None or str(path).strip().lower() in ("", "none", "null"):
+        return network
+    return load_weights(network, path, key=key, strict=strict, map_location=map_location)
