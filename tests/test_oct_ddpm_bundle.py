@@ -191,3 +191,28 @@ def test_stages_on_duke(duke_dir, tmp_path):
     stage("synthesize", output_dir=lab_out, dataset_dir=duke_dir, label_datalist="datalist_train.json",
           image_ckpt=runs / "ft" / "model.pt", num_samples=2, sampler="ddim", num_inference_steps=2, **small)
     check_synthetic(lab_out, 2, (32, 64))
+
+
+def test_stage_items_and_chains(phantom_dir, tmp_path):
+    from monai_oct.data.datalist import DataError
+    from monai_oct.data.diffusion_pipelines import diffusion_items, finetune_transforms, mask_transforms, pretrain_transforms
+    from monai_oct.data.phantom import write_phantom_dataset
+
+    labelled = diffusion_items(phantom_dir, require_label=True)
+    assert len(labelled) == 9 and all("label" in it for it in labelled)
+    write_phantom_dataset(tmp_path / "u", num=4, size=(64, 64), seed=5)
+    (tmp_path / "u" / "datalist.json").unlink()
+    folder = diffusion_items(tmp_path / "u")  # no datalist: every image of images/
+    assert len(folder) == 4 and all(set(it) == {"image"} for it in folder)
+    mixed = diffusion_items(tmp_path, datalist=[str(phantom_dir / "datalist.json"), "u/images"])
+    assert len(mixed) == 13
+    with pytest.raises(DataError, match="have no 'label'"):
+        diffusion_items(tmp_path, datalist=[str(phantom_dir / "datalist.json"), "u/images"], require_label=True)
+    pre = pretrain_transforms([16, 32], band_height=48)
+    a, b = pre(labelled[0]), pre(folder[0])
+    assert set(a) == set(b) == {"image"} and a["image"].shape == b["image"].shape == (1, 16, 32)
+    m = mask_transforms([16, 32], 10, band_height=48)(labelled[0])["image"]
+    levels = torch.linspace(-1, 1, 10)
+    assert torch.isclose(m.reshape(-1, 1), levels.reshape(1, -1), atol=1e-6).any(1).all()  # scalar levels only
+    d = finetune_transforms([16, 32], 10, "onehot", band_height=48, drm_prob=0.0)(labelled[0])
+    assert d["cond"].shape == (10, 16, 32) and torch.equal(d["cond"].argmax(0, keepdim=True), d["label"])

@@ -39,6 +39,8 @@ def diffusion_items(dataset_dir: str | os.PathLike | None = None, datalist: str 
         dataset_dir: a dataset folder: its ``datalist_train.json`` / ``datalist.json`` is used, or, when it has
             none, every image in it (or in its ``images/`` subfolder), unlabelled.
         datalist: one datalist path or a list of them (relative to ``dataset_dir``); overrides the folder scan.
+            An entry that is a folder contributes its images, unlabelled (e.g. Duke's train datalist plus
+            ``hcms_unlabeled/`` for stage 1).
         key: list name(s) to read in each datalist.
         require_label: every item must have a ``label`` (stages 2 and 3).
 
@@ -48,8 +50,17 @@ def diffusion_items(dataset_dir: str | os.PathLike | None = None, datalist: str 
     Raises:
         DataError: nothing to train on, or an item without label when one is required (names the datalist/file).
     """
+    keys = list(key) if isinstance(key, (list, tuple)) else key
     if datalist:
-        items = concat_sources(read_datalists(datalist, key=list(key) if isinstance(key, (list, tuple)) else key, dataset_dir=dataset_dir))
+        items = []
+        for entry in [datalist] if isinstance(datalist, (str, os.PathLike)) else list(datalist):
+            p = Path(entry)
+            if not p.is_absolute() and dataset_dir is not None:
+                p = Path(dataset_dir) / p
+            if p.is_dir():  # a folder of images: unlabelled items
+                items += image_folder_datalist(p, IMAGE_EXTENSIONS)
+            else:
+                items += concat_sources(read_datalists(str(p), key=keys))
         where = str(datalist)
     else:
         if dataset_dir is None:
@@ -57,7 +68,7 @@ def diffusion_items(dataset_dir: str | os.PathLike | None = None, datalist: str 
         d = Path(dataset_dir)
         dl = Path(find_datalist(d, "train"))
         if dl.is_file():
-            items = concat_sources(read_datalists(str(dl), key=list(key) if isinstance(key, (list, tuple)) else key))
+            items = concat_sources(read_datalists(str(dl), key=keys))
             where = str(dl)
         else:
             folder = d / "images" if (d / "images").is_dir() else d
