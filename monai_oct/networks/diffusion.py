@@ -7,15 +7,12 @@ image along the channels (``DiffusionInferer(mode="concat")``), so the UNet sees
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Sequence
 
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
 __all__ = ["PREDICTION_TYPES", "SCHEDULES", "conditional_diffusion_unet", "diffusion_scheduler"]
-
-logger = logging.getLogger(__name__)
 
 #: what the network predicts (MONAI's ``DDPMPredictionType`` values).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
