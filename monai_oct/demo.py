@@ -21,7 +21,7 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "oct_ddpm"
 #: the toy settings of the demo: (phantom, per-stage) for the full and the ``--quick`` run.
 DEMO_SETTINGS = {
     "full": {
-        "num_images": 48, "num_unlabelled": 48, "phantom_size": (256, 256), "epochs": {"pretrain": 30, "train_masks": 30, "finetune": 40},
+        "num_images": 48, "num_unlabelled": 48, "phantom_size": (256, 256), "epochs": {"pretrain": 30, "train_masks": 80, "finetune": 50},
         "num_samples": 16, "steps": 50,
         "common": {"image_size": [32, 64], "band_height": 160, "channels": [16, 32, 64], "num_res_blocks": 1,
                    "num_train_timesteps": 1000, "prediction_type": "v_prediction", "schedule": "cosine",

@@ -101,6 +101,9 @@ def test_all_stages_on_phantom(phantom_dir, tmp_path):
     stage("synthesize", **args)
     manifest = check_synthetic(out, 5, (48, 40))
     assert manifest["checkpoints"]["mask"] == str(runs / "masks" / "model.pt")
+    import hashlib
+
+    assert manifest["checkpoint_sha256"]["image"] == hashlib.sha256((runs / "ft" / "model.pt").read_bytes()).hexdigest()
     assert manifest["sampler"] == "DDIMScheduler" and manifest["num_inference_steps"] == 3
     assert manifest["seeds"]["synth_00004.png"] == 4
 

@@ -275,12 +275,25 @@ class SamplerEngine(Engine):
             "seconds": round(time.time() - getattr(self, "_t0", time.time()), 3),
             **self.extra_manifest,
         }
+        ckpts = manifest.get("checkpoints")
+        if isinstance(ckpts, Mapping):
+            manifest["checkpoint_sha256"] = {k: _sha256(v) for k, v in ckpts.items() if v and Path(str(v)).is_file()}
         _write_json(out / "manifest.json", manifest)
         k = min(self.grid_size, self.num_samples)
         imgs = torch.stack([torch.as_tensor(read_image(self.writer.paths(i)[0]), dtype=torch.float32)[None] for i in range(k)])
         labs = torch.stack([torch.as_tensor(read_label(self.writer.paths(i)[1]).astype(np.int64))[None] for i in range(k)])
         write_png(out / "grid.png", pair_grid(imgs / 127.5 - 1.0, labs, self.num_classes))
         print(f"synthetic dataset: {self.num_samples} pairs in {out} (datalist {out / 'datalist.json'}, grid {out / 'grid.png'})", flush=True)
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _write_json(path: Path, obj: Any) -> None:
