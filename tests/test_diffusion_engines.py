@@ -277,3 +277,13 @@ def test_sampler_overhead_is_small():
         s(net, sample_generators(range(b)), (1, 32, 64), cond)
         ratios.append((time.perf_counter() - t0) / bare)
     assert min(ratios) < 1.15, ratios
+
+
+@pytest.mark.parametrize("module", ["monai_oct.handlers.samples", "monai_oct.handlers.segmentation"])
+def test_modules_import_first_in_a_fresh_interpreter(module):
+    """engines import handlers (grids) and handlers import the sampler: no import cycle whichever comes first."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -12,7 +12,9 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from monai_oct.data.datalist import write_png
-from monai_oct.engines.sampler import DiffusionSampler, sample_generators
+
+if TYPE_CHECKING:  # engines import this module (grids); import the sampler lazily to keep the import graph acyclic
+    from monai_oct.engines.sampler import DiffusionSampler
 
 __all__ = ["image_to_uint8", "label_to_uint8", "pair_grid", "SampleGrid"]
 
@@ -84,7 +86,7 @@ class SampleGrid:
         log_dir: TensorBoard folder (None: PNG only).
     """
 
-    def __init__(self, network: nn.Module, sampler: DiffusionSampler, image_shape: Sequence[int],
+    def __init__(self, network: nn.Module, sampler: "DiffusionSampler", image_shape: Sequence[int],
                  output_dir: str | os.PathLike, condition: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                  num_samples: int = 4, num_classes: int = 10, interval: int = 1, seed: int = 0,
                  log_dir: str | os.PathLike | None = None) -> None:
@@ -113,6 +115,8 @@ class SampleGrid:
         if engine.state.epoch == self._last_epoch:
             return path
         self._last_epoch = engine.state.epoch
+        from monai_oct.engines.sampler import sample_generators
+
         device = next(self.network.parameters()).device
         was_training = self.network.training
         self.network.eval()
