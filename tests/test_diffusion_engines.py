@@ -196,6 +196,10 @@ def test_checkpoint_resume_and_final_weights(tmp_path):
     assert len(events) == 1 and '"epoch": 2' in events[0]
     epochs = [l for l in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(epochs) == 3  # epochs 1, 2, then 3 after the resume
+    # the same command once more: nothing left to train, the state stays at the last epoch
+    tr3, _, ema3, ck3 = build(3)
+    tr3.run()
+    assert ck3.resumed_from == {"epoch": 3, "iteration": 6} and tr3.state.iteration == 6 and ema3.num_updates == 6
     # the final weights load into a fresh network through the shared loader
     load_weights(_net(), tmp_path / "model.pt")
     raw = load_weights(_net(), tmp_path / "last.pt", key="model")
