@@ -216,22 +216,43 @@ def test_checkpoint_refuses_a_mismatched_last_pt(tmp_path):
         tr.run()
 
 
-@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def _monai_loop(net, sched, steps, cond, seed, kind, timestep_map=None):
+    """The reference: MONAI's scheduler.step in a plain loop (one sample, one generator)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((1, 1, 16, 16), generator=g)
+    sched.set_timesteps(steps)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            tt = torch.tensor([int(timestep_map[int(t)] if timestep_map else t)])
+            out = net(torch.cat([x, cond], 1), tt)
+            x = sched.step(out, int(t), x, generator=g)[0] if kind == "ddpm" else sched.step(out, int(t), x)[0]
+    return x
+
+
+@pytest.mark.parametrize("kind,T,steps", [("ddpm", 20, 20), ("ddim", 100, 8)])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_sampler_equals_monai_scheduler_step(kind, prediction_type):
+def test_sampler_equals_monai_scheduler_step(kind, T, steps, prediction_type):
     net = _net().eval()
     cond = torch.rand(1, 2, 16, 16) * 2 - 1
-    sched = diffusion_scheduler(kind, 100, "cosine", prediction_type)
-    ours = DiffusionSampler(sched, 8)(net, sample_generators([7]), (1, 16, 16), cond)
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn((1, 1, 16, 16), generator=g)
-    ref = diffusion_scheduler(kind, 100, "cosine", prediction_type)
-    ref.set_timesteps(8)
-    with torch.no_grad():
-        for t in ref.timesteps:
-            out = net(torch.cat([x, cond], 1), torch.tensor([int(t)]))
-            x = ref.step(out, int(t), x, generator=g)[0] if kind == "ddpm" else ref.step(out, int(t), x)[0]
-    assert torch.allclose(ours, x, atol=1e-5), float((ours - x).abs().max())
+    ours = DiffusionSampler(diffusion_scheduler(kind, T, "cosine", prediction_type), steps)(
+        net, sample_generators([7]), (1, 16, 16), cond)
+    ref = _monai_loop(net, diffusion_scheduler(kind, T, "cosine", prediction_type), steps, cond, 7, kind)
+    assert torch.allclose(ours, ref, atol=1e-5), float((ours - ref).abs().max())
+
+
+def test_respaced_ddpm_is_the_ddpm_of_the_respaced_chain():
+    """DDPM with 6 of 100 steps == MONAI's full-chain DDPM step on the 6-step chain with alphas_cumprod[tau]."""
+    net = _net().eval()
+    cond = torch.rand(1, 2, 16, 16) * 2 - 1
+    full = diffusion_scheduler("ddpm", 100, "cosine", "v_prediction")
+    ours = DiffusionSampler(full, 6)(net, sample_generators([3]), (1, 16, 16), cond)
+    tau = [int(t) for t in full.timesteps.flip(0)]  # ascending: 0 .. 99
+    short = diffusion_scheduler("ddpm", 6, "linear_beta", "v_prediction")
+    short.alphas_cumprod = full.alphas_cumprod[tau].clone()
+    short.alphas = short.alphas_cumprod / torch.cat([torch.ones(1), short.alphas_cumprod[:-1]])
+    short.betas = 1 - short.alphas
+    ref = _monai_loop(net, short, 6, cond, 3, "ddpm", timestep_map=dict(enumerate(tau)))
+    assert torch.allclose(ours, ref, atol=1e-5), float((ours - ref).abs().max())
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "ddim"])

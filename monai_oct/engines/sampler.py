@@ -6,10 +6,12 @@
 - **seeded per sample**: sample ``i`` draws its initial noise (and, for DDPM, its per-step noise) from
   its own ``torch.Generator`` seeded ``seed + i``, so it does not depend on the batch it shares or on
   the order of the batches: a restarted synthesis reproduces it bit for bit (on the same device).
+- **DDPM with fewer steps than T** follows the respaced posterior (see ``_coefficients``); with all T
+  steps, and for DDIM always, the update equals the scheduler's own ``step``.
 - **low overhead**: the update coefficients of every step are computed once from the scheduler (Python
   floats); the loop writes into preallocated buffers (the network input with the condition already
   in place, the timestep tensor, x0/epsilon/noise) with in-place ops, so a step costs one UNet call plus
-  a handful of element-wise kernels. The result equals the scheduler's own ``step`` (tested).
+  a handful of element-wise kernels.
 - **classifier-free guidance** (optional): ``guidance_scale = s`` runs the condition and the
   all-zero "unconditional" condition (what ``p_uncond`` dropout trains) in one doubled batch and uses
   ``uncond + s * (cond - uncond)``.
@@ -64,10 +66,17 @@ class DiffusionSampler:
         scheduler.set_timesteps(self.num_inference_steps)
         self.prediction_type = str(scheduler.prediction_type)
         self.clip = scheduler.clip_sample_values if scheduler.clip_sample else None
-        self.steps = [self._coefficients(int(t)) for t in scheduler.timesteps]
+        ts = [int(t) for t in scheduler.timesteps]
+        self.steps = [self._coefficients(t, ts[i + 1] if i + 1 < len(ts) else -1) for i, t in enumerate(ts)]
 
-    def _coefficients(self, t: int) -> dict:
-        """The scalars of one reverse step at timestep ``t``, computed as MONAI's ``step`` computes them."""
+    def _coefficients(self, t: int, t_next: int) -> dict:
+        """The scalars of one reverse step from timestep ``t`` to ``t_next`` (-1: to the clean image).
+
+        DDIM: as MONAI's ``DDIMScheduler.step``. DDPM: the posterior ``q(x_next | x_t, x0)`` of the (respaced)
+        chain, ``beta' = 1 - a_t / a_next``: with all T steps this is exactly ``DDPMScheduler.step``; with fewer,
+        MONAI's step would still use ``alphas_cumprod[t - 1]`` (only right for the full chain), so the respaced
+        posterior of Nichol & Dhariwal (2021) is used instead.
+        """
         s = self.scheduler
         ac = s.alphas_cumprod
         a_t = float(ac[t])
@@ -80,12 +89,14 @@ class DiffusionSampler:
             std = self.eta * math.sqrt(var)
             c.update(x0=math.sqrt(a_prev), eps=math.sqrt(max(1.0 - a_prev - std**2, 0.0)), sigma=std)
         else:
-            a_prev = float(ac[t - 1]) if t > 0 else 1.0
-            beta = float(s.betas[t])
+            full = t_next == t - 1 or (t_next < 0 and t == 0)
+            a_prev = float(ac[t_next]) if t_next >= 0 else 1.0
+            beta = float(s.betas[t]) if full else 1.0 - a_t / a_prev
+            alpha = float(s.alphas[t]) if full else a_t / a_prev
             var = (1.0 - a_prev) / b_t * beta
             var = max(var, 1e-20) if s.variance_type == "fixed_small" else beta
-            c.update(x0=math.sqrt(a_prev) * beta / b_t, xt=math.sqrt(float(s.alphas[t])) * (1.0 - a_prev) / b_t,
-                     sigma=math.sqrt(var) if t > 0 else 0.0)
+            c.update(x0=math.sqrt(a_prev) * beta / b_t, xt=math.sqrt(alpha) * (1.0 - a_prev) / b_t,
+                     sigma=math.sqrt(var) if t_next >= 0 else 0.0)
         return c
 
     @torch.no_grad()
