@@ -54,6 +54,9 @@ def test_factory_channels_and_errors():
         conditional_diffusion_unet(1, 2, channels=(8, 16), attention_levels=(True,))
     with pytest.raises(ValueError, match="does not divide"):
         conditional_diffusion_unet(1, 2, channels=(8, 24), num_head_channels=16)
+    with pytest.raises(ValueError, match=r"image size \[30, 32\] does not divide by 4"):
+        DiffusionTrainer("cpu", 1, [{"image": torch.zeros(1, 1, 30, 32)}], net, torch.optim.SGD(net.parameters(), 0.1),
+                         diffusion_scheduler("ddpm", 10), 10).run()
     with pytest.raises(ValueError, match="unknown noise schedule"):
         diffusion_scheduler("ddpm", 10, "warp")
     with pytest.raises(ValueError, match="unknown sampler"):

@@ -26,6 +26,8 @@ from ignite.engine import Engine
 from torch import nn
 from torch.optim import Optimizer
 
+from monai_oct.networks.diffusion import check_image_size
+
 __all__ = ["DiffusionTrainer", "diffusion_target", "warmup_lr"]
 
 
@@ -109,6 +111,7 @@ class DiffusionTrainer(SupervisedTrainer):
         self.p_uncond = float(p_uncond)
         self.clip_grad_norm = float(clip_grad_norm) if clip_grad_norm else None
         self.image_key, self.condition_key = image_key, condition_key
+        self._size_checked = False
 
     def _condition(self, batch: Mapping, images: torch.Tensor) -> torch.Tensor | None:
         if self.condition_channels == 0:
@@ -131,6 +134,9 @@ class DiffusionTrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
         images = torch.as_tensor(batchdata[self.image_key]).to(engine.state.device, non_blocking=self.non_blocking).float()
+        if not self._size_checked:
+            check_image_size(engine.network, images.shape)
+            self._size_checked = True
         cond = self._condition(batchdata, images)
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, self.noise_scheduler.num_train_timesteps, (images.shape[0],), device=images.device).long()

@@ -28,6 +28,7 @@ from monai_oct.data.datalist import DataError, read_image, read_label, write_png
 from monai_oct.data.labels import LabelTable
 from monai_oct.data.mixing import read_datalists, concat_sources
 from monai_oct.engines.sampler import DiffusionSampler, sample_generators
+from monai_oct.networks.diffusion import check_image_size
 from monai_oct.handlers.samples import image_to_uint8, pair_grid
 from monai_oct.transforms.band import RetinaBandCropd
 from monai_oct.transforms.dmc import DiscreteMaskClustering
@@ -115,6 +116,7 @@ class MaskSampler:
                  dmc: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.network, self.sampler = network.eval(), sampler
         self.shape = (1, int(image_size[0]), int(image_size[1]))
+        check_image_size(network, self.shape)
         self.dmc = dmc if dmc is not None else DiscreteMaskClustering(num_classes)
 
     def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
@@ -209,6 +211,7 @@ class SamplerEngine(Engine):
         self.num_samples, self.batch_size, self.seed = int(num_samples), int(batch_size), int(seed)
         self.label_source, self.image_network, self.image_sampler = label_source, image_network.eval(), image_sampler
         self.image_size = [int(s) for s in image_size]
+        check_image_size(image_network, self.image_size)
         self.num_classes, self.encoding, self.writer = int(num_classes), encoding, writer
         self.device = torch.device(device)
         self.extra_manifest = dict(manifest or {})

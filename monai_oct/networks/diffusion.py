@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
-__all__ = ["PREDICTION_TYPES", "SCHEDULES", "conditional_diffusion_unet", "diffusion_scheduler"]
+__all__ = ["PREDICTION_TYPES", "SCHEDULES", "conditional_diffusion_unet", "diffusion_scheduler", "check_image_size"]
 
 #: what the network predicts (MONAI's ``DDPMPredictionType`` values).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -91,6 +91,21 @@ def conditional_diffusion_unet(
         use_flash_attention=bool(use_flash_attention),
         **kwargs,
     )
+
+
+def check_image_size(network: DiffusionModelUNet, size: Sequence[int]) -> None:
+    """Check that a UNet with ``len(channels) - 1`` down-samplings can take images of ``size`` ``(H, W)``.
+
+    Raises:
+        ValueError: naming the size, the factor it must divide by and the nearest sizes that work.
+    """
+    levels = len(getattr(network, "block_out_channels", ())) or 1
+    f = 2 ** (levels - 1)
+    h, w = (int(s) for s in size[-2:])
+    if h % f or w % f:
+        ok = [max(f, round(x / f) * f) for x in (h, w)]
+        raise ValueError(f"image size {[h, w]} does not divide by {f} (the UNet down-samples {levels - 1} times with "
+                         f"channels {tuple(network.block_out_channels)}); use e.g. --image_size \"{ok}\"")
 
 
 def diffusion_scheduler(kind: str = "ddpm", num_train_timesteps: int = 1000, schedule: str = "linear_beta",
