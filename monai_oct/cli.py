@@ -34,10 +34,63 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_sketch_stats(args: argparse.Namespace) -> int:
+    from monai_oct.data.datalist import DataError
+    from monai_oct.data.sketches import LayerThicknessStats
+
+    try:
+        stats = LayerThicknessStats.fit_datalist(args.datalist, root=args.root, key=args.key, table=args.table,
+                                                 max_items=args.max_items)
+    except (DataError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = stats.save(args.out)
+    layers = ", ".join(f"{t:.4f}+-{s:.4f}" for t, s in zip(stats.thickness_mean, stats.thickness_std))
+    print(f"fitted sketch statistics on {stats.num_images} label maps of {args.datalist} -> {out}")
+    print(f"  layer thickness (fraction of height): {layers}")
+    print(f"  retina top {stats.top_mean:.3f}+-{stats.top_std:.3f}; fovea in {stats.fovea_probability:.0%} "
+          f"(pit depth {stats.pit_depth:+.3f}); fluid in {stats.fluid_probability:.0%}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monai_oct.demo import run_demo
 
     return run_demo(Path(args.out), quick=args.quick)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from monai_oct.data.datalist import DataError
+    from monai_oct.metrics.fid import ExtractorUnavailable
+    from monai_oct.metrics.report import evaluate_synthesis
+
+    try:
+        rep = evaluate_synthesis(
+            args.real, args.synthetic, args.out, reference=args.reference, real_key=args.real_key,
+            synthetic_key=args.synthetic_key, reference_key=args.reference_key,
+            image_size=args.image_size, extractor=args.extractor,
+            extractor_layer=args.extractor_layer, teacher=args.teacher, teacher_network=args.teacher_network,
+            teacher_image_size=args.teacher_image_size, table=args.table, max_images=args.max_images,
+            max_pairs=args.max_pairs, repeats=args.repeats, batch_size=args.batch_size, device=args.device, seed=args.seed)
+    except (DataError, ExtractorUnavailable, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    fr, dv = rep.get("frechet") or {}, rep["diversity"]["ms_ssim"]
+    mem = rep["memorisation"]
+    print(f"real {rep['real']['num_images']} vs synthetic {rep['synthetic']['num_images']} images at {rep['image_size']}")
+    if fr:
+        print(f"FD {fr['fd']:.2f}  KID {fr['kid']:.4f}  floor FD {fr.get('fd_floor', float('nan')):.2f} vs matched "
+              f"{fr.get('fd_matched', float('nan')):.2f} ({fr['extractor']})")
+    print("MS-SSIM real {:.3f} synthetic {:.3f}".format(*((dv[k] or {}).get("mean", float("nan")) for k in ("real", "synthetic"))))
+    print(f"memorised: pixels {mem['pixel']['fraction_flagged']:.3f}"
+          + (f", features {mem['feature']['fraction_flagged']:.3f}" if mem["feature"] else ""))
+    if rep.get("adherence"):
+        print(f"adherence mean Dice {rep['adherence']['mean_dice']:.4f}")
+    for k, v in rep["plausibility"].items():
+        if v:
+            print(f"plausibility ({k}): {v['valid_column_fraction']:.4f} of columns valid")
+    print(f"wrote {rep['report_path']}" + (f" and {rep['figure_path']}" if rep.get("figure_path") else ""))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,10 +117,44 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--table", default="duke_dme", help="label table (default: duke_dme)")
     ck.set_defaults(func=_cmd_check_data)
 
+    ss = sub.add_parser("sketch-stats", help="fit layer-thickness statistics for random sketches on a labelled datalist")
+    ss.add_argument("datalist", help="Decathlon-style datalist JSON with 'label' entries")
+    ss.add_argument("--out", required=True, help="output JSON (LayerThicknessStats)")
+    ss.add_argument("--root", default=None, help="folder the paths are relative to (default: the JSON's folder)")
+    ss.add_argument("--key", default=None, help="list to read (default: 'train' or the only list)")
+    ss.add_argument("--table", default="duke_dme", help="label table (default: duke_dme)")
+    ss.add_argument("--max-items", type=int, default=None, help="fit on the first N items only")
+    ss.set_defaults(func=_cmd_sketch_stats)
+
     de = sub.add_parser("demo", help="run the main job on built-in phantom data")
     de.add_argument("--out", default="runs/demo", help="output folder")
     de.add_argument("--quick", action="store_true", help="smallest possible run (used by the tests)")
     de.set_defaults(func=_cmd_demo)
+
+    ev = sub.add_parser("evaluate", help="compare a synthetic dataset with a real one: report.json + report.png")
+    ev.add_argument("--real", required=True, help="real training set: datalist JSON or image folder")
+    ev.add_argument("--synthetic", required=True, help="synthetic set: datalist JSON or folder (labels = conditions)")
+    ev.add_argument("--out", required=True, help="output folder")
+    ev.add_argument("--reference", default=None, help="second real set for the real-vs-real floor (default: split --real)")
+    ev.add_argument("--real-key", default=None, help="datalist list of --real (default: train or the only list)")
+    ev.add_argument("--synthetic-key", default=None)
+    ev.add_argument("--reference-key", default=None)
+    ev.add_argument("--image-size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                    help="common size of all images (0 0: keep the files' size)")
+    ev.add_argument("--extractor", default="tf_inception",
+                    help="tf_inception (needs the fid extra), none, or a TorchScript file")
+    ev.add_argument("--extractor-layer", default=None, help="layer of a TorchScript extractor to pool")
+    ev.add_argument("--teacher", default=None, help="segmentation checkpoint (state dict) for mask adherence")
+    ev.add_argument("--teacher-network", default="unet", help="network of --teacher (unet, basicunet, relaynet)")
+    ev.add_argument("--teacher-image-size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    ev.add_argument("--table", default="duke_dme", help="label table")
+    ev.add_argument("--max-images", type=int, default=None, help="at most this many images per set")
+    ev.add_argument("--max-pairs", type=int, default=500, help="MS-SSIM pairs per set")
+    ev.add_argument("--repeats", type=int, default=3, help="random draws of the matched-size floor")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_cmd_evaluate)
     return p
 
 

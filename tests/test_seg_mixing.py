@@ -45,6 +45,18 @@ def test_read_datalists_tags_sources(tmp_path):
     assert syn.is_file()
 
 
+def test_relative_datalists_resolve_like_a_shell_user_means(tmp_path, monkeypatch):
+    """A relative dataset_dir gives the same files as an absolute one; a cwd-relative datalist is found too."""
+    real = _datalist(tmp_path / "data" / "real" / "datalist_train.json", 3, "r")
+    _datalist(tmp_path / "runs" / "synth" / "datalist.json", 2, "s")
+    monkeypatch.chdir(tmp_path)
+    found = find_datalist("data/real", "train")
+    assert found == str(real)
+    srcs = read_datalists([found, "runs/synth/datalist.json"], dataset_dir="data/real")
+    assert [len(s) for s in srcs] == [3, 2]
+    assert srcs[1][0]["image"] == str(tmp_path / "runs" / "synth" / "s0.png")
+
+
 def test_sampler_draws_sources_in_the_set_ratio(tmp_path):
     srcs = read_datalists([_datalist(tmp_path / "r.json", 6, "r"), _datalist(tmp_path / "s.json", 40, "s")])
     data = concat_sources(srcs)

@@ -44,8 +44,9 @@ def _candidates(path: Path, keys: str | Sequence[str] | None) -> str | None:
 
 def find_datalist(dataset_dir: str | os.PathLike, split: str = "train") -> str:
     """``dataset_dir/datalist_<split>.json`` if present (the Duke layout), else ``dataset_dir/datalist.json``
-    (the phantom / synthetic layout); when neither exists, the first (so the error names it)."""
-    d = Path(dataset_dir)
+    (the phantom / synthetic layout); when neither exists, the first (so the error names it). The path is
+    absolute, so it does not depend on how a later step resolves relative paths."""
+    d = Path(dataset_dir).absolute()
     for name in (f"datalist_{split}.json", "datalist.json"):
         if (d / name).is_file():
             return str(d / name)
@@ -57,7 +58,8 @@ def read_datalists(datalist: str | os.PathLike | Sequence[str | os.PathLike], ke
     """Load one datalist or several, one list of items per datalist, each item tagged ``"source": k``.
 
     Args:
-        datalist: a path or a list of paths; relative paths are resolved against ``dataset_dir``.
+        datalist: a path or a list of paths; a relative path is looked up under ``dataset_dir`` first,
+            then in the working directory.
         key: the list to read in each file: a name, a list of candidate names (the first present wins; a
             file holding a single list uses it), or None (``"train"`` or the only list).
         dataset_dir: folder relative datalist paths start from (default: the working directory).
@@ -75,10 +77,11 @@ def read_datalists(datalist: str | os.PathLike | Sequence[str | os.PathLike], ke
     out = []
     for k, p in enumerate(paths):
         p = Path(p)
-        if not p.is_absolute() and dataset_dir is not None:
-            p = Path(dataset_dir) / p
+        if not p.is_absolute() and dataset_dir is not None and (Path(dataset_dir) / p).is_file():
+            p = Path(dataset_dir) / p  # else: relative to the working directory, as a shell user means it
         if not p.is_file():
             raise DataError(f"{p}: datalist not found")
+        p = p.absolute()
         items = load_datalist(p, key=_candidates(p, key))
         out.append([{**it, "source": k} for it in items])
     return out

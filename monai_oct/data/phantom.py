@@ -20,7 +20,15 @@ import numpy as np
 
 from monai_oct.data.datalist import write_datalist, write_png
 
-__all__ = ["PhantomConfig", "generate_bscan", "generate_bscans", "write_phantom_dataset"]
+__all__ = [
+    "PhantomConfig",
+    "generate_bscan",
+    "generate_bscans",
+    "write_phantom_dataset",
+    "sample_boundaries",
+    "regions_from_boundaries",
+    "add_fluid_pockets",
+]
 
 # Mean thickness of layers 1..7 (NFL .. OS-RPE) as a fraction of the image height, away from the fovea.
 _THICKNESS = np.array([0.040, 0.070, 0.045, 0.035, 0.085, 0.018, 0.040])
@@ -56,6 +64,135 @@ def _smooth_curve(rng: np.random.Generator, x: np.ndarray, n_terms: int = 4, max
     return (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * x[None] + phases[:, None])).sum(0)
 
 
+def sample_boundaries(rng: np.random.Generator, size: Sequence[int], thickness: Sequence[float] = _THICKNESS,
+                      fovea_keep: Sequence[float] = _FOVEA_KEEP, fovea_probability: float = 0.8,
+                      top: tuple[float, float] = (0.28, 0.38), tilt: float = 0.06,
+                      curvature: float | tuple[float, float] = 0.12,
+                      wave: float = 0.012, pit_centre: tuple[float, float] = (0.35, 0.65),
+                      pit_width: tuple[float, float] = (0.05, 0.09), scale: tuple[float, float] = (0.85, 1.15),
+                      wobble: float = 0.15, min_thickness: float = 1.0, allow_rise: bool = False) -> np.ndarray:
+    """Draw ``L + 1`` smooth, ordered layer boundaries of a retina with an optional foveal pit.
+
+    The top boundary (ILM) is a curved, tilted, wavy line; each of the ``L`` layers has a mean thickness
+    (a fraction of the height) times a global scale, with a smooth lateral wobble; at the pit the layers
+    keep only ``fovea_keep`` of their thickness and the ILM drops by what they lost, so the outer
+    boundaries stay smooth. Consecutive boundaries are at least ``min_thickness`` rows apart (also
+    after clipping to ``[1, H - 2]``), so they never cross. The defaults are the phantom's.
+
+    Args:
+        rng: numpy random generator (the only source of randomness).
+        size: ``(H, W)``.
+        thickness: ``(L,)`` mean layer thickness as fractions of ``H``, top to bottom.
+        fovea_keep: ``(L,)`` share of each layer's thickness left at the pit centre.
+        fovea_probability: chance that the B-scan has a pit.
+        top: range of the mean ILM row, as fractions of ``H``.
+        tilt: ILM tilt drawn in ``[-tilt, tilt]`` (fraction of ``H`` across the width).
+        curvature: ILM curvature (coefficient of ``(x - 0.5) ** 2``, fraction of ``H``) drawn in
+            ``[0, curvature]``, or in ``[lo, hi]`` for a pair.
+        wave: amplitude of the ILM's smooth waviness (fraction of ``H``).
+        pit_centre: range of the pit centre (fraction of ``W``).
+        pit_width: range of the pit's Gaussian sigma (fraction of ``W``).
+        scale: range of a global thickness scale.
+        wobble: relative lateral thickness variation of each layer.
+        min_thickness: least distance between consecutive boundaries, in rows.
+        allow_rise: let the ILM rise where the pit's layers end up thicker than around it (a swollen,
+            oedematous fovea, ``fovea_keep`` summing above 1); False (the phantom) only lets it drop.
+
+    Returns:
+        ``(L + 1, W)`` float rows; region ``k`` of a column holds the rows ``r`` with
+        ``floor(b[k - 1]) <= r < floor(b[k])`` (see :func:`regions_from_boundaries`).
+
+    Raises:
+        ValueError: when ``thickness`` and ``fovea_keep`` differ in length.
+    """
+    h, w = int(size[0]), int(size[1])
+    thickness, fovea_keep = np.asarray(thickness, dtype=float), np.asarray(fovea_keep, dtype=float)
+    if thickness.shape != fovea_keep.shape or thickness.ndim != 1:
+        raise ValueError(f"thickness {thickness.shape} and fovea_keep {fovea_keep.shape} must be equal-length vectors")
+    n = len(thickness)
+    curv = (0.0, float(curvature)) if np.isscalar(curvature) else tuple(curvature)
+    x = np.linspace(0.0, 1.0, w)
+    # ILM: curved, tilted, wavy; the foveal pit is a Gaussian dip of the inner layers.
+    top_row = h * (rng.uniform(*top) + rng.uniform(-tilt, tilt) * (x - 0.5)
+                   + rng.uniform(*curv) * (x - 0.5) ** 2 + wave * _smooth_curve(rng, x))
+    if rng.random() < fovea_probability:
+        centre, width = rng.uniform(*pit_centre), rng.uniform(*pit_width)
+        pit = np.exp(-0.5 * ((x - centre) / width) ** 2)
+    else:
+        pit = np.zeros_like(x)
+    s = rng.uniform(*scale)
+    thick = np.empty((n, w))
+    flat = np.empty((n, w))
+    for k in range(n):
+        flat[k] = h * thickness[k] * s * (1.0 + wobble * _smooth_curve(rng, x))
+        keep = 1.0 - (1.0 - fovea_keep[k]) * pit
+        thick[k] = np.maximum(flat[k] * keep, min_thickness)
+    bounds = np.empty((n + 1, w))
+    # the pit lowers the ILM by what the layers lost, so the outer retina (RPE, Bruch) stays smooth
+    lost = (flat - thick).sum(0)
+    bounds[0] = top_row + (lost if allow_rise else np.clip(lost, 0, None))
+    bounds[1:] = bounds[0] + np.cumsum(thick, axis=0)
+    bounds = np.clip(bounds, 1, h - 2)
+    # enforce a least thickness per layer after clipping so classes stay ordered and present
+    for k in range(1, n + 1):
+        bounds[k] = np.maximum(bounds[k], bounds[k - 1] + min_thickness)
+    return bounds
+
+
+def regions_from_boundaries(bounds: np.ndarray, height: int) -> np.ndarray:
+    """Region map of ordered boundaries: row ``r`` of column ``c`` gets ``#{k : r >= floor(bounds[k, c])}``.
+
+    Args:
+        bounds: ``(K, W)`` ordered boundary rows (0-based, fractional).
+        height: number of rows ``H``.
+
+    Returns:
+        ``(H, W)`` uint8 map with ids ``0..K`` (region 0 above the first boundary).
+    """
+    rows = np.arange(height)[:, None, None]
+    starts = np.floor(bounds)[None]  # row r belongs to region #{k: r >= b_k}
+    return (rows >= starts).sum(axis=1).astype(np.uint8)  # H x W
+
+
+def add_fluid_pockets(rng: np.random.Generator, label: np.ndarray, bounds: np.ndarray, max_pockets: int = 3,
+                      span: tuple[int, int] = (2, 5), classes: Sequence[int] = (2, 3, 4, 5), fluid_class: int = 9,
+                      centre: tuple[float, float] = (0.15, 0.85), height: tuple[float, float] = (0.3, 0.6),
+                      width: tuple[float, float] = (0.02, 0.07)) -> np.ndarray:
+    """Paint 1..``max_pockets`` elliptic fluid pockets into ``label`` (in place) and return it.
+
+    Each pocket's centre column is drawn in ``centre`` (fraction of ``W``), its centre row between the
+    boundaries ``bounds[span[0]]`` and ``bounds[span[1]]`` at that column; its half-height is a share
+    (``height``) of that span and its half-width a fraction (``width``) of ``W``. Only pixels of
+    ``classes`` become ``fluid_class``. The defaults are the phantom's (INL to the bottom of ONL).
+
+    Args:
+        rng: numpy random generator.
+        label: ``(H, W)`` region map, modified in place.
+        bounds: ``(K, W)`` boundary rows of ``label``.
+        max_pockets: the number of pockets is drawn in ``1..max_pockets``.
+        span: indices of the boundaries the pocket centres lie between.
+        classes: classes a pocket may replace.
+        fluid_class: the fluid class id.
+        centre, height, width: ranges of the pocket geometry (see above).
+
+    Returns:
+        ``label``.
+    """
+    h, w = label.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    allowed = np.isin(label, np.asarray(classes))
+    for _ in range(int(rng.integers(1, max_pockets + 1))):
+        cx = rng.uniform(*centre) * w
+        c = int(np.clip(round(cx), 0, w - 1))
+        lo, hi = bounds[span[0], c], bounds[span[1], c]
+        cy = rng.uniform(lo, hi)
+        ry = rng.uniform(*height) * max(hi - lo, 2.0)
+        rx = rng.uniform(*width) * w
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        label[inside & allowed] = fluid_class
+    return label
+
+
 def generate_bscan(rng: np.random.Generator, size: Sequence[int] = (256, 256),
                    config: PhantomConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Generate one phantom B-scan and its label map.
@@ -76,47 +213,12 @@ def generate_bscan(rng: np.random.Generator, size: Sequence[int] = (256, 256),
     if h < 32 or w < 32:
         raise ValueError(f"phantom size must be at least 32x32, got {h}x{w}")
     x = np.linspace(0.0, 1.0, w)
-
-    # ILM: curved, tilted, wavy; the foveal pit is a Gaussian dip of the inner layers.
-    top = h * (rng.uniform(0.28, 0.38) + rng.uniform(-0.06, 0.06) * (x - 0.5)
-               + rng.uniform(0.0, 0.12) * (x - 0.5) ** 2 + 0.012 * _smooth_curve(rng, x))
-    if rng.random() < cfg.fovea_probability:
-        centre, width = rng.uniform(0.35, 0.65), rng.uniform(0.05, 0.09)
-        pit = np.exp(-0.5 * ((x - centre) / width) ** 2)
-    else:
-        pit = np.zeros_like(x)
-    scale = rng.uniform(0.85, 1.15)
-    thick = np.empty((7, w))
-    flat = np.empty((7, w))
-    for k in range(7):
-        flat[k] = h * _THICKNESS[k] * scale * (1.0 + 0.15 * _smooth_curve(rng, x))
-        keep = 1.0 - (1.0 - _FOVEA_KEEP[k]) * pit
-        thick[k] = np.maximum(flat[k] * keep, 1.0)
-    bounds = np.empty((8, w))
-    # the pit lowers the ILM by what the layers lost, so the outer retina (RPE, Bruch) stays smooth
-    bounds[0] = top + np.clip((flat - thick).sum(0), 0, None)
-    bounds[1:] = bounds[0] + np.cumsum(thick, axis=0)
-    bounds = np.clip(bounds, 1, h - 2)
-    # enforce at least one row per layer after clipping so classes stay ordered and present
-    for k in range(1, 8):
-        bounds[k] = np.maximum(bounds[k], bounds[k - 1] + 1)
+    bounds = sample_boundaries(rng, (h, w), fovea_probability=cfg.fovea_probability)
+    label = regions_from_boundaries(bounds, h)
+    if rng.random() < cfg.fluid_probability:
+        add_fluid_pockets(rng, label, bounds, cfg.max_fluid_pockets)
 
     rows = np.arange(h)[:, None, None]
-    starts = np.floor(bounds)[None]  # row r belongs to region #{k: r >= b_k}
-    label = (rows >= starts).sum(axis=1).astype(np.uint8)  # H x W
-
-    if rng.random() < cfg.fluid_probability:
-        yy, xx = np.mgrid[0:h, 0:w]
-        for _ in range(int(rng.integers(1, cfg.max_fluid_pockets + 1))):
-            cx = rng.uniform(0.15, 0.85) * w
-            c = int(np.clip(round(cx), 0, w - 1))
-            lo, hi = bounds[2, c], bounds[5, c]  # from INL to the bottom of ONL
-            cy = rng.uniform(lo, hi)
-            ry = rng.uniform(0.3, 0.6) * max(hi - lo, 2.0)
-            rx = rng.uniform(0.02, 0.07) * w
-            inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-            label[inside & (label >= 2) & (label <= 5)] = 9
-
     # reflectivity: per-class mean, a little lateral variation, choroid decaying with depth
     img = _REFLECTIVITY[label] * (1.0 + 0.1 * _smooth_curve(rng, x))[None]
     depth = np.clip((rows[:, :, 0] - bounds[7][None]) / (0.25 * h), 0, None)

@@ -24,15 +24,18 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
+    RandAdjustContrastd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
     Resized,
     ScaleIntensityRanged,
 )
 
-from monai_oct.data.pipelines import png_reader
+from monai_oct.data.pipelines import bscan_transforms, png_reader
 from monai_oct.transforms.band import RetinaBandCropd
 from monai_oct.transforms.restore import RecordShaped, RestoreBScand
 
-__all__ = ["KeepPathd", "seg_eval_transforms", "seg_post_transforms"]
+__all__ = ["KeepPathd", "seg_train_transforms", "seg_augment", "seg_eval_transforms", "seg_post_transforms"]
 
 
 class KeepPathd(MapTransform):
@@ -57,6 +60,52 @@ class KeepPathd(MapTransform):
                 d[self.path_key] = str(d[key])
             break
         return d
+
+
+def seg_augment(level: float = 1.0, image_key: str = "image") -> Compose:
+    """Light intensity augmentation for training images in [-1, 1] (labels untouched).
+
+    Random gamma (contrast), intensity scaling and Gaussian noise, each with probability ``0.5 * level``;
+    speckle statistics and scanner gain differ between devices and between real and synthetic scans.
+    No geometric warps: they would have to invent labels at the borders.
+
+    Args:
+        level: strength and probability multiplier; 0 disables the chain (an empty ``Compose``).
+        image_key: the image's key.
+
+    Returns:
+        a ``Compose`` of MONAI random intensity transforms.
+    """
+    level = float(level)
+    if level <= 0:
+        return Compose([])
+    p = min(1.0, 0.5 * level)
+    return Compose([
+        RandAdjustContrastd([image_key], prob=p, gamma=(1.0 - 0.3 * level, 1.0 + 0.5 * level)),
+        RandScaleIntensityd([image_key], prob=p, factors=0.15 * level),
+        RandGaussianNoised([image_key], prob=p, std=0.05 * level),
+    ])
+
+
+def seg_train_transforms(image_size: Sequence[int] | None, band_height: int | None = None, flip: float = 0.5,
+                         augment: float = 0.0, table: str | None = "duke_dme", band_from_label: bool = True) -> Compose:
+    """Training preprocessing: load, retina band, resize, scale, flip, then augment.
+
+    Args:
+        image_size: ``[H, W]`` the network sees.
+        band_height: rows of the retina band (None or 0: whole B-scans resized).
+        flip: probability of a left-right flip.
+        augment: strength of :func:`seg_augment` (0: none).
+        table: label table the label ids are checked against at load time.
+        band_from_label: locate the band from the label (exact) or, False, from the image alone as at test
+            time, so the network learns the same framing (and its errors) that it will meet.
+
+    Returns:
+        a ``Compose``; its deterministic head is what a ``CacheDataset`` caches.
+    """
+    chain = bscan_transforms(image_size=image_size, keys=["image", "label"], band_height=band_height,
+                             band_from_label=band_from_label, flip=flip, table=table)
+    return Compose(list(chain.transforms) + list(seg_augment(augment).transforms))
 
 
 def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | None = None, with_label: bool = True,

@@ -17,3 +17,6 @@ from monai_oct.transforms.dmc import DiscreteMaskClustering, DiscreteMaskCluster
 from monai_oct.transforms.drm import DynamicRegionMask, RandDynamicRegionMaskd
 from monai_oct.transforms.restore import RecordShaped, RestoreBScan, RestoreBScand
 from monai_oct.transforms.save import SaveLabelMap, SaveLabelMapd
+
+# layer sketches (Wu et al.)
+from monai_oct.transforms.sketch import FLUID_STYLES, LayerSketch, LayerSketchd, label_boundaries
