@@ -9,11 +9,12 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
-from monai_oct.engines.diffusion import DiffusionTrainer, diffusion_target, warmup_lr
+from monai_oct.engines.diffusion import DiffusionTrainer, diffusion_target
 from monai_oct.engines.sampler import DiffusionSampler, sample_generators
 from monai_oct.handlers.checkpoint import TrainingCheckpoint, TrainingLog
 from monai_oct.handlers.ema import EMA
 from monai_oct.networks.checkpoint import load_weights, save_checkpoint
+from monai_oct.optim import make_lr_scheduler
 from monai_oct.networks.diffusion import conditional_diffusion_unet, diffusion_scheduler
 
 
@@ -170,7 +171,7 @@ def test_checkpoint_resume_and_final_weights(tmp_path):
     def build(max_epochs):
         net = _net()
         opt = torch.optim.AdamW(net.parameters(), 1e-3)
-        lr = warmup_lr(opt, 3)
+        lr = make_lr_scheduler(opt, total_steps=100, warmup_steps=3, schedule="cosine")
         ema = EMA(net, 0.9)
         ck = TrainingCheckpoint(tmp_path, {"model": net, "ema": ema, "optimizer": opt, "lr_scheduler": lr},
                                 final_model=ema.ema_model, raw_model=net)

@@ -28,7 +28,7 @@ from torch.optim import Optimizer
 
 from monai_oct.networks.diffusion import check_image_size
 
-__all__ = ["DiffusionTrainer", "diffusion_target", "warmup_lr"]
+__all__ = ["DiffusionTrainer", "diffusion_target"]
 
 
 def diffusion_target(scheduler: Scheduler, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -46,16 +46,6 @@ def diffusion_target(scheduler: Scheduler, images: torch.Tensor, noise: torch.Te
     if pt == "sample":
         return images
     raise ValueError(f"unknown prediction_type {pt!r}; expected 'epsilon', 'v_prediction' or 'sample'")
-
-
-def warmup_lr(optimizer: Optimizer, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """A linear learning-rate warm-up over ``warmup_steps`` iterations, constant afterwards.
-
-    Step it once per iteration (``LrScheduleHandler(..., epoch_level=False)``). Its state dict (the step
-    count) is what a resumed run needs; the rule itself is rebuilt from the config.
-    """
-    n = max(int(warmup_steps), 0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 if n == 0 else min(1.0, (it + 1) / n))
 
 
 class DiffusionTrainer(SupervisedTrainer):
