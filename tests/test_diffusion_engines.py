@@ -316,3 +316,29 @@ def test_modules_import_first_in_a_fresh_interpreter(module):
 
     res = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_load_weights_adapts_input_channels(tmp_path):
+    small = _net(cond=1).eval()  # e.g. stage 1 trained with a scalar condition
+    save_checkpoint(small.state_dict(), tmp_path / "m.pt")
+    big = conditional_diffusion_unet(1, 10, channels=(8, 16)).eval()
+    with pytest.raises(ValueError, match="does not fit"):
+        load_weights(big, tmp_path / "m.pt")
+    load_weights(big, tmp_path / "m.pt", adapt_input=True)
+    w = big.state_dict()["conv_in.conv.weight"]
+    assert torch.equal(w[:, :2], small.state_dict()["conv_in.conv.weight"]) and bool((w[:, 2:] == 0).all())
+    x, t = torch.randn(2, 2, 16, 16), torch.tensor([1, 9])
+    with torch.no_grad():  # the extra (zero-weighted) condition channels change nothing
+        assert torch.allclose(big(torch.cat([x, torch.randn(2, 9, 16, 16)], 1), t), small(x, t), atol=1e-5)
+
+
+def test_same_seed_same_training():
+    def train():
+        torch.manual_seed(0)
+        net = _net()
+        DiffusionTrainer("cpu", 2, _batches(n=2), net, torch.optim.AdamW(net.parameters(), 1e-3),
+                         diffusion_scheduler("ddpm", 20, "cosine", "v_prediction"), 2, p_uncond=0.3).run()
+        return net.state_dict()
+
+    a, b = train(), train()
+    assert all(torch.equal(a[k], b[k]) for k in a)
