@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from torch import nn
+
+from monai_oct.networks.checkpoint import load_weights  # re-exported: the one loader lives in checkpoint.py
 
 __all__ = ["SEGMENTATION_NETWORKS", "segmentation_network", "resolve_network", "load_weights"]
 
@@ -57,35 +55,6 @@ def segmentation_network(name: str = "unet", in_channels: int = 1, out_channels:
         feats = int(channels[0]) if channels else 64
         return ReLayNet(in_channels=in_channels, out_channels=out_channels, features=feats, dropout=dropout, **kwargs)
     raise ValueError(f"unknown segmentation network {name!r}; choose one of {', '.join(SEGMENTATION_NETWORKS)}")
-
-
-def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model", strict: bool = True,
-                 map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a state-dict checkpoint into ``network`` (``torch.load(..., weights_only=True)``) and return it.
-
-    Accepts a plain state dict (what ``CheckpointSaver`` writes for a single object) or a dict holding
-    it under ``key`` (``{"model": ..., "optimizer": ...}``).
-
-    Raises:
-        FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the file is not a state dict or does not fit the network (names the file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle / zip errors come in many types
-        raise ValueError(f"{path}: cannot read checkpoint ({e})") from e
-    if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
-        ckpt = ckpt[key]
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
-    try:
-        network.load_state_dict(ckpt, strict=strict)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: checkpoint does not fit {type(network).__name__} (wrong --network or channels?): {e}") from e
-    return network
 
 
 def resolve_network(spec: str | nn.Module, **kwargs: Any) -> nn.Module:

@@ -1,0 +1,169 @@
+"""Training data of the three RetiDiff stages: which items, and the transform chain of each stage.
+
+All chains start from :func:`monai_oct.data.pipelines.bscan_transforms` (load, retina band, resize, images
+to [-1, 1]) and end with dicts the :class:`~monai_oct.engines.diffusion.DiffusionTrainer` reads:
+
+- stage 1, :func:`pretrain_transforms`: ``{"image"}`` only; a label, where an item has one, only places the
+  band (the trainer then conditions on an all-zero mask);
+- stage 2, :func:`mask_transforms`: ``{"image"}`` = the label map in the scalar encoding (one channel in
+  [-1, 1]), what the unconditional mask DDPM learns to generate;
+- stage 3, :func:`finetune_transforms`: ``{"image", "cond", "label"}`` with ``cond`` the encoded label map
+  after Dynamic Region Masking.
+
+The deterministic part of each chain comes first (``CacheDataset`` caches it), the random flip and DRM last.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Hashable, Mapping, Sequence
+
+from monai.transforms import Compose, RandFlipd, SelectItemsd, Transform
+
+from monai_oct.data.datalist import DataError, IMAGE_EXTENSIONS, image_folder_datalist
+from monai_oct.data.labels import LabelTable
+from monai_oct.data.mixing import concat_sources, find_datalist, read_datalists
+from monai_oct.data.pipelines import bscan_transforms
+from monai_oct.transforms.drm import RandDynamicRegionMaskd
+from monai_oct.transforms.encoding import MaskEncoded
+
+__all__ = ["diffusion_items", "pretrain_transforms", "mask_transforms", "finetune_transforms"]
+
+
+def diffusion_items(dataset_dir: str | os.PathLike | None = None, datalist: str | Sequence[str] | None = None,
+                    key: str | Sequence[str] | None = ("train", "training"), require_label: bool = False) -> list[dict[str, Any]]:
+    """The training items of a stage.
+
+    Args:
+        dataset_dir: a dataset folder: its ``datalist_train.json`` / ``datalist.json`` is used, or, when it has
+            none, every image in it (or in its ``images/`` subfolder), unlabelled.
+        datalist: one datalist path or a list of them (relative to ``dataset_dir``); overrides the folder scan.
+            An entry that is a folder contributes its images, unlabelled (e.g. Duke's train datalist plus
+            ``hcms_unlabeled/`` for stage 1).
+        key: list name(s) to read in each datalist.
+        require_label: every item must have a ``label`` (stages 2 and 3).
+
+    Returns:
+        items with absolute ``image`` (and ``label``) paths.
+
+    Raises:
+        DataError: nothing to train on, or an item without label when one is required (names the datalist/file).
+    """
+    keys = list(key) if isinstance(key, (list, tuple)) else key
+    if datalist:
+        items = []
+        for entry in [datalist] if isinstance(datalist, (str, os.PathLike)) else list(datalist):
+            p = Path(entry)
+            if not p.is_absolute() and dataset_dir is not None:
+                p = Path(dataset_dir) / p
+            if p.is_dir():  # a folder of images: unlabelled items
+                items += image_folder_datalist(p, IMAGE_EXTENSIONS)
+            else:
+                items += concat_sources(read_datalists(str(p), key=keys))
+        where = str(datalist)
+    else:
+        if dataset_dir is None:
+            raise DataError("give --dataset_dir or --datalist")
+        d = Path(dataset_dir)
+        dl = Path(find_datalist(d, "train"))
+        if dl.is_file():
+            items = concat_sources(read_datalists(str(dl), key=keys))
+            where = str(dl)
+        else:
+            folder = d / "images" if (d / "images").is_dir() else d
+            if not folder.is_dir():
+                raise DataError(f"{d}: dataset folder not found")
+            items, where = image_folder_datalist(folder, IMAGE_EXTENSIONS), str(folder)
+    items = [{k: v for k, v in it.items() if k in ("image", "label")} for it in items]
+    if require_label:
+        missing = [it["image"] for it in items if "label" not in it]
+        if missing:
+            raise DataError(f"{where}: {len(missing)} item(s) have no 'label' (this stage needs label maps), e.g. {missing[0]}")
+    return items
+
+
+class _ImageWithOptionalLabel(Transform):
+    """Load an item with the label-aware chain when it has a label, else the image-only chain; keep ``image``."""
+
+    def __init__(self, with_label: Compose, without_label: Compose) -> None:
+        self.with_label, self.without_label = with_label, without_label
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = (self.with_label if data.get("label") else self.without_label)(dict(data))
+        return {"image": d["image"]}
+
+
+def pretrain_transforms(image_size: Sequence[int] | None, band_height: int | None = None, flip: float = 0.0,
+                        table: LabelTable | str | None = "duke_dme", seed: int = 0) -> Compose:
+    """Stage 1 chain: ``{"image"}`` in [-1, 1]; the band is placed from the label where an item has one.
+
+    Args:
+        image_size: ``[H, W]`` the network sees.
+        band_height: retina band rows before resizing (None/0: whole B-scan).
+        flip: probability of a left-right flip.
+        table: label table for checking labels (only read to place the band).
+        seed: seed of the random transforms.
+
+    Returns:
+        the ``Compose``.
+    """
+    kw = dict(image_size=image_size, band_height=band_height, flip=0.0, table=table)
+    chain = Compose([
+        _ImageWithOptionalLabel(bscan_transforms(keys=["image", "label"], **kw), bscan_transforms(keys=["image"], **kw)),
+        RandFlipd(["image"], prob=flip, spatial_axis=1),
+    ])
+    chain.set_random_state(seed)
+    return chain
+
+
+def mask_transforms(image_size: Sequence[int] | None, num_classes: int = 10, band_height: int | None = None,
+                    flip: float = 0.0, table: LabelTable | str | None = "duke_dme", seed: int = 0) -> Compose:
+    """Stage 2 chain: ``{"image"}`` = the label map in the scalar encoding (class k -> ``2k/(C-1) - 1``).
+
+    Args:
+        image_size: ``[H, W]``.
+        num_classes: C.
+        band_height: retina band rows, placed from the label (None/0: whole B-scan).
+        flip: probability of a left-right flip.
+        table: label table the ids are checked against.
+        seed: seed of the random transforms.
+    """
+    chain = Compose([
+        bscan_transforms(image_size=image_size, keys=["image", "label"], band_height=band_height, flip=0.0, table=table),
+        MaskEncoded(["label"], num_classes=num_classes, mode="scalar", output_key="image"),
+        SelectItemsd(["image"]),
+        RandFlipd(["image"], prob=flip, spatial_axis=1),
+    ])
+    chain.set_random_state(seed)
+    return chain
+
+
+def finetune_transforms(image_size: Sequence[int] | None, num_classes: int = 10, encoding: str = "onehot",
+                        band_height: int | None = None, flip: float = 0.0, drm_prob: float = 1.0, drm_p: float = 0.5,
+                        pathological_ids: Sequence[int] = (9,), table: LabelTable | str | None = "duke_dme",
+                        seed: int = 0) -> Compose:
+    """Stage 3 chain: ``{"image", "cond", "label"}``, ``cond`` the encoded label after DRM.
+
+    Args:
+        image_size: ``[H, W]``.
+        num_classes: C.
+        encoding: ``"onehot"`` or ``"scalar"`` (the condition the image UNet gets).
+        band_height: retina band rows, placed from the label (None/0: whole B-scan).
+        flip: probability of a left-right flip (image, label and condition together).
+        drm_prob: probability of applying DRM to a sample (0: off).
+        drm_p: probability that an element of DRM's field is zeroed.
+        pathological_ids: classes DRM perturbs (Duke: fluid, 9).
+        table: label table the ids are checked against.
+        seed: seed of the random transforms.
+    """
+    chain = Compose([
+        bscan_transforms(image_size=image_size, keys=["image", "label"], band_height=band_height, flip=0.0, table=table),
+        MaskEncoded(["label"], num_classes=num_classes, mode=encoding, output_key="cond"),
+        SelectItemsd(["image", "label", "cond"]),
+        RandFlipd(["image", "label", "cond"], prob=flip, spatial_axis=1),
+        RandDynamicRegionMaskd(["cond"], label_key="label", prob=drm_prob, p=drm_p, pathological_ids=pathological_ids,
+                               num_classes=num_classes, mode=encoding),
+    ])
+    chain.set_random_state(seed)
+    return chain

@@ -1,0 +1,161 @@
+"""Training a (mask-conditioned) diffusion UNet with MONAI's ``SupervisedTrainer`` machinery.
+
+One iteration: draw noise and a random timestep per image, noise the image with the scheduler,
+concatenate the encoded condition (``DiffusionInferer(mode="concat")``), predict, and regress the
+target of the scheduler's ``prediction_type`` with MSE:
+
+- ``"epsilon"``: the noise;
+- ``"v_prediction"``: ``v = sqrt(a_t) * noise - sqrt(1 - a_t) * x0`` (``scheduler.get_velocity``, from the
+  scheduler's cumulative alphas ``a_t``);
+- ``"sample"``: the clean image.
+
+Condition dropout (``p_uncond``) zeroes the whole condition of a random subset of the batch, so the
+network also learns the unconditional score the sampler's classifier-free guidance needs; the zero
+condition is the same "no mask" input stage 1 (pretraining on unannotated images) is trained with.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from monai.engines import IterationEvents, SupervisedTrainer
+from monai.inferers import DiffusionInferer
+from monai.networks.schedulers import Scheduler
+from ignite.engine import Engine
+from torch import nn
+from torch.optim import Optimizer
+
+from monai_oct.networks.diffusion import check_image_size
+
+__all__ = ["DiffusionTrainer", "diffusion_target"]
+
+
+def diffusion_target(scheduler: Scheduler, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                     prediction_type: str | None = None) -> torch.Tensor:
+    """The regression target of a diffusion UNet for ``prediction_type`` (default: the scheduler's).
+
+    Raises:
+        ValueError: for an unknown prediction type.
+    """
+    pt = prediction_type or scheduler.prediction_type
+    if pt == "epsilon":
+        return noise
+    if pt == "v_prediction":
+        return scheduler.get_velocity(images, noise, timesteps)
+    if pt == "sample":
+        return images
+    raise ValueError(f"unknown prediction_type {pt!r}; expected 'epsilon', 'v_prediction' or 'sample'")
+
+
+class DiffusionTrainer(SupervisedTrainer):
+    """Ignite/MONAI trainer for a diffusion UNet with concat conditioning.
+
+    Batches are dicts holding the image under ``image_key`` (``(B, C, H, W)`` in [-1, 1]) and, for a
+    conditional network, the encoded condition under ``condition_key``. When the batch has no condition but
+    ``condition_channels > 0`` an all-zero condition is used (RetiDiff stage 1).
+
+    Args:
+        device: where to train.
+        max_epochs: epochs to run (a resumed run continues up to it).
+        train_data_loader: yields the batches.
+        network: the diffusion UNet (``in_channels = image + condition channels``).
+        optimizer: its optimizer.
+        scheduler: the MONAI noise scheduler (``DDPMScheduler``) defining the forward process.
+        condition_channels: channels of the condition (0 = unconditional network).
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``; None: the scheduler's.
+        p_uncond: probability of zeroing a sample's condition (classifier-free guidance training).
+        clip_grad_norm: clip the gradient norm to this value (None/0: no clipping).
+        image_key: the image's key in a batch.
+        condition_key: the condition's key in a batch.
+        amp: mixed precision (``torch.autocast`` + ``GradScaler``; effective on CUDA).
+        train_handlers: Ignite/MONAI handlers to attach.
+        epoch_length: iterations per epoch (default: the loader's length).
+        kwargs: passed to ``SupervisedTrainer`` (e.g. ``decollate``, ``optim_set_to_none``).
+
+    Raises:
+        ValueError: for a bad ``p_uncond`` or prediction type; FloatingPointError during training when the
+            loss is NaN/inf (the message names the iteration and epoch).
+    """
+
+    def __init__(self, device: str | torch.device, max_epochs: int, train_data_loader: Iterable, network: nn.Module,
+                 optimizer: Optimizer, scheduler: Scheduler, condition_channels: int = 0,
+                 prediction_type: str | None = None, p_uncond: float = 0.0, clip_grad_norm: float | None = 1.0,
+                 image_key: str = "image", condition_key: str = "cond", amp: bool = False,
+                 train_handlers: Sequence | None = None, epoch_length: int | None = None, **kwargs: Any) -> None:
+        if not 0.0 <= float(p_uncond) <= 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+        pt = prediction_type or scheduler.prediction_type
+        if pt not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"unknown prediction_type {pt!r}; expected 'epsilon', 'v_prediction' or 'sample'")
+        if pt != scheduler.prediction_type:
+            raise ValueError(f"prediction_type {pt!r} differs from the scheduler's {scheduler.prediction_type!r}; "
+                             "sampling would decode the network's output wrongly")
+        kwargs.setdefault("decollate", False)
+        super().__init__(device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
+                         optimizer=optimizer, loss_function=nn.MSELoss(), inferer=DiffusionInferer(scheduler),
+                         train_handlers=train_handlers, amp=amp, epoch_length=epoch_length, **kwargs)
+        self.noise_scheduler = scheduler
+        self.condition_channels = int(condition_channels)
+        self.prediction_type = pt
+        self.p_uncond = float(p_uncond)
+        self.clip_grad_norm = float(clip_grad_norm) if clip_grad_norm else None
+        self.image_key, self.condition_key = image_key, condition_key
+        self._size_checked = False
+
+    def _condition(self, batch: Mapping, images: torch.Tensor) -> torch.Tensor | None:
+        if self.condition_channels == 0:
+            return None
+        cond = batch.get(self.condition_key) if isinstance(batch, Mapping) else None
+        if cond is None:
+            b, _, h, w = images.shape
+            return torch.zeros((b, self.condition_channels, h, w), device=images.device, dtype=images.dtype)
+        cond = torch.as_tensor(cond).to(images.device, non_blocking=self.non_blocking).float()
+        if cond.shape[1] != self.condition_channels or cond.shape[2:] != images.shape[2:]:
+            raise ValueError(f"condition of shape {tuple(cond.shape)} does not fit images {tuple(images.shape)} with "
+                             f"{self.condition_channels} condition channels")
+        if self.p_uncond > 0:
+            keep = (torch.rand(cond.shape[0], device=cond.device) >= self.p_uncond).to(cond.dtype)
+            cond = cond * keep.view(-1, 1, 1, 1)
+        return cond
+
+    def _iteration(self, engine: Engine, batchdata: Mapping[str, Any]) -> dict:  # type: ignore[override]
+        """One training step; returns ``{"image", "pred", "label" (target), "loss"}`` (MONAI's output keys)."""
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        images = torch.as_tensor(batchdata[self.image_key]).to(engine.state.device, non_blocking=self.non_blocking).float()
+        if not self._size_checked:
+            check_image_size(engine.network, images.shape)
+            self._size_checked = True
+        cond = self._condition(batchdata, images)
+        noise = torch.randn_like(images)
+        timesteps = torch.randint(0, self.noise_scheduler.num_train_timesteps, (images.shape[0],), device=images.device).long()
+        target = diffusion_target(self.noise_scheduler, images, noise, timesteps, self.prediction_type)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        mode = "concat" if cond is not None else "crossattn"  # "crossattn" with no condition = unconditional
+        use_amp = engine.amp and images.device.type == "cuda"
+        with torch.autocast(images.device.type, enabled=use_amp, **engine.amp_kwargs):
+            pred = engine.inferer(inputs=images, diffusion_model=engine.network, noise=noise, timesteps=timesteps,
+                                  condition=cond, mode=mode)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        loss = engine.loss_function(pred.float(), target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"diffusion loss is {loss.item()} at iteration {engine.state.iteration}, epoch {engine.state.epoch}: "
+                "lower --learning_rate, keep gradient clipping on, or check the data for NaN/inf")
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        scaler = engine.scaler if use_amp else None
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if scaler is not None:
+            scaler.unscale_(engine.optimizer)
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.clip_grad_norm)
+        if scaler is not None:
+            scaler.step(engine.optimizer)
+            scaler.update()
+        else:
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return {"image": images, "pred": pred.detach(), "label": target, "loss": loss.detach()}

@@ -1,0 +1,136 @@
+"""Pictures of what a diffusion model generates: (label, image) grids as PNG and in TensorBoard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from monai_oct.data.datalist import write_png
+
+if TYPE_CHECKING:  # engines import this module (grids); import the sampler lazily to keep the import graph acyclic
+    from monai_oct.engines.sampler import DiffusionSampler
+
+__all__ = ["image_to_uint8", "label_to_uint8", "pair_grid", "SampleGrid"]
+
+
+def image_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``(..., H, W)`` values in [-1, 1] -> uint8 in 0..255 (clipped, rounded)."""
+    x = images.detach().float().cpu().clamp(-1.0, 1.0)
+    return ((x + 1.0) * 127.5).round().to(torch.uint8).numpy()
+
+
+def label_to_uint8(labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Class ids -> grey levels spread over 0..255 (for looking at, not for storing ids)."""
+    x = labels.detach().cpu().long().clamp(0, num_classes - 1).float()
+    return (x * (255.0 / max(num_classes - 1, 1))).round().to(torch.uint8).numpy()
+
+
+def pair_grid(images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int = 10, ncol: int = 8,
+              pad: int = 2) -> np.ndarray:
+    """A uint8 grid: one column per sample, its label map (if any) above its image.
+
+    Args:
+        images: ``(B, 1, H, W)`` in [-1, 1].
+        labels: ``(B, 1, H, W)`` class ids or None.
+        num_classes: C, for the label's grey levels.
+        ncol: samples per row of the grid.
+        pad: white separator width in pixels.
+
+    Returns:
+        ``(rows, cols)`` uint8 array.
+
+    Raises:
+        ValueError: for mismatched shapes.
+    """
+    if images.ndim != 4 or (labels is not None and labels.shape[0] != images.shape[0]):
+        raise ValueError(f"images (B, C, H, W) and labels (B, 1, H, W) must match, got {tuple(images.shape)}, "
+                         f"{None if labels is None else tuple(labels.shape)}")
+    imgs = image_to_uint8(images[:, 0])
+    tiles = [imgs[i] for i in range(len(imgs))]
+    if labels is not None:
+        labs = label_to_uint8(labels[:, 0], num_classes)
+        tiles = [np.concatenate([labs[i], np.full((pad, imgs.shape[2]), 255, np.uint8), imgs[i]]) for i in range(len(imgs))]
+    h, w = tiles[0].shape
+    ncol = max(1, min(ncol, len(tiles)))
+    nrow = (len(tiles) + ncol - 1) // ncol
+    grid = np.full((nrow * (h + pad) - pad, ncol * (w + pad) - pad), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, ncol)
+        grid[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = t
+    return grid
+
+
+class SampleGrid:
+    """Every ``interval`` epochs (and at the end), sample a few images and write a (label, image) grid.
+
+    Writes ``output_dir/samples/epoch_XXXX.png`` and, with ``log_dir``, a TensorBoard image ``samples``.
+    The same seeds are used every time, so successive grids show the same samples maturing.
+
+    Args:
+        network: the module to sample with (usually ``ema.ema_model``).
+        sampler: a :class:`~monai_oct.engines.sampler.DiffusionSampler` (a few DDIM steps are enough).
+        image_shape: ``(C, H, W)`` of a generated image.
+        output_dir: where ``samples/`` goes.
+        condition: ``(N, Cc, H, W)`` encoded conditions (one sample each) or None (unconditional, ``num_samples``).
+        labels: ``(N, 1, H, W)`` label ids drawn above the images (None: images only).
+        num_samples: samples when ``condition`` is None.
+        num_classes: C, for the label grey levels.
+        interval: epochs between grids (0: only at the end).
+        seed: sample ``i`` uses ``seed + i``.
+        log_dir: TensorBoard folder (None: PNG only).
+    """
+
+    def __init__(self, network: nn.Module, sampler: "DiffusionSampler", image_shape: Sequence[int],
+                 output_dir: str | os.PathLike, condition: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                 num_samples: int = 4, num_classes: int = 10, interval: int = 1, seed: int = 0,
+                 log_dir: str | os.PathLike | None = None) -> None:
+        self.network, self.sampler, self.image_shape = network, sampler, tuple(int(s) for s in image_shape)
+        self.output_dir = Path(output_dir)
+        self.condition, self.labels = condition, labels
+        self.num_samples = int(condition.shape[0]) if condition is not None else int(num_samples)
+        self.num_classes, self.interval, self.seed = int(num_classes), int(interval), int(seed)
+        self.log_dir = log_dir
+        self._writer = None
+        self._last_epoch = -1
+
+    def attach(self, engine: Engine) -> None:
+        """Write grids at ``EPOCH_COMPLETED(every=interval)`` and ``COMPLETED``."""
+        if self.interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.write)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def __call__(self, engine: Engine) -> None:
+        """Attach to ``engine``."""
+        self.attach(engine)
+
+    def write(self, engine: Engine) -> Path:
+        """Sample and write the grid of the current epoch (once per epoch); returns the PNG path."""
+        path = self.output_dir / "samples" / f"epoch_{engine.state.epoch:04d}.png"
+        if engine.state.epoch == self._last_epoch:
+            return path
+        self._last_epoch = engine.state.epoch
+        from monai_oct.engines.sampler import sample_generators
+
+        device = next(self.network.parameters()).device
+        was_training = self.network.training
+        self.network.eval()
+        cond = self.condition.to(device) if self.condition is not None else None
+        images = self.sampler(self.network, sample_generators(range(self.seed, self.seed + self.num_samples), device),
+                              self.image_shape, cond, device)
+        self.network.train(was_training)
+        grid = pair_grid(images, self.labels, self.num_classes)
+        write_png(path, grid)
+        if self.log_dir is not None:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(self.log_dir))
+            self._writer.add_image("samples", grid[None], global_step=engine.state.epoch)
+            self._writer.flush()
+        return path

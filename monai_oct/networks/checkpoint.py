@@ -1,0 +1,128 @@
+"""State-dict checkpoints: one loader for every network of the project and an atomic writer.
+
+Checkpoints are plain state dicts, or dicts of state dicts (``{"model": ..., "ema": ..., "optimizer": ...}``),
+written to a temporary file and renamed into place (a killed run never leaves a half-written file under
+the final name) and read back with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["load_weights", "maybe_load_weights", "adapt_input_channels", "load_checkpoint", "save_checkpoint"]
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` (a state dict or a dict of them) to ``path`` atomically (temp file + ``os.replace``).
+
+    Args:
+        obj: what ``torch.save`` writes; keep it to tensors, numbers, strings, lists and dicts so that
+            ``weights_only=True`` can read it back.
+        path: destination file (parent folders are created).
+
+    Returns:
+        the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Read a checkpoint with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file cannot be read (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle / zip errors come in many types
+        raise ValueError(f"{path}: cannot read checkpoint ({e})") from e
+
+
+def adapt_input_channels(state: dict, network: nn.Module) -> list[str]:
+    """Fit weights whose shapes differ from ``network``'s only in dimension 1 (input channels), in place.
+
+    The first ``min(old, new)`` input channels are copied and any extra channels get zero weights, so the
+    adapted network computes what the checkpoint's did and ignores the new inputs until it learns to use
+    them (e.g. a stage-1 UNet pretrained with a 1-channel condition, fine-tuned with a 10-channel one).
+
+    Returns:
+        the names of the adapted entries.
+    """
+    own = network.state_dict()
+    adapted = []
+    for name, value in list(state.items()):
+        target = own.get(name)
+        if target is None or not isinstance(value, torch.Tensor) or value.shape == target.shape or value.ndim < 2:
+            continue
+        if value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            new = torch.zeros_like(target)
+            n = min(value.shape[1], target.shape[1])
+            new[:, :n] = value[:, :n].to(new.dtype)
+            state[name] = new
+            adapted.append(name)
+    return adapted
+
+
+def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model", strict: bool = True,
+                 map_location: str | torch.device = "cpu", adapt_input: bool = False) -> nn.Module:
+    """Load a state-dict checkpoint into ``network`` (``torch.load(..., weights_only=True)``) and return it.
+
+    Accepts a plain state dict (what ``CheckpointSaver`` writes for a single object, or a diffusion stage's
+    ``model.pt``) or a dict holding it under ``key`` (``{"model": ..., "optimizer": ...}``, e.g. ``last.pt``).
+
+    Args:
+        network: the module to load into.
+        path: the checkpoint.
+        key: where the state dict sits in a dict checkpoint.
+        strict: every key must match (``load_state_dict(strict=...)``).
+        map_location: where tensors are loaded to.
+        adapt_input: fit weights that differ only in their number of input channels
+            (:func:`adapt_input_channels`; a different condition encoding between two stages).
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file is not a state dict or does not fit the network (names the file).
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location)
+    if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
+        ckpt = ckpt[key]
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
+    if adapt_input:
+        ckpt = dict(ckpt)
+        adapted = adapt_input_channels(ckpt, network)
+        if adapted:
+            print(f"{path}: input channels adapted (extra channels zero) for {adapted}", flush=True)
+    try:
+        network.load_state_dict(ckpt, strict=strict)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: checkpoint does not fit {type(network).__name__} (wrong --network or channels?): {e}") from e
+    return network
+
+
+def maybe_load_weights(network: nn.Module, path: str | os.PathLike | None, key: str = "model", strict: bool = True,
+                       map_location: str | torch.device = "cpu", adapt_input: bool = False) -> nn.Module:
+    """:func:`load_weights` when ``path`` is given; ``network`` unchanged for None, ``""``, ``"none"`` or ``"null"``
+    (how an optional checkpoint looks when it comes from a command line).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_weights`.
+    """
+    if path is None or str(path).strip().lower() in ("", "none", "null"):
+        return network
+    return load_weights(network, path, key=key, strict=strict, map_location=map_location, adapt_input=adapt_input)

@@ -1,0 +1,140 @@
+"""The mask-conditioned diffusion UNet and its noise schedulers, built from a bundle's settings.
+
+The condition (an encoded label map, :mod:`monai_oct.transforms.encoding`) is concatenated to the noisy
+image along the channels (``DiffusionInferer(mode="concat")``), so the UNet sees
+``image_channels + condition_channels`` input channels and predicts ``image_channels`` (epsilon, v or x0).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+
+__all__ = ["PREDICTION_TYPES", "SCHEDULES", "conditional_diffusion_unet", "diffusion_scheduler", "check_image_size"]
+
+#: what the network predicts (MONAI's ``DDPMPredictionType`` values).
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: noise schedules accepted by :func:`diffusion_scheduler` (short names map to MONAI's).
+SCHEDULES = {"linear": "linear_beta", "linear_beta": "linear_beta", "scaled_linear": "scaled_linear_beta",
+             "scaled_linear_beta": "scaled_linear_beta", "sigmoid": "sigmoid_beta", "sigmoid_beta": "sigmoid_beta",
+             "cosine": "cosine"}
+
+
+def _groups(channels: Sequence[int], preferred: int = 32) -> int:
+    """The largest group count <= ``preferred`` (a power of two) dividing every width (GroupNorm needs it)."""
+    g = preferred
+    while g > 1 and any(c % g for c in channels):
+        g //= 2
+    return g
+
+
+def conditional_diffusion_unet(
+    image_channels: int = 1,
+    condition_channels: int = 0,
+    channels: Sequence[int] = (32, 64, 64, 128),
+    attention_levels: Sequence[bool] | None = None,
+    num_res_blocks: int | Sequence[int] = 1,
+    num_head_channels: int | Sequence[int] | None = None,
+    use_flash_attention: bool = True,
+    norm_num_groups: int | None = None,
+    **kwargs: Any,
+) -> DiffusionModelUNet:
+    """A 2D ``DiffusionModelUNet`` for concat conditioning.
+
+    Args:
+        image_channels: channels of the generated image (1 for a grey B-scan or a scalar-encoded mask).
+        condition_channels: channels of the encoded condition (0: unconditional, e.g. the mask DDPM;
+            ``condition_channels(C, mode)`` for a label map).
+        channels: widths per level; ``len(channels) - 1`` down-samplings (image sides must divide by
+            ``2 ** (len(channels) - 1)``).
+        attention_levels: self-attention per level; None: only at the lowest level (cheap at small sizes).
+        num_res_blocks: residual blocks per level.
+        num_head_channels: channels per attention head; None: ``min(32, width)`` at each level. Must divide the
+            widths of the attention levels.
+        use_flash_attention: use ``torch.nn.functional.scaled_dot_product_attention`` (fused, memory
+            efficient; also works on CPU, where it picks the math/flash kernel torch has).
+        norm_num_groups: GroupNorm groups; None: the largest power of two <= 32 dividing every width.
+        kwargs: passed to ``DiffusionModelUNet`` (e.g. ``resblock_updown``, ``include_fc``).
+
+    Returns:
+        the untrained network, ``in_channels = image_channels + condition_channels``.
+
+    Raises:
+        ValueError: for mismatched lengths, head channels that do not divide a width, or negative channel counts.
+    """
+    channels = tuple(int(c) for c in channels)
+    if image_channels < 1 or condition_channels < 0:
+        raise ValueError(f"image_channels must be >= 1 and condition_channels >= 0, got {image_channels}, {condition_channels}")
+    if attention_levels is None:
+        attention_levels = (False,) * (len(channels) - 1) + (True,)
+    attention_levels = tuple(bool(a) for a in attention_levels)
+    if len(attention_levels) != len(channels):
+        raise ValueError(f"attention_levels {attention_levels} must have one entry per level of channels {channels}")
+    if num_head_channels is None:
+        num_head_channels = tuple(min(32, c) for c in channels)
+    heads = (num_head_channels,) * len(channels) if isinstance(num_head_channels, int) else tuple(num_head_channels)
+    for c, h, a in zip(channels, heads, attention_levels):
+        if a and c % h:
+            raise ValueError(f"num_head_channels {h} does not divide the width {c} of an attention level (channels {channels})")
+    groups = norm_num_groups or _groups(channels)
+    return DiffusionModelUNet(
+        spatial_dims=2,
+        in_channels=image_channels + condition_channels,
+        out_channels=image_channels,
+        channels=channels,
+        attention_levels=attention_levels,
+        num_res_blocks=num_res_blocks,
+        num_head_channels=heads,
+        norm_num_groups=groups,
+        use_flash_attention=bool(use_flash_attention),
+        **kwargs,
+    )
+
+
+def check_image_size(network: DiffusionModelUNet, size: Sequence[int]) -> None:
+    """Check that a UNet with ``len(channels) - 1`` down-samplings can take images of ``size`` ``(H, W)``.
+
+    Raises:
+        ValueError: naming the size, the factor it must divide by and the nearest sizes that work.
+    """
+    levels = len(getattr(network, "block_out_channels", ())) or 1
+    f = 2 ** (levels - 1)
+    h, w = (int(s) for s in size[-2:])
+    if h % f or w % f:
+        ok = [max(f, round(x / f) * f) for x in (h, w)]
+        raise ValueError(f"image size {[h, w]} does not divide by {f} (the UNet down-samples {levels - 1} times with "
+                         f"channels {tuple(network.block_out_channels)}); use e.g. --image_size \"{ok}\"")
+
+
+def diffusion_scheduler(kind: str = "ddpm", num_train_timesteps: int = 1000, schedule: str = "linear_beta",
+                        prediction_type: str = "epsilon", clip_sample: bool = True, **kwargs: Any) -> Scheduler:
+    """A MONAI noise scheduler: ``DDPMScheduler`` (training, ancestral sampling) or ``DDIMScheduler``.
+
+    Args:
+        kind: ``"ddpm"`` or ``"ddim"``.
+        num_train_timesteps: T of the forward process (training and sampling must agree).
+        schedule: ``"linear"``/``"linear_beta"``, ``"scaled_linear_beta"``, ``"sigmoid_beta"`` or ``"cosine"``.
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (must match training).
+        clip_sample: clip the predicted x0 to [-1, 1] while sampling.
+        kwargs: passed to the scheduler (e.g. ``beta_start``, ``beta_end``).
+
+    Returns:
+        the scheduler.
+
+    Raises:
+        ValueError: for an unknown kind, schedule or prediction type.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown noise schedule {schedule!r}; choose one of {sorted(set(SCHEDULES))}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
+    kind = str(kind).lower()
+    if kind == "ddpm":
+        return DDPMScheduler(num_train_timesteps, SCHEDULES[schedule], prediction_type=prediction_type,
+                             clip_sample=clip_sample, **kwargs)
+    if kind == "ddim":
+        return DDIMScheduler(num_train_timesteps, SCHEDULES[schedule], prediction_type=prediction_type,
+                             clip_sample=clip_sample, **kwargs)
+    raise ValueError(f"unknown sampler {kind!r}; choose 'ddpm' or 'ddim'")

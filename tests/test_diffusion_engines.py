@@ -1,0 +1,344 @@
+"""Diffusion engines: UNet factory, trainer (targets, dropout, NaN), EMA, checkpoints/resume, sampler."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from ignite.engine import Events
+from torch import nn
+
+from monai_oct.engines.diffusion import DiffusionTrainer, diffusion_target
+from monai_oct.engines.sampler import DiffusionSampler, sample_generators
+from monai_oct.handlers.checkpoint import TrainingCheckpoint, TrainingLog
+from monai_oct.handlers.ema import EMA
+from monai_oct.networks.checkpoint import load_weights, save_checkpoint
+from monai_oct.optim import make_lr_scheduler
+from monai_oct.networks.diffusion import conditional_diffusion_unet, diffusion_scheduler
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest (and share the CPU best) on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _net(cond=2, channels=(8, 16)):
+    torch.manual_seed(0)
+    return conditional_diffusion_unet(1, cond, channels=channels)
+
+
+class Recorder(nn.Module):
+    """Wraps a network and keeps the inputs it was called with."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.inputs = net, []
+
+    def forward(self, x, timesteps, context=None, **kw):
+        self.inputs.append(x.detach().clone())
+        return self.net(x, timesteps)
+
+
+def test_factory_channels_and_errors():
+    net = conditional_diffusion_unet(1, 10, channels=(16, 32, 32))
+    assert net.in_channels == 11 and net.out_channels == 1
+    assert net.attention_levels == (False, False, True)
+    out = net(torch.zeros(2, 11, 16, 16), torch.tensor([0, 5]))
+    assert out.shape == (2, 1, 16, 16)
+    assert conditional_diffusion_unet(1, 0, channels=(8, 16)).in_channels == 1
+    with pytest.raises(ValueError, match="one entry per level"):
+        conditional_diffusion_unet(1, 2, channels=(8, 16), attention_levels=(True,))
+    with pytest.raises(ValueError, match="does not divide"):
+        conditional_diffusion_unet(1, 2, channels=(8, 24), num_head_channels=16)
+    with pytest.raises(ValueError, match=r"image size \[30, 32\] does not divide by 4"):
+        DiffusionTrainer("cpu", 1, [{"image": torch.zeros(1, 1, 30, 32)}], net, torch.optim.SGD(net.parameters(), 0.1),
+                         diffusion_scheduler("ddpm", 10), 10).run()
+    with pytest.raises(ValueError, match="unknown noise schedule"):
+        diffusion_scheduler("ddpm", 10, "warp")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        diffusion_scheduler("pndm", 10)
+
+
+def test_flash_attention_matches_plain_attention():
+    torch.manual_seed(0)
+    a = conditional_diffusion_unet(1, 2, channels=(8, 16), use_flash_attention=True).eval()
+    b = conditional_diffusion_unet(1, 2, channels=(8, 16), use_flash_attention=False).eval()
+    b.load_state_dict(a.state_dict())
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 40])
+    with torch.no_grad():
+        assert torch.allclose(a(x, t), b(x, t), atol=1e-5)
+
+
+def test_targets_epsilon_v_sample():
+    torch.manual_seed(1)
+    x, n, t = torch.rand(3, 1, 4, 4) * 2 - 1, torch.randn(3, 1, 4, 4), torch.tensor([0, 17, 99])
+    s = diffusion_scheduler("ddpm", 100, "cosine", "v_prediction")
+    a = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(diffusion_target(s, x, n, t), a.sqrt() * n - (1 - a).sqrt() * x, atol=1e-6)
+    assert diffusion_target(s, x, n, t, "epsilon") is n
+    assert diffusion_target(s, x, n, t, "sample") is x
+    with pytest.raises(ValueError, match="prediction_type"):
+        diffusion_target(s, x, n, t, "score")
+    # a trainer refuses a prediction type its scheduler would decode differently
+    net = _net()
+    with pytest.raises(ValueError, match="differs from the scheduler"):
+        DiffusionTrainer("cpu", 1, [], net, torch.optim.SGD(net.parameters(), 0.1), s, 2, prediction_type="epsilon")
+
+
+def _batches(n=4, b=4, size=16, cond=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 1, size, size, generator=g) * 2 - 1
+    c = torch.rand(b, cond, size, size, generator=g) * 2 - 1
+    return [{"image": x, "cond": c}] * n
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_decreases_on_tiny_overfit(prediction_type):
+    net = _net()
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(net.parameters(), 3e-3)
+    sched = diffusion_scheduler("ddpm", 50, "cosine", prediction_type)
+    losses = []
+    tr = DiffusionTrainer("cpu", 15, _batches(), net, opt, sched, condition_channels=2)
+    tr.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    tr.run()
+    assert len(losses) == 60
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.6 * first, (first, last)
+
+
+def test_condition_dropout_and_zero_condition():
+    sched = diffusion_scheduler("ddpm", 20)
+    for p, expect_zero in [(1.0, "all"), (0.0, "none"), (0.5, "some")]:
+        rec = Recorder(_net())
+        torch.manual_seed(3)
+        opt = torch.optim.SGD(rec.parameters(), 0.0)
+        batches = [{"image": torch.zeros(16, 1, 8, 8), "cond": torch.ones(16, 2, 8, 8)}] * 2
+        DiffusionTrainer("cpu", 1, batches, rec, opt, sched, condition_channels=2, p_uncond=p).run()
+        cond = torch.cat(rec.inputs)[:, 1:]
+        per_sample = cond.flatten(1)
+        zero = (per_sample == 0).all(1)
+        ones = (per_sample == 1).all(1)
+        assert bool((zero | ones).all())  # a whole condition is dropped or kept, never part of it
+        if expect_zero == "all":
+            assert bool(zero.all())
+        elif expect_zero == "none":
+            assert not bool(zero.any())
+        else:
+            assert 0 < int(zero.sum()) < zero.numel()
+    # no condition in the batch: stage 1's all-zero mask
+    rec = Recorder(_net())
+    DiffusionTrainer("cpu", 1, [{"image": torch.zeros(2, 1, 8, 8)}], rec, torch.optim.SGD(rec.parameters(), 0.0),
+                     sched, condition_channels=2).run()
+    assert rec.inputs[0].shape[1] == 3 and bool((rec.inputs[0][:, 1:] == 0).all())
+
+
+def test_nan_loss_names_iteration_and_epoch():
+    net = _net()
+    bad = _batches(n=3)
+    bad[2] = {"image": torch.full((4, 1, 16, 16), float("nan")), "cond": bad[0]["cond"]}
+    tr = DiffusionTrainer("cpu", 2, bad, net, torch.optim.SGD(net.parameters(), 0.01), diffusion_scheduler("ddpm", 20),
+                          condition_channels=2)
+    with pytest.raises(FloatingPointError, match="iteration 3, epoch 1"):
+        tr.run()
+
+
+def test_ema_math_and_state_dict():
+    lin = nn.Linear(2, 1, bias=False)
+    nn.init.constant_(lin.weight, 1.0)
+    ema = EMA(lin, decay=0.9, warmup=False)
+    with torch.no_grad():
+        lin.weight.fill_(3.0)
+    ema.update()
+    assert torch.allclose(ema.ema_model.weight, torch.full((1, 2), 0.9 * 1.0 + 0.1 * 3.0))
+    ema.update()
+    assert torch.allclose(ema.ema_model.weight, torch.full((1, 2), 0.9 * 1.2 + 0.1 * 3.0))
+    warm = EMA(lin, decay=0.999)
+    assert warm.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    other = EMA(nn.Linear(2, 1, bias=False), decay=0.9)
+    other.load_state_dict(ema.state_dict())
+    assert torch.equal(other.ema_model.weight, ema.ema_model.weight) and other.num_updates == 2
+    with pytest.raises(ValueError):
+        EMA(lin, decay=1.0)
+
+
+def test_checkpoint_resume_and_final_weights(tmp_path):
+    def build(max_epochs):
+        net = _net()
+        opt = torch.optim.AdamW(net.parameters(), 1e-3)
+        lr = make_lr_scheduler(opt, total_steps=100, warmup_steps=3, schedule="cosine")
+        ema = EMA(net, 0.9)
+        ck = TrainingCheckpoint(tmp_path, {"model": net, "ema": ema, "optimizer": opt, "lr_scheduler": lr},
+                                final_model=ema.ema_model, raw_model=net)
+        from monai.handlers import LrScheduleHandler
+
+        handlers = [ema, ck, LrScheduleHandler(lr, epoch_level=False, print_lr=False), TrainingLog(tmp_path / "log.jsonl", opt)]
+        tr = DiffusionTrainer("cpu", max_epochs, _batches(n=2), net, opt, diffusion_scheduler("ddpm", 20), 2,
+                              train_handlers=handlers)
+        return tr, net, ema, ck
+
+    tr, net, ema, ck = build(2)
+    tr.run()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["trainer"] == {"epoch": 2, "iteration": 4}
+    assert saved["ema"]["num_updates"] == 4 and saved["lr_scheduler"]["last_epoch"] == 4
+    final = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(torch.equal(final[k], v) for k, v in ema.ema_model.state_dict().items())
+    assert not all(torch.equal(final[k], v) for k, v in net.state_dict().items())  # EMA differs from raw
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    tr2, net2, ema2, ck2 = build(3)
+    tr2.run()
+    assert ck2.resumed_from == {"epoch": 2, "iteration": 4}
+    assert tr2.state.epoch == 3 and tr2.state.iteration == 6 and ema2.num_updates == 6
+    events = [l for l in (tmp_path / "training_log.jsonl").read_text().splitlines() if '"resume"' in l]
+    assert len(events) == 1 and '"epoch": 2' in events[0]
+    epochs = [l for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(epochs) == 3  # epochs 1, 2, then 3 after the resume
+    # the same command once more: nothing left to train, the state stays at the last epoch
+    tr3, _, ema3, ck3 = build(3)
+    tr3.run()
+    assert ck3.resumed_from == {"epoch": 3, "iteration": 6} and tr3.state.iteration == 6 and ema3.num_updates == 6
+    # the final weights load into a fresh network through the shared loader
+    load_weights(_net(), tmp_path / "model.pt")
+    raw = load_weights(_net(), tmp_path / "last.pt", key="model")
+    assert all(torch.equal(raw.state_dict()[k], v) for k, v in net2.state_dict().items())
+
+
+def test_checkpoint_refuses_a_mismatched_last_pt(tmp_path):
+    save_checkpoint({"model": {}, "trainer": {"epoch": 1, "iteration": 1}}, tmp_path / "last.pt")
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), 0.1)
+    ck = TrainingCheckpoint(tmp_path, {"model": net, "optimizer": opt})
+    tr = DiffusionTrainer("cpu", 2, _batches(n=1), net, opt, diffusion_scheduler("ddpm", 20), 2, train_handlers=[ck])
+    with pytest.raises(ValueError, match="lacks \\['optimizer'\\]"):
+        tr.run()
+
+
+def _monai_loop(net, sched, steps, cond, seed, kind, timestep_map=None):
+    """The reference: MONAI's scheduler.step in a plain loop (one sample, one generator)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((1, 1, 16, 16), generator=g)
+    sched.set_timesteps(steps)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            tt = torch.tensor([int(timestep_map[int(t)] if timestep_map else t)])
+            out = net(torch.cat([x, cond], 1), tt)
+            x = sched.step(out, int(t), x, generator=g)[0] if kind == "ddpm" else sched.step(out, int(t), x)[0]
+    return x
+
+
+@pytest.mark.parametrize("kind,T,steps", [("ddpm", 20, 20), ("ddim", 100, 8)])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_sampler_equals_monai_scheduler_step(kind, T, steps, prediction_type):
+    net = _net().eval()
+    cond = torch.rand(1, 2, 16, 16) * 2 - 1
+    ours = DiffusionSampler(diffusion_scheduler(kind, T, "cosine", prediction_type), steps)(
+        net, sample_generators([7]), (1, 16, 16), cond)
+    ref = _monai_loop(net, diffusion_scheduler(kind, T, "cosine", prediction_type), steps, cond, 7, kind)
+    assert torch.allclose(ours, ref, atol=1e-5), float((ours - ref).abs().max())
+
+
+def test_respaced_ddpm_is_the_ddpm_of_the_respaced_chain():
+    """DDPM with 6 of 100 steps == MONAI's full-chain DDPM step on the 6-step chain with alphas_cumprod[tau]."""
+    net = _net().eval()
+    cond = torch.rand(1, 2, 16, 16) * 2 - 1
+    full = diffusion_scheduler("ddpm", 100, "cosine", "v_prediction")
+    ours = DiffusionSampler(full, 6)(net, sample_generators([3]), (1, 16, 16), cond)
+    tau = [int(t) for t in full.timesteps.flip(0)]  # ascending: 0 .. 99
+    short = diffusion_scheduler("ddpm", 6, "linear_beta", "v_prediction")
+    short.alphas_cumprod = full.alphas_cumprod[tau].clone()
+    short.alphas = short.alphas_cumprod / torch.cat([torch.ones(1), short.alphas_cumprod[:-1]])
+    short.betas = 1 - short.alphas
+    ref = _monai_loop(net, short, 6, cond, 3, "ddpm", timestep_map=dict(enumerate(tau)))
+    assert torch.allclose(ours, ref, atol=1e-5), float((ours - ref).abs().max())
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_sampler_seeded_per_sample(kind):
+    net = _net().eval()
+    cond = torch.rand(3, 2, 16, 16) * 2 - 1
+    s = DiffusionSampler(diffusion_scheduler(kind, 50, "cosine", "v_prediction"), 5)
+    batch = s(net, sample_generators([10, 11, 12]), (1, 16, 16), cond)
+    again = s(net, sample_generators([10, 11, 12]), (1, 16, 16), cond)
+    alone = s(net, sample_generators([11]), (1, 16, 16), cond[1:2])
+    assert torch.equal(batch, again)
+    assert torch.allclose(batch[1:2], alone, atol=1e-6)  # sample 1 does not depend on its batch
+    assert not torch.allclose(batch[0], batch[1])
+
+
+def test_guidance_uses_zero_condition():
+    rec = Recorder(_net()).eval()
+    cond = torch.ones(2, 2, 16, 16)
+    s = DiffusionSampler(diffusion_scheduler("ddim", 20), 3, guidance_scale=2.0)
+    s(rec, sample_generators([0, 1]), (1, 16, 16), cond)
+    x = rec.inputs[0]
+    assert x.shape[0] == 4 and bool((x[:2, 1:] == 0).all()) and bool((x[2:, 1:] == 1).all())
+    assert torch.equal(x[:2, :1], x[2:, :1])  # same noisy image in both halves
+    with pytest.raises(ValueError, match="does not match"):
+        s(rec, sample_generators([0]), (1, 16, 16), cond)
+
+
+def test_sampler_overhead_is_small():
+    """Sampler time / (steps x bare UNet forward) stays near 1 (the brief's target is <= 1.05 at 64x128)."""
+    torch.manual_seed(0)
+    net = conditional_diffusion_unet(1, 10, channels=(16, 32, 32)).eval()
+    b, steps = 4, 10
+    x = torch.randn(b, 11, 32, 64)
+    t = torch.full((b,), 10, dtype=torch.long)
+    cond = torch.rand(b, 10, 32, 64) * 2 - 1
+    s = DiffusionSampler(diffusion_scheduler("ddpm", 100, "cosine", "v_prediction"), steps)
+    with torch.no_grad():
+        net(x, t)
+    ratios = []
+    for _ in range(3):  # best of 3: other processes share this CPU
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                net(x, t)
+            bare = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        s(net, sample_generators(range(b)), (1, 32, 64), cond)
+        ratios.append((time.perf_counter() - t0) / bare)
+    assert min(ratios) < 1.15, ratios
+
+
+@pytest.mark.parametrize("module", ["monai_oct.handlers.samples", "monai_oct.handlers.segmentation"])
+def test_modules_import_first_in_a_fresh_interpreter(module):
+    """engines import handlers (grids) and handlers import the sampler: no import cycle whichever comes first."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_load_weights_adapts_input_channels(tmp_path):
+    small = _net(cond=1).eval()  # e.g. stage 1 trained with a scalar condition
+    save_checkpoint(small.state_dict(), tmp_path / "m.pt")
+    big = conditional_diffusion_unet(1, 10, channels=(8, 16)).eval()
+    with pytest.raises(ValueError, match="does not fit"):
+        load_weights(big, tmp_path / "m.pt")
+    load_weights(big, tmp_path / "m.pt", adapt_input=True)
+    w = big.state_dict()["conv_in.conv.weight"]
+    assert torch.equal(w[:, :2], small.state_dict()["conv_in.conv.weight"]) and bool((w[:, 2:] == 0).all())
+    x, t = torch.randn(2, 2, 16, 16), torch.tensor([1, 9])
+    with torch.no_grad():  # the extra (zero-weighted) condition channels change nothing
+        assert torch.allclose(big(torch.cat([x, torch.randn(2, 9, 16, 16)], 1), t), small(x, t), atol=1e-5)
+
+
+def test_same_seed_same_training():
+    def train():
+        torch.manual_seed(0)
+        net = _net()
+        DiffusionTrainer("cpu", 2, _batches(n=2), net, torch.optim.AdamW(net.parameters(), 1e-3),
+                         diffusion_scheduler("ddpm", 20, "cosine", "v_prediction"), 2, p_uncond=0.3).run()
+        return net.state_dict()
+
+    a, b = train(), train()
+    assert all(torch.equal(a[k], b[k]) for k in a)

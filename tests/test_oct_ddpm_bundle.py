@@ -1,0 +1,221 @@
+"""The oct_ddpm bundle through ``python -m monai.bundle run`` (subprocesses, tiny sizes, CPU): every stage,
+synthesis outputs, and crash safety (``kill -9`` during training and during synthesis)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monai_oct.bundle import bundle_command, run_bundle
+from monai_oct.data.datalist import load_datalist, read_image, read_label
+from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "oct_ddpm"
+ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
+TINY = dict(image_size=[16, 32], band_height=48, channels=[8, 16], num_res_blocks=1, num_train_timesteps=50,
+            prediction_type="v_prediction", schedule="cosine", learning_rate=1e-3, batch_size=4, device="cpu",
+            progress=False, sample_steps=2, num_sample_images=2, sample_interval=1, num_threads=1)
+
+
+def stage(name, timeout=180, **overrides):
+    """Run one stage as a subprocess; fail with its output on error."""
+    try:
+        res = run_bundle(BUNDLE, ["common.yaml", f"{name}.yaml"], in_process=False, env=ENV, timeout=timeout, **overrides)
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"stage {name} failed ({e.returncode}):\n{(e.stdout + e.stderr)[-4000:]}")
+    return res.stdout + res.stderr
+
+
+def popen(name, log, **overrides):
+    env = dict(os.environ, **ENV, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen(bundle_command(BUNDLE, ["common.yaml", f"{name}.yaml"], **overrides), env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(cond, proc, timeout=120.0):
+    t0 = time.time()
+    while not cond():
+        if proc.poll() is not None:
+            pytest.fail(f"process ended (rc {proc.returncode}) before the condition was met")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            pytest.fail("timed out waiting")
+        time.sleep(0.05)
+
+
+def check_synthetic(out: Path, n: int, size, num_classes=10):
+    items = load_datalist(out / "datalist.json", key="training")
+    assert len(items) == n
+    images = sorted(p.name for p in (out / "images").iterdir())
+    labels = sorted(p.name for p in (out / "labels").iterdir())
+    assert images == labels == sorted(Path(it["image"]).name for it in items)  # exactly the files written, no temp files
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == sorted([f"images/{f}" for f in images] + [f"labels/{f}" for f in labels])
+    assert manifest["num_samples"] == n and len(manifest["seeds"]) == n
+    assert {"checkpoints", "config", "sampler", "num_inference_steps"} <= set(manifest)
+    for it in items:
+        img, lab = read_image(it["image"]), read_label(it["label"])
+        assert img.shape == lab.shape == tuple(size)
+        assert set(np.unique(lab).tolist()) <= set(range(num_classes))
+    assert read_image(out / "grid.png").ndim == 2
+    return manifest
+
+
+@pytest.mark.slow
+def test_all_stages_on_phantom(phantom_dir, tmp_path):
+    runs = tmp_path / "runs"
+    log = stage("pretrain", dataset_dir=phantom_dir, output_dir=runs / "pre", max_epochs=2, seed=1, **TINY)
+    assert (runs / "pre" / "model.pt").is_file() and (runs / "pre" / "model_raw.pt").is_file()
+    assert sorted(p.name for p in (runs / "pre" / "samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
+    assert list((runs / "pre" / "tensorboard").glob("events.out.tfevents.*"))
+    assert "Epoch[2] Complete" in log
+    epochs = [json.loads(l) for l in (runs / "pre" / "training_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs if e["event"] == "epoch"] == [1, 2]
+    pre = torch.load(runs / "pre" / "model.pt", weights_only=True)
+    assert pre["conv_in.conv.weight"].shape[1] == 11  # image + 10 one-hot condition channels
+
+    stage("train_masks", dataset_dir=phantom_dir, output_dir=runs / "masks", max_epochs=1, **TINY)
+    masks = torch.load(runs / "masks" / "model.pt", weights_only=True)
+    assert masks["conv_in.conv.weight"].shape[1] == 1  # unconditional, scalar-encoded label maps
+
+    # fine-tuning starts from stage 1: with a learning rate of 0 its raw weights stay stage 1's EMA weights
+    stage("finetune", dataset_dir=phantom_dir, output_dir=runs / "ft0", max_epochs=1, pretrained_ckpt=runs / "pre" / "model.pt",
+          **dict(TINY, learning_rate=0.0))
+    ft0 = torch.load(runs / "ft0" / "model_raw.pt", weights_only=True)
+    assert all(torch.equal(ft0[k], v) for k, v in pre.items())
+    stage("finetune", dataset_dir=phantom_dir, output_dir=runs / "ft", max_epochs=1, pretrained_ckpt=runs / "pre" / "model.pt",
+          drm_p=0.3, **TINY)
+
+    out = tmp_path / "synth"
+    args = dict(output_dir=out, mask_ckpt=runs / "masks" / "model.pt", image_ckpt=runs / "ft" / "model.pt", num_samples=5,
+                sampler="ddim", num_inference_steps=3, output_size=[48, 40], **dict(TINY, batch_size=2))
+    stage("synthesize", **args)
+    manifest = check_synthetic(out, 5, (48, 40))
+    assert manifest["checkpoints"]["mask"] == str(runs / "masks" / "model.pt")
+    import hashlib
+
+    assert manifest["checkpoint_sha256"]["image"] == hashlib.sha256((runs / "ft" / "model.pt").read_bytes()).hexdigest()
+    assert manifest["sampler"] == "DDIMScheduler" and manifest["num_inference_steps"] == 3
+    assert manifest["seeds"]["synth_00004.png"] == 4
+
+    # run again: nothing to do; remove one pair's image: exactly it is redone, bit for bit
+    before = (out / "images" / "synth_00003.png").read_bytes()
+    (out / "images" / "synth_00003.png").unlink()
+    log = stage("synthesize", **args)
+    assert "4 of 5 pairs already" in log
+    assert (out / "images" / "synth_00003.png").read_bytes() == before
+    check_synthetic(out, 5, (48, 40))
+
+    # label maps from a datalist (R/S 0/N), with their mirror images
+    lab_out = tmp_path / "from_labels"
+    n_train = len(load_datalist(phantom_dir / "datalist.json"))
+    stage("synthesize", output_dir=lab_out, dataset_dir=phantom_dir, label_datalist="datalist.json", label_flip="true",
+          image_ckpt=runs / "ft" / "model.pt", num_samples=2 * n_train, sampler="ddpm", num_inference_steps=2, **TINY)
+    check_synthetic(lab_out, 2 * n_train, (16, 32))
+    first = read_label(lab_out / "labels" / "synth_00000.png")
+    mirror = read_label(lab_out / "labels" / f"synth_{n_train:05d}.png")
+    assert np.array_equal(mirror, first[:, ::-1])
+
+
+@pytest.mark.slow
+def test_kill_during_training_then_resume(phantom_dir, tmp_path):
+    out = tmp_path / "pre"
+    proc = popen("pretrain", tmp_path / "log1.txt", dataset_dir=phantom_dir, output_dir=out, max_epochs=500,
+                 **dict(TINY, sample_interval=0))
+    wait_for(lambda: (out / "last.pt").is_file(), proc)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.pt").exists()
+    saved = torch.load(out / "last.pt", weights_only=True)["trainer"]
+    assert 1 <= saved["epoch"] < 500
+    log = stage("pretrain", dataset_dir=phantom_dir, output_dir=out, max_epochs=saved["epoch"] + 2, **dict(TINY, sample_interval=0))
+    assert f"resumed from {out / 'last.pt'} at epoch {saved['epoch']}" in log
+    final = torch.load(out / "last.pt", weights_only=True)
+    assert final["trainer"]["epoch"] == saved["epoch"] + 2
+    assert final["trainer"]["iteration"] == saved["iteration"] + 2 * (saved["iteration"] // saved["epoch"])
+    assert (out / "model.pt").is_file() and not list(out.glob(".*.tmp"))
+    events = [json.loads(l)["event"] for l in (out / "training_log.jsonl").read_text().splitlines()]
+    assert events.count("resume") == 1 and events[-1] == "completed"
+
+
+@pytest.mark.slow
+def test_kill_during_synthesis_then_exactly_n(phantom_dir, tmp_path):
+    runs = tmp_path / "runs"
+    stage("finetune", dataset_dir=phantom_dir, output_dir=runs / "ft", max_epochs=1, pretrained_ckpt="null",
+          **dict(TINY, sample_interval=0))
+    stage("train_masks", dataset_dir=phantom_dir, output_dir=runs / "masks", max_epochs=1, **dict(TINY, sample_interval=0))
+    out = tmp_path / "synth"
+    n = 40
+    args = dict(output_dir=out, mask_ckpt=runs / "masks" / "model.pt", image_ckpt=runs / "ft" / "model.pt", num_samples=n,
+                sampler="ddpm", num_inference_steps=10, **dict(TINY, batch_size=2))
+    proc = popen("synthesize", tmp_path / "log.txt", **args)
+    wait_for(lambda: (out / "images").is_dir() and len(list((out / "images").glob("*.png"))) >= 3, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "images").glob("*.png")))
+    assert 3 <= done < n and not (out / "datalist.json").exists()
+    log = stage("synthesize", **args)
+    assert f"{done} of {n} pairs already" in log  # the label is written first: an image means a complete pair
+    check_synthetic(out, n, (16, 32))
+
+
+def test_band_crop_takes_an_image_of_band_height_whole():
+    img = torch.arange(224 * 8, dtype=torch.float32).reshape(1, 224, 8)
+    assert torch.equal(RetinaBandCrop(224)(img), img)
+    lab = torch.zeros(1, 224, 8)
+    lab[0, 100:150] = 3
+    d = RetinaBandCropd(["image", "label"], band_height=224)({"image": img, "label": lab})
+    assert torch.equal(d["image"], img) and torch.equal(d["label"], lab) and d["band_offset"] == 0
+
+
+@pytest.mark.slow
+def test_stages_on_duke(duke_dir, tmp_path):
+    small = dict(TINY, image_size=[32, 64], band_height=224, channels=[8, 16, 16], batch_size=8, sample_interval=0)
+    runs = tmp_path / "runs"
+    stage("pretrain", datalist=["datalist_val.json"], dataset_dir=duke_dir, output_dir=runs / "pre", max_epochs=1, **small)
+    stage("train_masks", dataset_dir=duke_dir, output_dir=runs / "masks", max_epochs=1, **small)
+    stage("finetune", dataset_dir=duke_dir, output_dir=runs / "ft", max_epochs=1, pretrained_ckpt=runs / "pre" / "model.pt", **small)
+    out = tmp_path / "synth"
+    stage("synthesize", output_dir=out, mask_ckpt=runs / "masks" / "model.pt", image_ckpt=runs / "ft" / "model.pt",
+          num_samples=3, sampler="ddim", num_inference_steps=2, output_size=[224, 512], **small)
+    check_synthetic(out, 3, (224, 512))
+    # R/S 0/66: the real training label maps condition the images
+    lab_out = tmp_path / "rs066"
+    stage("synthesize", output_dir=lab_out, dataset_dir=duke_dir, label_datalist="datalist_train.json",
+          image_ckpt=runs / "ft" / "model.pt", num_samples=2, sampler="ddim", num_inference_steps=2, **small)
+    check_synthetic(lab_out, 2, (32, 64))
+
+
+def test_stage_items_and_chains(phantom_dir, tmp_path):
+    from monai_oct.data.datalist import DataError
+    from monai_oct.data.diffusion_pipelines import diffusion_items, finetune_transforms, mask_transforms, pretrain_transforms
+    from monai_oct.data.phantom import write_phantom_dataset
+
+    labelled = diffusion_items(phantom_dir, require_label=True)
+    assert len(labelled) == 9 and all("label" in it for it in labelled)
+    write_phantom_dataset(tmp_path / "u", num=4, size=(64, 64), seed=5)
+    (tmp_path / "u" / "datalist.json").unlink()
+    folder = diffusion_items(tmp_path / "u")  # no datalist: every image of images/
+    assert len(folder) == 4 and all(set(it) == {"image"} for it in folder)
+    mixed = diffusion_items(tmp_path, datalist=[str(phantom_dir / "datalist.json"), "u/images"])
+    assert len(mixed) == 13
+    with pytest.raises(DataError, match="have no 'label'"):
+        diffusion_items(tmp_path, datalist=[str(phantom_dir / "datalist.json"), "u/images"], require_label=True)
+    pre = pretrain_transforms([16, 32], band_height=48)
+    a, b = pre(labelled[0]), pre(folder[0])
+    assert set(a) == set(b) == {"image"} and a["image"].shape == b["image"].shape == (1, 16, 32)
+    m = mask_transforms([16, 32], 10, band_height=48)(labelled[0])["image"]
+    levels = torch.linspace(-1, 1, 10)
+    assert torch.isclose(m.reshape(-1, 1), levels.reshape(1, -1), atol=1e-6).any(1).all()  # scalar levels only
+    d = finetune_transforms([16, 32], 10, "onehot", band_height=48, drm_prob=0.0)(labelled[0])
+    assert d["cond"].shape == (10, 16, 32) and torch.equal(d["cond"].argmax(0, keepdim=True), d["label"])
