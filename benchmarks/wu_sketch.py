@@ -218,8 +218,8 @@ def write_results(out: Path, scale: str, cfg: dict, n: int, seed: int, device: s
         for key, _, _ in ROWS:
             m = res.get(key)
             if m is not None:
-                pc = m.get("per_class", {})
-                lines.append(f"| {key} | " + " | ".join(f"{pc.get(str(c), pc.get(c, {})).get('dice', float('nan')):.3f}"
+                pc = m.get("classes", {})  # the evaluate bundle's metrics.json: {"classes": {"1": {"dice": ...}}}
+                lines.append(f"| {key} | " + " | ".join(f"{pc.get(str(c), {}).get('dice', float('nan')):.3f}"
                                                        for c in range(1, DUKE_DME.num_classes)) + " |")
         agree = res.get("label_agreement")
         if agree:
