@@ -90,3 +90,18 @@ def test_sampler_in_a_dataloader_yields_both_sources():
     # items without a "source" field (a list MONAI Label passes) form one source
     assert sorted(RatioSampler([{"image": "a"}, {"image": "b"}])) == [0, 1]
     assert np.unique(xs[xs >= 100]).size == 10
+
+
+def test_mixed_sources_with_different_fields_collate(phantom_dir, tmp_path):
+    """A pseudo-labelled set names each item's `condition`; mixed with real items the batches still collate."""
+    from monai.data import DataLoader, Dataset
+
+    from monai_oct.data.seg_pipelines import seg_train_transforms
+
+    items = json.loads((phantom_dir / "datalist.json").read_text())["train"]
+    extra = [{**it, "condition": it["label"]} for it in items]
+    (phantom_dir / "pseudo.json").write_text(json.dumps({"train": extra}))
+    data = concat_sources(read_datalists([phantom_dir / "datalist.json", phantom_dir / "pseudo.json"]))
+    ds = Dataset(data, transform=seg_train_transforms([32, 32], flip=0.0))
+    batch = next(iter(DataLoader(ds, batch_size=len(data), shuffle=False)))
+    assert set(batch) == {"image", "label"} and batch["image"].shape[0] == len(data)
