@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["as_bool", "bundle_command", "run_bundle"]
+__all__ = ["as_bool", "bundle_command", "bundle_dir", "run_bundle"]
 
 _FALSE = ("false", "0", "no", "off", "none", "")
 
@@ -23,6 +23,20 @@ def as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() not in _FALSE
     return bool(value)
+
+
+def bundle_dir(name: str) -> Path:
+    """The folder of one of the project's bundles (``"oct_ddpm"``, ``"oct_layer_seg"``) in this checkout.
+
+    Raises:
+        FileNotFoundError: when there is no such bundle (the message lists those that exist).
+    """
+    root = Path(__file__).resolve().parents[1] / "bundles"
+    d = root / name
+    if not (d / "configs").is_dir():
+        have = sorted(p.name for p in root.iterdir() if (p / "configs").is_dir()) if root.is_dir() else []
+        raise FileNotFoundError(f"no bundle {name!r} under {root} (have: {have})")
+    return d
 
 
 def _config_files(bundle_dir: str | os.PathLike, configs: Sequence[str]) -> list[str]:

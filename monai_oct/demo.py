@@ -16,7 +16,6 @@ from monai_oct.data.phantom import write_phantom_dataset
 
 __all__ = ["run_demo", "DEMO_SETTINGS"]
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "oct_ddpm"
 
 #: the toy settings of the demo: (phantom, per-stage) for the full and the ``--quick`` run.
 DEMO_SETTINGS = {
@@ -41,7 +40,9 @@ DEMO_SETTINGS = {
 
 def run_demo(out: Path, quick: bool = False) -> int:
     """Run the demo under ``out``; returns an exit code (0: the synthetic dataset was written and checks out)."""
-    from monai_oct.bundle import run_bundle
+    from monai_oct.bundle import bundle_dir, run_bundle
+
+    BUNDLE = bundle_dir("oct_ddpm")
 
     out = Path(out)
     cfg = DEMO_SETTINGS["quick" if quick else "full"]

@@ -104,4 +104,4 @@ def test_mixed_sources_with_different_fields_collate(phantom_dir, tmp_path):
     data = concat_sources(read_datalists([phantom_dir / "datalist.json", phantom_dir / "pseudo.json"]))
     ds = Dataset(data, transform=seg_train_transforms([32, 32], flip=0.0))
     batch = next(iter(DataLoader(ds, batch_size=len(data), shuffle=False)))
-    assert set(batch) == {"image", "label"} and batch["image"].shape[0] == len(data)
+    assert set(batch) == {"image", "label", "source"} and batch["image"].shape[0] == len(data)

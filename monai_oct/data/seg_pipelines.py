@@ -106,9 +106,10 @@ def seg_train_transforms(image_size: Sequence[int] | None, band_height: int | No
     """
     chain = bscan_transforms(image_size=image_size, keys=["image", "label"], band_height=band_height,
                              band_from_label=band_from_label, flip=flip, table=table)
-    # only image and label travel on: items of mixed sources may carry different extra fields (a pseudo-labelled
-    # set names each item's `condition`), and the batch collation needs the same keys in every item
-    return Compose(list(chain.transforms) + [SelectItemsd(["image", "label"])] + list(seg_augment(augment).transforms))
+    # only image, label and the mixing source travel on: items of mixed sources may carry different extra fields
+    # (a pseudo-labelled set names each item's `condition`), and the batch collation needs the same keys everywhere
+    keep = SelectItemsd(["image", "label", "source"], allow_missing_keys=True)
+    return Compose(list(chain.transforms) + [keep] + list(seg_augment(augment).transforms))
 
 
 def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | None = None, with_label: bool = True,
