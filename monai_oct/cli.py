@@ -40,7 +40,8 @@ def _cmd_sketch_stats(args: argparse.Namespace) -> int:
 
     try:
         stats = LayerThicknessStats.fit_datalist(args.datalist, root=args.root, key=args.key, table=args.table,
-                                                 max_items=args.max_items)
+                                                 max_items=args.max_items, band_height=args.band_height,
+                                                 image_size=args.size)
     except (DataError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -124,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--key", default=None, help="list to read (default: 'train' or the only list)")
     ss.add_argument("--table", default="duke_dme", help="label table (default: duke_dme)")
     ss.add_argument("--max-items", type=int, default=None, help="fit on the first N items only")
+    ss.add_argument("--band-height", type=int, default=None,
+                    help="fit through the retina band the DDPM trains on (rows cropped around the layers, e.g. 224)")
+    ss.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="resize the (band-cropped) labels to H W first, as the DDPM's --image_size (e.g. 64 128)")
     ss.set_defaults(func=_cmd_sketch_stats)
 
     de = sub.add_parser("demo", help="run the main job on built-in phantom data")

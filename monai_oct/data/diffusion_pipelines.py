@@ -8,7 +8,10 @@ to [-1, 1]) and end with dicts the :class:`~monai_oct.engines.diffusion.Diffusio
 - stage 2, :func:`mask_transforms`: ``{"image"}`` = the label map in the scalar encoding (one channel in
   [-1, 1]), what the unconditional mask DDPM learns to generate;
 - stage 3, :func:`finetune_transforms`: ``{"image", "cond", "label"}`` with ``cond`` the encoded label map
-  after Dynamic Region Masking.
+  after Dynamic Region Masking;
+- the sketch-conditioned image DDPM (Wu et al.), :func:`sketch_transforms`: ``{"image", "cond", "label"}`` with
+  ``cond`` a 1-channel layer sketch drawn on the fly from the label (random line widths, deformation and dropped
+  boundaries) and ``label`` the sketch-derived label map.
 
 The deterministic part of each chain comes first (``CacheDataset`` caches it), the random flip and DRM last.
 """
@@ -27,8 +30,9 @@ from monai_oct.data.mixing import concat_sources, find_datalist, read_datalists
 from monai_oct.data.pipelines import bscan_transforms
 from monai_oct.transforms.drm import RandDynamicRegionMaskd
 from monai_oct.transforms.encoding import MaskEncoded
+from monai_oct.transforms.sketch import LayerSketchd
 
-__all__ = ["diffusion_items", "pretrain_transforms", "mask_transforms", "finetune_transforms"]
+__all__ = ["diffusion_items", "pretrain_transforms", "mask_transforms", "finetune_transforms", "sketch_transforms"]
 
 
 def diffusion_items(dataset_dir: str | os.PathLike | None = None, datalist: str | Sequence[str] | None = None,
@@ -164,6 +168,38 @@ def finetune_transforms(image_size: Sequence[int] | None, num_classes: int = 10,
         RandFlipd(["image", "label", "cond"], prob=flip, spatial_axis=1),
         RandDynamicRegionMaskd(["cond"], label_key="label", prob=drm_prob, p=drm_p, pathological_ids=pathological_ids,
                                num_classes=num_classes, mode=encoding),
+    ])
+    chain.set_random_state(seed)
+    return chain
+
+
+def sketch_transforms(image_size: Sequence[int] | None, band_height: int | None = None, flip: float = 0.0,
+                      table: LabelTable | str | None = "duke_dme", seed: int = 0, **sketch_kwargs: Any) -> Compose:
+    """Sketch-conditioned stage chain: ``{"image", "cond", "label"}``.
+
+    The label goes through the same band crop and resize as the image (cached), is flipped with it, and is
+    then sketched by :class:`~monai_oct.transforms.sketch.LayerSketchd` at the network's size, with new random
+    line widths, deformation and dropped boundaries every time an item is read (the augmentation of Wu et
+    al.). ``cond`` is the ``(1, H, W)`` sketch in [-1, 1]; ``label`` the sketch-derived label map (what a
+    synthesis from that sketch is labelled with).
+
+    Args:
+        image_size: ``[H, W]`` the network sees (the sketch is drawn at this size: line widths are in its pixels).
+        band_height: retina band rows, placed from the label (None/0: whole B-scan).
+        flip: probability of a left-right flip.
+        table: label table (its ``layer_order`` gives the boundaries drawn).
+        seed: seed of the random transforms.
+        sketch_kwargs: :class:`~monai_oct.transforms.sketch.LayerSketch` arguments (``line_width``, ``deform``,
+            ``jitter``, ``drop_prob``, ``fluid_prob``, ``fluid_styles``, ...).
+
+    Returns:
+        the ``Compose``.
+    """
+    chain = Compose([
+        bscan_transforms(image_size=image_size, keys=["image", "label"], band_height=band_height, flip=0.0, table=table),
+        RandFlipd(["image", "label"], prob=flip, spatial_axis=1),
+        LayerSketchd(["label"], sketch_key="cond", sketch_label_key="label", table=table or "duke_dme", **sketch_kwargs),
+        SelectItemsd(["image", "cond", "label"]),
     ])
     chain.set_random_state(seed)
     return chain

@@ -45,7 +45,8 @@ def bscan_transforms(
 
     Args:
         image_size: ``[H, W]`` to resize to (``None`` keeps the size).
-        keys: keys to load; those other than ``image_key`` are label maps.
+        keys: keys to load; those other than ``image_key`` are label maps (``["label"]`` alone: a label-only
+            chain, the band located from the label).
         band_height: crop this many rows around the retina before resizing (``None``: whole B-scan).
         band_from_label: locate the band from the label when present; False forces the image alone
             (use it for test images).
@@ -68,10 +69,12 @@ def bscan_transforms(
                                  image_key=image_key))
     if image_size is not None:
         size = [int(s) for s in image_size]
-        t.append(Resized([image_key], spatial_size=size, mode="area"))
+        if image_key in keys:
+            t.append(Resized([image_key], spatial_size=size, mode="area"))
         if labels:
             t.append(Resized(labels, spatial_size=size, mode="nearest"))
-    t.append(ScaleIntensityRanged([image_key], a_min=0.0, a_max=255.0, b_min=-1.0, b_max=1.0, clip=True))
+    if image_key in keys:  # keys=["label"]: a label-only chain (band from the label), e.g. for sketch statistics
+        t.append(ScaleIntensityRanged([image_key], a_min=0.0, a_max=255.0, b_min=-1.0, b_max=1.0, clip=True))
     if flip > 0:
         t.append(RandFlipd(keys, prob=flip, spatial_axis=1))
     if labels:

@@ -197,12 +197,25 @@ class LayerThicknessStats:
         return cls.from_dict(data, where=str(path))
 
     @classmethod
-    def duke_defaults(cls) -> "LayerThicknessStats":
-        """Built-in statistics fitted on the 66 Duke DME training B-scans (496 rows, full frame).
+    def duke_defaults(cls, band_height: int | None = None) -> "LayerThicknessStats":
+        """Built-in statistics fitted on the 66 Duke DME training B-scans.
 
-        Regenerate with ``monai-oct sketch-stats ../shared/data/duke_dme/datalist_train.json --out s.json``.
+        Args:
+            band_height: None/0: full 496-row frames; 224: the 224-row retina band the CPU recipes train on
+                (the fractions do not depend on the size the band is resized to).
+
+        Regenerate with ``monai-oct sketch-stats ../shared/data/duke_dme/datalist_train.json --out s.json``
+        (``--band-height 224`` for the band).
+
+        Raises:
+            ValueError: for a band height without built-in statistics.
         """
-        return cls(**_DUKE_FIT)
+        if not band_height:
+            return cls(**_DUKE_FIT)
+        if int(band_height) == 224:
+            return cls(**_DUKE_BAND224_FIT)
+        raise ValueError(f"no built-in sketch statistics for a {band_height}-row band (built in: full frame, 224); fit them "
+                         f"with `monai-oct sketch-stats DATALIST --band-height {band_height} --out stats.json`")
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -322,8 +335,24 @@ class LayerThicknessStats:
 
     @classmethod
     def fit_datalist(cls, datalist: str | os.PathLike, root: str | os.PathLike | None = None, key: str | None = None,
-                     table: LabelTable | str = DUKE_DME, max_items: int | None = None) -> "LayerThicknessStats":
-        """Fit on the label files of a datalist (see :meth:`fit`).
+                     table: LabelTable | str = DUKE_DME, max_items: int | None = None, band_height: int | None = None,
+                     image_size: Sequence[int] | None = None) -> "LayerThicknessStats":
+        """Fit on the label files of a datalist (see :meth:`fit`), optionally through the training geometry.
+
+        A diffusion model trained on retina bands (``--band_height 224 --image_size "[64,128]"``) must be
+        given random sketches of that geometry: pass the same ``band_height`` / ``image_size`` and every label
+        goes through the training chain's label part first
+        (:func:`~monai_oct.data.pipelines.bscan_transforms` with ``keys=["label"]``: the band located from the
+        label, then a nearest resize), so the fractions describe the band the network sees.
+
+        Args:
+            datalist: Decathlon-style datalist with ``label`` entries.
+            root: folder relative paths start from (default: the datalist's folder).
+            key: list to read.
+            table: label table of the ids.
+            max_items: fit on the first N items only.
+            band_height: rows of the retina band cropped around the layers (None/0: whole B-scans).
+            image_size: ``[H, W]`` the labels are resized to after the crop (None: kept).
 
         Raises:
             monai_oct.data.datalist.DataError: for a bad datalist or label file; ValueError for items without ``"label"``.
@@ -335,7 +364,16 @@ class LayerThicknessStats:
         if missing:
             raise ValueError(f"{datalist}: items {missing[:5]} have no 'label'; sketch stats need labelled data")
         items = items[:max_items] if max_items else items
-        return cls.fit([it["label"] for it in items], table=table, source=f"{datalist} ({len(items)} label maps)")
+        labels: list[Any] = [it["label"] for it in items]
+        source = f"{datalist} ({len(items)} label maps"
+        if band_height or image_size is not None:
+            from monai_oct.data.pipelines import bscan_transforms
+
+            chain = bscan_transforms(image_size=image_size, keys=["label"], band_height=band_height or None, table=table)
+            labels = [chain({"label": p})["label"][0].numpy() for p in labels]
+            source += f", {band_height}-row band" if band_height else ""
+            source += f" at {list(image_size)}" if image_size is not None else ""
+        return cls.fit(labels, table=table, source=source + ")")
 
 
 #: Fitted on ../shared/data/duke_dme/datalist_train.json (66 B-scans), rounded; see duke_defaults().
@@ -349,7 +387,7 @@ _DUKE_FIT: dict[str, Any] = {
     "top_std": 0.06507,
     "tilt": 0.07829,
     "curvature": [-0.4077, -0.06084],
-    "wave": 0.012,
+    "wave": 0.02657,  # not fitted: the full-frame default (0.012 of 496 rows) in band rows (x 496/224)
     "fovea_probability": 0.18182,
     "fovea_keep": [0.51762, 0.18582, 0.28742, 0.29857, 2.5632, 1.13173, 1.11362],
     "pit_width_mean": 0.04865,
@@ -363,6 +401,34 @@ _DUKE_FIT: dict[str, Any] = {
     "fluid_classes": [2, 3, 4, 5],
     "num_images": 66,
     "source": "built-in: Duke DME train (66 B-scans, 496 rows), monai-oct sketch-stats",
+}
+
+
+#: Fitted on the same 66 B-scans through the 224-row retina band (``monai-oct sketch-stats ... --band-height 224``).
+_DUKE_BAND224_FIT: dict[str, Any] = {
+    "table": "duke_dme",
+    "thickness_mean": [0.04495, 0.08161, 0.04106, 0.03534, 0.12378, 0.03734, 0.03037],
+    "thickness_std": [0.01482, 0.02049, 0.009, 0.00606, 0.03852, 0.00615, 0.00374],
+    "scale_std": 0.12291,
+    "wobble": 0.31033,
+    "top_mean": 0.33364,
+    "top_std": 0.05284,
+    "tilt": 0.17336,
+    "curvature": [-0.90277, -0.13472],
+    "wave": 0.012,
+    "fovea_probability": 0.18182,
+    "fovea_keep": [0.51762, 0.18582, 0.28742, 0.29857, 2.5632, 1.13173, 1.11362],
+    "pit_width_mean": 0.04865,
+    "pit_width_std": 0.02397,
+    "pit_centre": [0.47003, 0.57399],
+    "pit_depth": -0.0686,
+    "fluid_probability": 0.75758,
+    "max_fluid_pockets": 8,
+    "fluid_width": [0.00732, 0.05996],
+    "fluid_span": [2, 5],
+    "fluid_classes": [2, 3, 4, 5],
+    "num_images": 66,
+    "source": "built-in: Duke DME train (66 B-scans), 224-row retina band, monai-oct sketch-stats --band-height 224",
 }
 
 

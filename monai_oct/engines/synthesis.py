@@ -7,6 +7,10 @@ written at once by :class:`PairWriter` (label PNG of class ids, then image PNG, 
 whose pair exists are skipped, so a killed synthesis started again writes only what is missing and ends
 with exactly N pairs, each identical to what an uninterrupted run writes. At the end it writes
 ``datalist.json``, ``manifest.json`` and ``grid.png``.
+
+A label source may also bring the image condition itself: :class:`SketchSource` (Wu et al.) returns
+``{"label", "cond", "extras"}`` (the sketch-derived label map, the sketch, and the sketch again to be written
+to ``sketches/``), and the engine then conditions on ``cond`` instead of encoding the label map.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +27,9 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.transforms import Compose, Resized
 from torch import nn
+
+if TYPE_CHECKING:
+    from monai_oct.data.sketches import RandomSketchDataset
 
 from monai_oct.data.datalist import DataError, read_image, read_label, write_png
 from monai_oct.data.labels import LabelTable
@@ -35,16 +42,19 @@ from monai_oct.transforms.dmc import DiscreteMaskClustering
 from monai_oct.transforms.encoding import encode_mask
 from monai_oct.transforms.io import LoadBScand
 
-__all__ = ["PairWriter", "MaskSampler", "LabelBank", "SamplerEngine", "build_label_source"]
+__all__ = ["PairWriter", "MaskSampler", "LabelBank", "SamplerEngine", "build_label_source", "SketchSource", "sketch_source"]
 
 
-def _resize(x: torch.Tensor, size: Sequence[int] | None, label: bool) -> torch.Tensor:
-    """Resize ``(B, C, H, W)``: labels by nearest neighbour, images by area (shrinking) or bilinear (growing)."""
+def _resize(x: torch.Tensor, size: Sequence[int] | None, label: bool, nearest: bool = False) -> torch.Tensor:
+    """Resize ``(B, C, H, W)``: labels by nearest neighbour, images by area (shrinking) or bilinear (growing)
+    (``nearest``: images by nearest neighbour too, e.g. sketches, whose three levels must stay three)."""
     if size is None or tuple(x.shape[-2:]) == tuple(size):
         return x
     size = tuple(int(s) for s in size)
     if label:
         return F.interpolate(x.float(), size=size, mode="nearest-exact").long()
+    if nearest:
+        return F.interpolate(x.float(), size=size, mode="nearest-exact")
     if size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
         return F.interpolate(x, size=size, mode="area")
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -56,16 +66,26 @@ class PairWriter:
     A pair is complete when both files exist; each is written to a temporary file and renamed, the label
     first, so an interrupted write leaves at most a label without its image (redone on resume).
 
+    Extra per-sample images (``extra_dirs``, e.g. ``("sketches",)``: the sketch each image was drawn from) are
+    written before the label, as 8-bit PNGs of their [-1, 1] values (nearest resize), so a pair whose image
+    exists has all its files.
+
     Args:
         output_dir: dataset folder.
         output_size: ``[H, W]`` to resize what is written to (None: the generated size).
         prefix: file name prefix; names are ``<prefix><index:05d>.png``.
+        extra_dirs: sub-folders of extra images written with each pair.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, output_size: Sequence[int] | None = None, prefix: str = "synth_") -> None:
+    def __init__(self, output_dir: str | os.PathLike, output_size: Sequence[int] | None = None, prefix: str = "synth_",
+                 extra_dirs: Sequence[str] = ()) -> None:
         self.output_dir = Path(output_dir)
         self.output_size = None if output_size is None else [int(s) for s in output_size]
         self.prefix = prefix
+        self.extra_dirs = tuple(str(d) for d in extra_dirs or ())
+        bad = [d for d in self.extra_dirs if d in ("images", "labels") or not d or "/" in d]
+        if bad:
+            raise ValueError(f"extra_dirs must be plain folder names other than images/labels, got {bad}")
 
     def name(self, index: int) -> str:
         """File name of sample ``index``."""
@@ -76,26 +96,43 @@ class PairWriter:
         n = self.name(index)
         return self.output_dir / "images" / n, self.output_dir / "labels" / n
 
+    def extra_path(self, sub: str, index: int) -> Path:
+        """Path of sample ``index``'s extra image in ``sub``."""
+        return self.output_dir / sub / self.name(index)
+
     def done(self, index: int) -> bool:
-        """Whether both files of sample ``index`` exist."""
-        return all(p.is_file() for p in self.paths(index))
+        """Whether every file of sample ``index`` exists."""
+        return all(p.is_file() for p in self.paths(index)) and all(self.extra_path(d, index).is_file() for d in self.extra_dirs)
 
     def clean(self) -> int:
         """Remove temporary files a killed run left behind; returns how many."""
         n = 0
-        for sub in ("images", "labels"):
+        for sub in ("images", "labels", *self.extra_dirs):
             for p in (self.output_dir / sub).glob(".*.tmp"):
                 p.unlink(missing_ok=True)
                 n += 1
         return n
 
-    def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor) -> None:
-        """Write a batch: ``images (B, 1, H, W)`` in [-1, 1], ``labels (B, 1, H, W)`` class ids."""
+    def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
+              extras: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Write a batch: ``images (B, 1, H, W)`` in [-1, 1], ``labels (B, 1, H, W)`` class ids, and
+        ``extras`` (``{folder: (B, 1, H, W) in [-1, 1]}``, one entry per ``extra_dirs``).
+
+        Raises:
+            ValueError: when ``extras`` does not match ``extra_dirs``.
+        """
+        extras = dict(extras or {})
+        if set(extras) != set(self.extra_dirs):
+            raise ValueError(f"extra images {sorted(extras)} do not match the writer's extra_dirs {list(self.extra_dirs)}")
         images = _resize(images.float().cpu(), self.output_size, label=False)
         labels = _resize(labels.cpu(), self.output_size, label=True)
         img_u8 = image_to_uint8(images[:, 0])
         lab_u8 = labels[:, 0].numpy().astype(np.uint8)
+        ext_u8 = {d: image_to_uint8(_resize(x.float().cpu(), self.output_size, label=False, nearest=True)[:, 0])
+                  for d, x in extras.items()}
         for k, i in enumerate(indices):
+            for d, x in ext_u8.items():
+                write_png(self.extra_path(d, i), x[k])
             img_path, lab_path = self.paths(i)
             write_png(lab_path, lab_u8[k])
             write_png(img_path, img_u8[k])
@@ -232,10 +269,13 @@ class SamplerEngine(Engine):
 
     def _iteration(self, engine: Engine, indices: Sequence[int]) -> dict:
         gens = sample_generators([self.seed + i for i in indices], self.device)
-        labels = self.label_source(indices, gens, self.device)
-        cond = encode_mask(labels, self.num_classes, self.encoding)
+        out = self.label_source(indices, gens, self.device)
+        if isinstance(out, Mapping):  # the source brings its own condition (sketches)
+            labels, cond, extras = out["label"], out["cond"].to(self.device), out.get("extras")
+        else:
+            labels, cond, extras = out, encode_mask(out, self.num_classes, self.encoding), None
         images = self.image_sampler(self.image_network, gens, (1, *self.image_size), cond, self.device)
-        self.writer.write(indices, images, labels)
+        self.writer.write(indices, images, labels, extras)
         return {"indices": list(indices)}
 
     def run_all(self) -> Path:
@@ -274,7 +314,8 @@ class SamplerEngine(Engine):
             "image_size": self.image_size,
             "output_size": self.writer.output_size,
             "encoding": self.encoding,
-            "files": [f for it in items for f in (it["image"], it["label"])],
+            "files": [f for it in items for f in (it["image"], it["label"])]
+            + [f"{d}/{self.writer.name(i)}" for d in self.writer.extra_dirs for i in range(self.num_samples)],
             "seconds": round(time.time() - getattr(self, "_t0", time.time()), 3),
             **self.extra_manifest,
         }
@@ -342,3 +383,65 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
 
     net = load_weights(mask_network, mask_ckpt).to(device)
     return MaskSampler(net, mask_sampler, image_size, num_classes, DiscreteMaskClustering(num_classes, smooth=int(dmc_smooth)))
+
+
+class SketchSource:
+    """Random layer sketches as the condition of a sketch-conditioned image DDPM (Wu et al.).
+
+    Sample ``i`` is item ``i`` of a :class:`~monai_oct.data.sketches.RandomSketchDataset` (seeded ``(seed, i)``,
+    independent of the batch it falls in), so a resumed synthesis redraws exactly the same sketches.
+
+    Args:
+        dataset: the random sketches (``{"sketch", "label"}`` items at the image size).
+        write_sketches: also return the sketches as ``extras["sketches"]`` for :class:`PairWriter`.
+
+    Raises:
+        ValueError: when the dataset's size is not ``(H, W)``.
+    """
+
+    def __init__(self, dataset: "RandomSketchDataset", write_sketches: bool = True) -> None:
+        if len(getattr(dataset, "size", ())) != 2:
+            raise ValueError("SketchSource needs a RandomSketchDataset with a (H, W) size")
+        self.dataset, self.write_sketches = dataset, bool(write_sketches)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> dict:
+        """``{"label": (B, 1, H, W) ids, "cond": (B, 1, H, W) sketches, "extras": {"sketches": ...}}`` (generators unused)."""
+        items = [self.dataset[int(i) % len(self.dataset)] for i in indices]
+        sketches = torch.stack([it["sketch"] for it in items]).float()
+        out = {"label": torch.stack([it["label"] for it in items]).long().to(device), "cond": sketches.to(device)}
+        if self.write_sketches:
+            out["extras"] = {"sketches": sketches}
+        return out
+
+
+def sketch_source(num_samples: int, image_size: Sequence[int], stats: str | os.PathLike | None = None,
+                  band_height: int | None = None, seed: int = 0, table: LabelTable | str = "duke_dme",
+                  **sketch_kwargs: Any) -> SketchSource:
+    """The :class:`SketchSource` of a sketch synthesis, its renderer set like training's without the augmentation.
+
+    Args:
+        num_samples: N.
+        image_size: ``[H, W]`` of the sketches (the image DDPM's size).
+        stats: a JSON of :class:`~monai_oct.data.sketches.LayerThicknessStats` fitted at the training geometry
+            (``monai-oct sketch-stats DATALIST --band-height B --size H W``); None: the built-in Duke statistics
+            for ``band_height`` (full frame or the 224-row band).
+        band_height: the training band height (only to pick the built-in statistics).
+        seed: sketch ``i`` is drawn with seed ``(seed, i)``.
+        table: label table.
+        sketch_kwargs: :class:`~monai_oct.transforms.sketch.LayerSketch` arguments of training (``line_width``,
+            ``fluid_styles``, ...); deformation, jitter and dropped boundaries are switched off and fluid is
+            always drawn, whatever is given.
+
+    Raises:
+        ValueError: for statistics of another table, or no built-in statistics for ``band_height``.
+    """
+    from monai_oct.data.sketches import LayerThicknessStats, RandomSketchDataset
+    from monai_oct.transforms.sketch import LayerSketch
+
+    st = LayerThicknessStats.load(stats) if stats else LayerThicknessStats.duke_defaults(band_height)
+    kw = dict(sketch_kwargs, deform=0.0, jitter=0.0, drop_prob=0.0, fluid_prob=1.0)
+    sketcher = LayerSketch(table, **kw)
+    return SketchSource(RandomSketchDataset(num_samples, st, image_size, seed=seed, sketcher=sketcher))

@@ -52,12 +52,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path}: cannot read checkpoint ({e})") from e
 
 
-def adapt_input_channels(state: dict, network: nn.Module) -> list[str]:
+def adapt_input_channels(state: dict, network: nn.Module, keep: int | None = None) -> list[str]:
     """Fit weights whose shapes differ from ``network``'s only in dimension 1 (input channels), in place.
 
     The first ``min(old, new)`` input channels are copied and any extra channels get zero weights, so the
     adapted network computes what the checkpoint's did and ignores the new inputs until it learns to use
     them (e.g. a stage-1 UNet pretrained with a 1-channel condition, fine-tuned with a 10-channel one).
+
+    Args:
+        state: the checkpoint's state dict (changed in place).
+        network: the network it is loaded into.
+        keep: copy only the first ``keep`` input channels and zero all others (e.g. ``keep=1``: keep the
+            image channel of a stage-1 UNet and start a condition of another kind, such as a sketch,
+            from zero weights); None: copy ``min(old, new)``.
 
     Returns:
         the names of the adapted entries.
@@ -70,7 +77,7 @@ def adapt_input_channels(state: dict, network: nn.Module) -> list[str]:
             continue
         if value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
             new = torch.zeros_like(target)
-            n = min(value.shape[1], target.shape[1])
+            n = min(value.shape[1], target.shape[1], keep if keep is not None else value.shape[1])
             new[:, :n] = value[:, :n].to(new.dtype)
             state[name] = new
             adapted.append(name)
@@ -78,7 +85,8 @@ def adapt_input_channels(state: dict, network: nn.Module) -> list[str]:
 
 
 def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model", strict: bool = True,
-                 map_location: str | torch.device = "cpu", adapt_input: bool = False) -> nn.Module:
+                 map_location: str | torch.device = "cpu", adapt_input: bool = False,
+                 keep_input_channels: int | None = None) -> nn.Module:
     """Load a state-dict checkpoint into ``network`` (``torch.load(..., weights_only=True)``) and return it.
 
     Accepts a plain state dict (what ``CheckpointSaver`` writes for a single object, or a diffusion stage's
@@ -92,6 +100,7 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model"
         map_location: where tensors are loaded to.
         adapt_input: fit weights that differ only in their number of input channels
             (:func:`adapt_input_channels`; a different condition encoding between two stages).
+        keep_input_channels: with ``adapt_input``, copy only this many leading input channels, zero the rest.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
@@ -105,9 +114,10 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model"
         raise ValueError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
     if adapt_input:
         ckpt = dict(ckpt)
-        adapted = adapt_input_channels(ckpt, network)
+        adapted = adapt_input_channels(ckpt, network, keep=keep_input_channels)
         if adapted:
-            print(f"{path}: input channels adapted (extra channels zero) for {adapted}", flush=True)
+            kept = "" if keep_input_channels is None else f"first {keep_input_channels} kept, "
+            print(f"{path}: input channels adapted ({kept}other channels zero) for {adapted}", flush=True)
     try:
         network.load_state_dict(ckpt, strict=strict)
     except RuntimeError as e:
@@ -116,7 +126,8 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model"
 
 
 def maybe_load_weights(network: nn.Module, path: str | os.PathLike | None, key: str = "model", strict: bool = True,
-                       map_location: str | torch.device = "cpu", adapt_input: bool = False) -> nn.Module:
+                       map_location: str | torch.device = "cpu", adapt_input: bool = False,
+                       keep_input_channels: int | None = None) -> nn.Module:
     """:func:`load_weights` when ``path`` is given; ``network`` unchanged for None, ``""``, ``"none"`` or ``"null"``
     (how an optional checkpoint looks when it comes from a command line).
 
@@ -125,4 +136,5 @@ def maybe_load_weights(network: nn.Module, path: str | os.PathLike | None, key: 
     """
     if path is None or str(path).strip().lower() in ("", "none", "null"):
         return network
-    return load_weights(network, path, key=key, strict=strict, map_location=map_location, adapt_input=adapt_input)
+    return load_weights(network, path, key=key, strict=strict, map_location=map_location, adapt_input=adapt_input,
+                        keep_input_channels=keep_input_channels)
