@@ -36,15 +36,15 @@ from duke_retidiff import DDPM, ROOT, SEG, Runner, _cuda, _versions, seg_steps  
 SCALES: dict[str, dict[str, Any]] = {
     "mini": {
         "why": ("2-core CPU, about an hour: the oct_ddpm small CPU recipe (224-row band -> 64x128, UNet 32-64-64-128, "
-                "v-prediction, cosine schedule, lr 1e-3 with warm-up, batch 8), 256 epochs of the 66 Duke train pairs "
-                "(~2300 iterations), N=200 DDIM-50 samples written as 224x512 bands; MONAI UNet segmentation, "
+                "v-prediction, cosine schedule, lr 1e-3 with warm-up, batch 8), 160 epochs of the 66 Duke train pairs "
+                "(~1440 iterations, ~1 s each on one thread of a loaded CPU), N=200 DDIM-50 samples written as 224x512 bands; MONAI UNet segmentation, "
                 "1500 iterations per training set"),
         "image_size": [64, 128], "band_height": 224, "output_size": [224, 512],
         "ddpm": {"channels": [32, 64, 64, 128], "num_res_blocks": 1, "num_train_timesteps": 1000,
                  "prediction_type": "v_prediction", "schedule": "cosine", "learning_rate": 1e-3, "warmup_steps": 100,
                  "ema_decay": 0.999, "batch_size": 8, "sample_interval": 32},
         "sketch": {"sketch_line_width": [1.0, 2.0]},
-        "sketch_epochs": 256, "num_samples": 200, "sampler": "ddim", "steps": 50, "synth_batch": 16,
+        "sketch_epochs": 160, "num_samples": 200, "sampler": "ddim", "steps": 50, "synth_batch": 16,
         "seg": {"networks": ["unet"], "iterations": 1500, "batch_size": 8, "samples_per_epoch": 264,
                 "image_size": [64, 128], "band_height": 224, "lr_schedule": "cosine", "warmup_steps": 50, "augment": 0.5},
     },
