@@ -48,7 +48,9 @@ import math
 import os
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -110,7 +112,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--compile_backend", default="inductor", help="torch.compile backend")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode (e.g. max-autotune)")
+    p.add_argument("--compile_timeout", type=float, default=0,
+                   help="> 0: run the torch.compile rows in a child process and report them failed after this many "
+                        "seconds (inductor on a small CPU can compile for minutes); 0: in this process, no limit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--row_out", default=None, help=argparse.SUPPRESS)  # child process: write the one row here
     p.add_argument("--quick", action="store_true", help=f"tiny defaults (tests): {QUICK}")
     p.add_argument("--out", default=None, help="write results JSON here and the table next to it (.md)")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -346,8 +352,42 @@ def warm_up(args: argparse.Namespace, device: torch.device) -> None:
     time_sampling(quick, VARIANTS["baseline"], device)
 
 
+def _argv(args: argparse.Namespace, **override: Any) -> list[str]:
+    """The command line reproducing ``args`` (with ``override``), for a child process."""
+    skip = {"quick", "out", "variants"}
+    vals = {**vars(args), **override}
+    out: list[str] = []
+    for k, x in vals.items():
+        if k in skip or x is None:
+            continue
+        out += [f"--{k}", *(str(i) for i in x)] if isinstance(x, (list, tuple)) else [f"--{k}", str(x)]
+    variants = vals["variants"]
+    return out + ["--variants", ",".join(variants) if isinstance(variants, (list, tuple)) else str(variants)]
+
+
+def _run_isolated(args: argparse.Namespace, v: Variant) -> dict[str, Any]:
+    """One row in a child process killed after ``--compile_timeout`` seconds; a timeout or crash becomes the row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        row_file = Path(tmp) / "row.json"
+        cmd = [sys.executable, str(Path(__file__).resolve())] + _argv(
+            args, variants=[v.name], compile_timeout=0, row_out=str(row_file))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.compile_timeout)
+            if proc.returncode == 0 and row_file.is_file():
+                return json.loads(row_file.read_text())
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()
+            reason = f"child process exited {proc.returncode}" + (f": {tail[-1]}" if tail else "")
+        except subprocess.TimeoutExpired:
+            reason = f"not finished within --compile_timeout {args.compile_timeout:g} s (compilation included)"
+    keys = ["train_s_per_it", "train_first_it_s", "unet_forward_s", *sampler_keys(args), "peak_mem_train_mib",
+            "peak_mem_sample_mib"]
+    return {"variant": v.name, "options": asdict(v), "memory_method": "", **{k: "failed: " + reason for k in keys}}
+
+
 def run_variant(args: argparse.Namespace, v: Variant, device: torch.device) -> dict[str, Any]:
     """All the cells of one row; failures become ``failed: <reason>`` strings, never exceptions."""
+    if v.compile and args.compile_timeout > 0:
+        return _run_isolated(args, v)
     row: dict[str, Any] = {"variant": v.name, "options": asdict(v)}
     mem = PeakMemory(device)
     phases = (("train", time_training, ("train_s_per_it", "train_first_it_s")),
@@ -432,6 +472,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     threads0 = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+        if any(VARIANTS[n].compile for n in args.variants):
+            import torch._inductor.config as inductor_config
+
+            inductor_config.compile_threads = args.threads  # its C++/Triton compile workers too
     t_start = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -445,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
                "device": str(device), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"}
+        if args.row_out:
+            Path(args.row_out).write_text(json.dumps(rows[0]))
         methods = sorted({r["memory_method"] for r in rows if r.get("memory_method")})
         result = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "environment": env, "rows": rows,
                   "memory_method": ", ".join(methods), "wall_s": time.perf_counter() - t_start}

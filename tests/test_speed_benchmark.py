@@ -4,6 +4,7 @@ and the bf16 autocast path it times in DiffusionSampler / DiffusionTrainer on CP
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 def speed():
     spec = importlib.util.spec_from_file_location("speed_benchmark", SPEED)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -84,6 +86,10 @@ def test_bad_arguments_fail_clearly(speed):
 def test_bf16_autocast_on_cpu_sampler_and_trainer():
     torch.manual_seed(0)
     net = conditional_diffusion_unet(1, 2, channels=(8, 16), num_res_blocks=1).eval()
+    with torch.no_grad():  # MONAI zero-initialises the output convs: an untrained UNet would predict exact zeros
+        for prm in net.parameters():
+            if not prm.any():
+                prm.normal_(0, 0.1)
     cond = torch.rand(2, 2, 8, 8) * 2 - 1
     sched = diffusion_scheduler("ddim", 100, "cosine", "v_prediction")
     seen = []
@@ -111,3 +117,19 @@ def test_bf16_autocast_on_cpu_sampler_and_trainer():
     assert dtypes == [torch.bfloat16] and math.isfinite(tr.state.output["loss"].item())
     assert all(p.dtype == torch.float32 for p in net.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # it stepped (no GradScaler skip)
+
+
+def test_compile_timeout_reports_a_slow_compile(speed):
+    # the compile row runs in a child process; 1 s is less than the child needs to import torch, so it is killed
+    res = speed.main(["--quick", "--threads", "1", "--variants", "compile", "--compile_timeout", "1"])
+    (row,) = res["rows"]
+    assert row["variant"] == "compile"
+    assert row["DDIM-50"].startswith("failed: not finished within --compile_timeout 1 s")
+    assert "| compile | failed: not finished" in res["table"]
+
+
+def test_child_command_line_round_trips(speed):
+    args = speed.parse_args(["--quick", "--channels", "8", "16", "--size", "8", "16", "--compile_mode", "default"])
+    again = speed.parse_args(speed._argv(args, variants=["bf16"]))
+    assert {**vars(again), "variants": None} == {**vars(args), "quick": False, "variants": None}
+    assert again.variants == ["bf16"]
