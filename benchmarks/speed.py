@@ -25,14 +25,19 @@ Columns:
   rise of the process's peak resident set over its size at the start of the phase (Linux: ``VmHWM`` reset through
   ``/proc/self/clear_refs`` after ``malloc_trim``; elsewhere ``ru_maxrss``, which only sees new process-wide peaks).
 
-Run (the small CPU recipe, about 5 minutes on an idle 2-core CPU)::
+Run (the small CPU recipe, 64x128, batch 8; at most about 5 minutes on an idle 2-core CPU: ~35 s per eager row
+from the measured 0.38 s/it and 0.13 s per UNet forward, and the compile row is cut at 150 s)::
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 \\
-    python benchmarks/speed.py --device cpu --threads 2 --size 64 128 --batch 8 --repeats 1 --out runs/speed/cpu.json
+    python benchmarks/speed.py --device cpu --threads 2 --size 64 128 --batch 8 --repeats 1 \\
+        --compile_timeout 150 --out runs/speed/cpu_64x128.json
 
-On a GPU (e.g. the paper's scale: ``--size 256 256 --channels 64 128 256 512``)::
+On a GPU (the recipe, then the paper's scale)::
 
-    python benchmarks/speed.py --device cuda --size 64 128 --batch 8 --out runs/speed/cuda.json
+    python benchmarks/speed.py --device cuda --size 64 128 --batch 8 --repeats 3 --variants \\
+        baseline,no_flash,channels_last,bf16,compile,all --compile_timeout 300 --out runs/speed/cuda_64x128.json
+    python benchmarks/speed.py --device cuda --size 480 480 --batch 8 --channels 64 128 256 512 --num_res_blocks 2 \\
+        --variants baseline,no_flash,channels_last,bf16,compile,all --compile_timeout 300 --out runs/speed/cuda_480.json
 
 ``--quick`` runs tiny settings (seconds; what the tests use).
 """
@@ -48,6 +53,7 @@ import math
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -371,13 +377,20 @@ def _run_isolated(args: argparse.Namespace, v: Variant) -> dict[str, Any]:
         row_file = Path(tmp) / "row.json"
         cmd = [sys.executable, str(Path(__file__).resolve())] + _argv(
             args, variants=[v.name], compile_timeout=0, row_out=str(row_file))
+        # its own process group, so that a timeout also ends the compiler processes inductor started
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.compile_timeout)
+            log, _ = proc.communicate(timeout=args.compile_timeout)
             if proc.returncode == 0 and row_file.is_file():
                 return json.loads(row_file.read_text())
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()
+            tail = [ln for ln in (log or "").strip().splitlines() if not ln.startswith("[speed]")]
             reason = f"child process exited {proc.returncode}" + (f": {tail[-1]}" if tail else "")
         except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
             reason = f"not finished within --compile_timeout {args.compile_timeout:g} s (compilation included)"
     keys = ["train_s_per_it", "train_first_it_s", "unet_forward_s", *sampler_keys(args), "peak_mem_train_mib",
             "peak_mem_sample_mib"]
