@@ -445,7 +445,7 @@ def format_table(result: dict[str, Any]) -> str:
     ddpm = keys[0]
     head = (["variant", f"train s/it (b={a.batch})", "1st it s", "UNet fwd s"]
             + [f"{k}{' *' if a.ddpm_steps < a.timesteps and k == ddpm else ''} s/img" for k in keys]
-            + [f"overhead {'/'.join(k.split('-')[0][:2] + k.split('-')[1] for k in keys)}",
+            + ["overhead " + "/".join(keys),
                "peak MiB train", "peak MiB sample"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
