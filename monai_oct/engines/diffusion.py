@@ -68,7 +68,9 @@ class DiffusionTrainer(SupervisedTrainer):
         clip_grad_norm: clip the gradient norm to this value (None/0: no clipping).
         image_key: the image's key in a batch.
         condition_key: the condition's key in a batch.
-        amp: mixed precision (``torch.autocast`` + ``GradScaler``; effective on CUDA).
+        amp: mixed precision: ``torch.autocast`` with ``amp_kwargs`` (e.g. ``{"dtype": torch.bfloat16}``, passed
+            through ``kwargs``) + ``GradScaler`` for float16. Effective on CUDA, and on CPU with bfloat16 (CPU
+            autocast has no float16); bfloat16 needs no loss scaling, so it runs without the ``GradScaler``.
         train_handlers: Ignite/MONAI handlers to attach.
         epoch_length: iterations per epoch (default: the loader's length).
         kwargs: passed to ``SupervisedTrainer`` (e.g. ``decollate``, ``optim_set_to_none``).
@@ -134,7 +136,8 @@ class DiffusionTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         mode = "concat" if cond is not None else "crossattn"  # "crossattn" with no condition = unconditional
-        use_amp = engine.amp and images.device.type == "cuda"
+        bf16 = engine.amp_kwargs.get("dtype") == torch.bfloat16
+        use_amp = engine.amp and (images.device.type == "cuda" or bf16)
         with torch.autocast(images.device.type, enabled=use_amp, **engine.amp_kwargs):
             pred = engine.inferer(inputs=images, diffusion_model=engine.network, noise=noise, timesteps=timesteps,
                                   condition=cond, mode=mode)
@@ -145,7 +148,7 @@ class DiffusionTrainer(SupervisedTrainer):
                 f"diffusion loss is {loss.item()} at iteration {engine.state.iteration}, epoch {engine.state.epoch}: "
                 "lower --learning_rate, keep gradient clipping on, or check the data for NaN/inf")
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        scaler = engine.scaler if use_amp else None
+        scaler = engine.scaler if use_amp and images.device.type == "cuda" and not bf16 else None
         (scaler.scale(loss) if scaler is not None else loss).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         if scaler is not None:

@@ -43,7 +43,9 @@ class DiffusionSampler:
         num_inference_steps: number of reverse steps (``scheduler.set_timesteps`` is called with it).
         guidance_scale: classifier-free guidance scale ``s``; None (or 1) = plain conditional sampling.
         eta: DDIM noise weight (0 = deterministic DDIM); ignored for DDPM.
-        amp: run the UNet under ``torch.autocast`` on CUDA (the update stays float32).
+        amp: run the UNet under ``torch.autocast`` (the update stays float32): on CUDA, and on CPU with
+            ``amp_dtype=torch.bfloat16`` (CPU autocast has no float16).
+        amp_dtype: the autocast dtype; None: torch's default for the device (float16 on CUDA).
 
     Raises:
         TypeError: for a scheduler other than DDPM/DDIM.
@@ -51,7 +53,7 @@ class DiffusionSampler:
     """
 
     def __init__(self, scheduler: Scheduler, num_inference_steps: int = 50, guidance_scale: float | None = None,
-                 eta: float = 0.0, amp: bool = False) -> None:
+                 eta: float = 0.0, amp: bool = False, amp_dtype: torch.dtype | None = None) -> None:
         if not isinstance(scheduler, (DDPMScheduler, DDIMScheduler)):
             raise TypeError(f"scheduler must be a DDPMScheduler or DDIMScheduler, got {type(scheduler).__name__}")
         if int(num_inference_steps) < 1:
@@ -59,7 +61,7 @@ class DiffusionSampler:
         self.scheduler = scheduler
         self.num_inference_steps = int(num_inference_steps)
         self.guidance_scale = None if guidance_scale is None or float(guidance_scale) == 1.0 else float(guidance_scale)
-        self.eta, self.amp = float(eta), bool(amp)
+        self.eta, self.amp, self.amp_dtype = float(eta), bool(amp), amp_dtype
         self.is_ddim = isinstance(scheduler, DDIMScheduler)
         if not self.is_ddim and scheduler.variance_type not in ("fixed_small", "fixed_large"):
             raise ValueError(f"variance_type {scheduler.variance_type!r} needs a learned variance; use fixed_small or fixed_large")
@@ -136,14 +138,14 @@ class DiffusionSampler:
         x0, eps, guide = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x) if guided else None
         noise = torch.empty_like(x)
         pt, clip = self.prediction_type, self.clip
-        amp = self.amp and device.type == "cuda"
+        amp = self.amp and (device.type == "cuda" or self.amp_dtype == torch.bfloat16)
         for st in self.steps:
             inp[:b, :c_img] = x
             if guided:
                 inp[b:, :c_img] = x
             tt.fill_(st["t"])
             if amp:
-                with torch.autocast(device.type):
+                with torch.autocast(device.type, dtype=self.amp_dtype):
                     out = network(inp, tt)
                 out = out.float()
             else:
