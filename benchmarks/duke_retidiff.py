@@ -168,28 +168,42 @@ def seg_steps(run: Runner, cfg: dict[str, Any], sets: dict[str, tuple[list[str],
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scale", choices=sorted(SCALES), default="mini")
-    p.add_argument("--out", type=Path, default=Path("runs/bench_retidiff"))
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder holding duke_dme/ and hcms_unlabeled/")
+def benchmark_parser(doc: str, scales: dict, out: str) -> argparse.ArgumentParser:
+    """The arguments every Duke benchmark takes (scale, output, data, test datalist, device, seed, N, mix, threads)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--scale", choices=sorted(scales), default="mini")
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder holding duke_dme/ (and hcms_unlabeled/)")
     p.add_argument("--test-datalist", type=Path, default=None, help="labelled datalist to score on (default: Duke val)")
     p.add_argument("--device", default="cuda:0" if _cuda() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=None, help="N synthetic pairs (default: the scale's)")
-    p.add_argument("--mix-ratio", default="1,1", help="real:synthetic share of each 66/N training epoch ('none': sizes)")
-    p.add_argument("--compare-samplers", action="store_true", help="also sample the same masks with DDPM-1000 and DDIM")
+    p.add_argument("--mix-ratio", default="1,1", help="real:synthetic share of each mixed training epoch ('none': sizes)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per step (0: torch's default)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
-    a = p.parse_args(argv)
+    return p
 
-    cfg = SCALES[a.scale]
+
+def resolve_data(a: argparse.Namespace) -> tuple[Path, Path, Path, Path] | None:
+    """``(data, out, duke_dir, test_datalist)`` as absolute paths; None (after saying why) without the Duke data."""
     data, out = a.data.resolve(), a.out.resolve()
     duke = data / "duke_dme"
     if not (duke / "datalist_train.json").is_file():
         print(f"Duke DME data not found under {data} (expects duke_dme/datalist_train.json); nothing to do.")
+        return None
+    return data, out, duke, (a.test_datalist or duke / "datalist_val.json").resolve()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = benchmark_parser(__doc__, SCALES, "runs/bench_retidiff")
+    p.add_argument("--compare-samplers", action="store_true", help="also sample the same masks with DDPM-1000 and DDIM")
+    a = p.parse_args(argv)
+
+    cfg = SCALES[a.scale]
+    paths = resolve_data(a)
+    if paths is None:
         return 2
-    test = (a.test_datalist or duke / "datalist_val.json").resolve()
+    data, out, duke, test = paths
     n = a.num_samples or cfg["num_samples"]
     out.mkdir(parents=True, exist_ok=True)
     run = Runner(out, a.device, a.dry_run, a.threads)

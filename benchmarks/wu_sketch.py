@@ -21,7 +21,6 @@ Writes ``results.md`` and ``results.json`` (scale, seed, versions, wall time, st
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from duke_retidiff import DDPM, ROOT, SEG, Runner, _cuda, _versions, seg_steps  # noqa: E402
+from duke_retidiff import DDPM, ROOT, SEG, Runner, _versions, benchmark_parser, resolve_data, seg_steps  # noqa: E402
 
 #: Settings per scale; ``why`` says what each is for.
 SCALES: dict[str, dict[str, Any]] = {
@@ -71,26 +70,13 @@ ROWS: list[tuple[str, str, str]] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scale", choices=sorted(SCALES), default="mini")
-    p.add_argument("--out", type=Path, default=Path("runs/bench_wu"))
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder holding duke_dme/")
-    p.add_argument("--test-datalist", type=Path, default=None, help="labelled datalist to score on (default: Duke val)")
-    p.add_argument("--device", default="cuda:0" if _cuda() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=None, help="N synthetic images (default: the scale's)")
-    p.add_argument("--mix-ratio", default="1,1", help="real:synthetic share of each real+synthetic epoch ('none': sizes)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per step (0: torch's default)")
-    p.add_argument("--dry-run", action="store_true", help="print the commands only")
-    a = p.parse_args(argv)
+    a = benchmark_parser(__doc__, SCALES, "runs/bench_wu").parse_args(argv)
 
     cfg = SCALES[a.scale]
-    data, out = a.data.resolve(), a.out.resolve()
-    duke = data / "duke_dme"
-    if not (duke / "datalist_train.json").is_file():
-        print(f"Duke DME data not found under {data} (expects duke_dme/datalist_train.json); nothing to do.")
+    paths = resolve_data(a)
+    if paths is None:
         return 2
-    test = (a.test_datalist or duke / "datalist_val.json").resolve()
+    data, out, duke, test = paths
     real = str(duke / "datalist_train.json")
     n = a.num_samples or cfg["num_samples"]
     out.mkdir(parents=True, exist_ok=True)
