@@ -338,11 +338,39 @@ def _versions() -> dict[str, str]:
             "monai_oct": monai_oct.__version__, "machine": f"{platform.machine()} {os.cpu_count()} cpus"}
 
 
+GROUPS = ("NFL-IPL", "ONL-ISM", "IRF")
+
+
+def seg_tables(network: str, res: dict[str, dict], rows: list[tuple[str, str, str]], first: str = "R/S") -> list[str]:
+    """Markdown of one network's rows: mean Dice 1-9, RetiDiff's groups and mean PA, then per-class Dice.
+
+    Args:
+        network: the heading.
+        res: ``{row key: metrics.json of the evaluate bundle}`` (missing rows are skipped).
+        rows: ``(key, real, synthetic)`` in table order.
+        first: the first column's title.
+    """
+    from monai_oct.data.labels import DUKE_DME
+
+    nan = float("nan")
+    lines = [f"### {network}", "", f"| {first} | real | synthetic | mean Dice 1-9 | " + " | ".join(GROUPS) + " | mean PA |",
+             "|---|---|---|---:|" + "---:|" * len(GROUPS) + "---:|"]
+    per_class = ["", "Per-class Dice:", "", f"| {first} | " + " | ".join(DUKE_DME.names[1:]) + " |",
+                 "|---|" + "---:|" * (DUKE_DME.num_classes - 1)]
+    for key, r, s in rows:
+        m = res.get(key)
+        if m is None:
+            continue
+        g, pc = m.get("groups", {}), m.get("classes", {})  # metrics.json: {"classes": {"1": {"dice": ...}}, "groups": ...}
+        lines.append(f"| {key} | {r} | {s} | {m['mean_dice']:.3f} | " + " | ".join(f"{g.get(x, {}).get('dice', nan):.3f}" for x in GROUPS)
+                     + f" | {m.get('mean_pa', nan):.3f} |")
+        per_class.append(f"| {key} | " + " | ".join(f"{pc.get(str(c), {}).get('dice', nan):.3f}" for c in range(1, DUKE_DME.num_classes)) + " |")
+    return lines + per_class
+
+
 def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Path, results: dict, compare: dict,
                   quality: dict | None, wall: float, timings: dict) -> None:
     """``results.json``, ``results.md`` (Table 2 shape + per-class Dice) and ``figure.png``."""
-    from monai_oct.data.labels import DUKE_DME
-
     rows = [("R66_S0", "66", "0"), ("R0_S66", "0", "66 (real masks)"), ("R0_SN", "0", str(n)), ("R66_SN", "66", str(n)),
             ("R66_SN_pseudo", "66", f"{n} (teacher labels)")]
     meta = {"scale": a.scale, "settings": {k: v for k, v in cfg.items()}, "num_samples": n, "seed": a.seed,
@@ -354,24 +382,8 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
              f"Test datalist: `{test}`; seed {a.seed}; device {a.device}; wall time of this invocation "
              f"{wall / 60:.1f} min (all steps, first runs: {sum(timings.values()) / 60:.1f} min); versions {meta['versions']}.",
              f"Scale: {cfg['why']}.", "", "## Segmentation (Dice on the test datalist, final weights)", ""]
-    groups = [g for g in ("NFL-IPL", "ONL-ISM", "IRF")]
     for net, res in results.items():
-        lines += [f"### {net}", "", "| R/S | real | synthetic | mean Dice 1-9 | " + " | ".join(groups) + " | mean PA |",
-                  "|---|---:|---|---:|" + "---:|" * len(groups) + "---:|"]
-        for key, r, s in rows:
-            m = res.get(key)
-            if m is None:
-                continue
-            g = m.get("groups", {})
-            lines.append(f"| {key} | {r} | {s} | {m['mean_dice']:.3f} | " + " | ".join(f"{g.get(x, {}).get('dice', float('nan')):.3f}" for x in groups)
-                         + f" | {m.get('mean_pa', float('nan')):.3f} |")
-        lines += ["", "Per-class Dice:", "", "| R/S | " + " | ".join(DUKE_DME.names[1:]) + " |", "|---|" + "---:|" * (DUKE_DME.num_classes - 1)]
-        for key, _, _ in rows:
-            m = res.get(key)
-            if m is not None:
-                pc = m.get("classes", {})
-                lines.append(f"| {key} | " + " | ".join(f"{pc.get(str(c), {}).get('dice', float('nan')):.3f}" for c in range(1, DUKE_DME.num_classes)) + " |")
-        lines.append("")
+        lines += seg_tables(net, res, rows) + [""]
     if compare:
         lines += ["## Samplers (same masks, 66 real + these synthetic)", "", "| sampler | steps | s / image | mean Dice 1-9 | IRF |", "|---|---:|---:|---:|---:|"]
         for name, c in compare.items():

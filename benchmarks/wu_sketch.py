@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from duke_retidiff import DDPM, ROOT, SEG, Runner, _versions, benchmark_parser, resolve_data, seg_steps  # noqa: E402
+from duke_retidiff import DDPM, ROOT, SEG, Runner, _versions, benchmark_parser, resolve_data, seg_steps, seg_tables  # noqa: E402
 
 #: Settings per scale; ``why`` says what each is for.
 SCALES: dict[str, dict[str, Any]] = {
@@ -176,37 +176,17 @@ def write_results(out: Path, scale: str, cfg: dict, n: int, seed: int, device: s
         wall: seconds of this invocation.
         timings: seconds per step (first runs).
     """
-    from monai_oct.data.labels import DUKE_DME
-
     meta = {"scale": scale, "settings": cfg, "num_samples": n, "seed": seed, "test_datalist": str(test), "device": device,
             "mix_ratio": mix_ratio, "versions": _versions(), "wall_time_min": round(wall / 60, 1),
             "step_minutes": {k: round(v / 60, 2) for k, v in timings.items()}}
     (out / "results.json").write_text(json.dumps({"meta": meta, "segmentation": results}, indent=1, default=str))
-    groups = ("NFL-IPL", "ONL-ISM", "IRF")
     lines = [f"# Wu et al. sketch-to-OCT + knowledge adaptation on Duke DME ({scale} scale)", "",
              f"Test datalist: `{test}`; seed {seed}; device {device}; N = {n} synthetic images; real:synthetic mix {mix_ratio}; "
              f"wall time of this invocation {wall / 60:.1f} min (all steps, first runs: {sum(timings.values()) / 60:.1f} min); "
              f"versions {meta['versions']}.", f"Scale: {cfg['why']}.", "",
              "## Segmentation (Dice on the test datalist, final weights)", ""]
     for net, res in results.items():
-        lines += [f"### {net}", "", "| training set | real | synthetic | mean Dice 1-9 | " + " | ".join(groups) + " | mean PA |",
-                  "|---|---|---|---:|" + "---:|" * len(groups) + "---:|"]
-        for key, r, s in ROWS:
-            m = res.get(key)
-            if m is None:
-                continue
-            g = m.get("groups", {})
-            lines.append(f"| {key} | {r} | {s.replace('N', str(n), 1)} | {m['mean_dice']:.3f} | "
-                         + " | ".join(f"{g.get(x, {}).get('dice', float('nan')):.3f}" for x in groups)
-                         + f" | {m.get('mean_pa', float('nan')):.3f} |")
-        lines += ["", "Per-class Dice:", "", "| training set | " + " | ".join(DUKE_DME.names[1:]) + " |",
-                  "|---|" + "---:|" * (DUKE_DME.num_classes - 1)]
-        for key, _, _ in ROWS:
-            m = res.get(key)
-            if m is not None:
-                pc = m.get("classes", {})  # the evaluate bundle's metrics.json: {"classes": {"1": {"dice": ...}}}
-                lines.append(f"| {key} | " + " | ".join(f"{pc.get(str(c), {}).get('dice', float('nan')):.3f}"
-                                                       for c in range(1, DUKE_DME.num_classes)) + " |")
+        lines += seg_tables(net, res, [(k, r, sy.replace("N", str(n), 1)) for k, r, sy in ROWS], first="training set")
         agree = res.get("label_agreement")
         if agree:
             lines += ["", f"Sketch-derived vs distilled labels of the same synthetic images: pixel agreement "
