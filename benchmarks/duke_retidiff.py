@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from monai_oct.bundle import bundle_command
+
 ROOT = Path(__file__).resolve().parents[1]
 DDPM = ROOT / "bundles" / "oct_ddpm" / "configs"
 SEG = ROOT / "bundles" / "oct_layer_seg" / "configs"
@@ -87,16 +89,6 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 
 
-def _cmd(configs: list[Path], overrides: dict[str, Any]) -> list[str]:
-    """``python -m monai.bundle run`` with ``configs`` layered and ``overrides`` as ``--key value``."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([str(c) for c in configs])]
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        cmd += [f"--{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)]  # bools as True/False for fire
-    return cmd
-
-
 class Runner:
     """Runs the steps, skipping each whose output exists, and times them into ``log``."""
 
@@ -120,7 +112,7 @@ class Runner:
             print(f"[skip] {name}: {done} exists")
             return
         overrides.setdefault("device", self.device)
-        cmd = _cmd(configs, overrides)
+        cmd = bundle_command(configs[0].parent.parent, configs, **{k: v for k, v in overrides.items() if v is not None})
         print(f"[run ] {name}: {' '.join(cmd[1:])}", flush=True)
         if self.dry_run:
             return
