@@ -378,6 +378,7 @@ class LayerThicknessStats:
 
 #: Fitted on ../shared/data/duke_dme/datalist_train.json (66 B-scans), rounded; see duke_defaults(). The fields
 #: below do not depend on the rows the fractions count (lateral, relative or per-scan); the geometry does.
+#: ``wave`` is not fitted: like :meth:`LayerThicknessStats.fit`, both keep the class default.
 _DUKE_COMMON: dict[str, Any] = {
     "table": "duke_dme",
     "wobble": 0.31033,
@@ -404,7 +405,6 @@ _DUKE_FIT: dict[str, Any] = {
     "top_std": 0.06507,
     "tilt": 0.07829,
     "curvature": [-0.4077, -0.06084],
-    "wave": 0.02657,  # not fitted: the full-frame default (0.012 of 496 rows) in band rows (x 496/224)
     "pit_depth": -0.03098,
     "source": "built-in: Duke DME train (66 B-scans, 496 rows), monai-oct sketch-stats",
 }
@@ -419,7 +419,6 @@ _DUKE_BAND224_FIT: dict[str, Any] = {
     "top_std": 0.05284,
     "tilt": 0.17336,
     "curvature": [-0.90277, -0.13472],
-    "wave": 0.012,
     "pit_depth": -0.0686,
     "source": "built-in: Duke DME train (66 B-scans), 224-row retina band, monai-oct sketch-stats --band-height 224",
 }
