@@ -291,13 +291,11 @@ class LayerThicknessStats:
             per["tilt"].append(abs(c1))
             per["curv"].append(c2)
             if path_ids:
-                comp, n = ndimage.label(np.isin(lab, path_ids))
-                sizes = np.bincount(comp.ravel())[1:]
-                big = np.nonzero(sizes >= 20)[0] + 1
-                fluid_counts.append(len(big))
-                for sl in ndimage.find_objects(comp):
-                    if sl is not None and (comp[sl] > 0).sum() >= 20:
-                        fluid_widths.append((sl[1].stop - sl[1].start) / 2 / w)
+                comp, _ = ndimage.label(np.isin(lab, path_ids))
+                big = np.bincount(comp.ravel())[1:] >= 20  # per component (label i + 1)
+                fluid_counts.append(int(big.sum()))
+                fluid_widths += [(sl[1].stop - sl[1].start) / 2 / w
+                                 for sl, keep in zip(ndimage.find_objects(comp), big) if keep]
 
         thick = np.array(per["thick"])
         total = np.array(per["total"])
