@@ -218,10 +218,9 @@ def generate_bscan(rng: np.random.Generator, size: Sequence[int] = (256, 256),
     if rng.random() < cfg.fluid_probability:
         add_fluid_pockets(rng, label, bounds, cfg.max_fluid_pockets)
 
-    rows = np.arange(h)[:, None, None]
     # reflectivity: per-class mean, a little lateral variation, choroid decaying with depth
     img = _REFLECTIVITY[label] * (1.0 + 0.1 * _smooth_curve(rng, x))[None]
-    depth = np.clip((rows[:, :, 0] - bounds[7][None]) / (0.25 * h), 0, None)
+    depth = np.clip((np.arange(h)[:, None] - bounds[7][None]) / (0.25 * h), 0, None)
     img = np.where(label == 8, img * np.exp(-depth), img)
     # soften region edges by one row (scanner PSF), then speckle
     img = (img + np.roll(img, 1, axis=0) + np.roll(img, -1, axis=0)) / 3.0

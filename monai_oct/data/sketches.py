@@ -291,13 +291,11 @@ class LayerThicknessStats:
             per["tilt"].append(abs(c1))
             per["curv"].append(c2)
             if path_ids:
-                comp, n = ndimage.label(np.isin(lab, path_ids))
-                sizes = np.bincount(comp.ravel())[1:]
-                big = np.nonzero(sizes >= 20)[0] + 1
-                fluid_counts.append(len(big))
-                for sl in ndimage.find_objects(comp):
-                    if sl is not None and (comp[sl] > 0).sum() >= 20:
-                        fluid_widths.append((sl[1].stop - sl[1].start) / 2 / w)
+                comp, _ = ndimage.label(np.isin(lab, path_ids))
+                big = np.bincount(comp.ravel())[1:] >= 20  # per component (label i + 1)
+                fluid_counts.append(int(big.sum()))
+                fluid_widths += [(sl[1].stop - sl[1].start) / 2 / w
+                                 for sl, keep in zip(ndimage.find_objects(comp), big) if keep]
 
         thick = np.array(per["thick"])
         total = np.array(per["total"])
@@ -376,58 +374,50 @@ class LayerThicknessStats:
         return cls.fit(labels, table=table, source=source + ")")
 
 
-#: Fitted on ../shared/data/duke_dme/datalist_train.json (66 B-scans), rounded; see duke_defaults().
-_DUKE_FIT: dict[str, Any] = {
+#: Fitted on ../shared/data/duke_dme/datalist_train.json (66 B-scans), rounded; see duke_defaults(). The fields
+#: below do not depend on the rows the fractions count (lateral, relative or per-scan); the geometry does.
+#: ``wave`` is not fitted: like :meth:`LayerThicknessStats.fit`, both keep the class default.
+_DUKE_COMMON: dict[str, Any] = {
     "table": "duke_dme",
+    "wobble": 0.31033,
+    "fovea_probability": 0.18182,
+    "fovea_keep": [0.51762, 0.18582, 0.28742, 0.29857, 2.5632, 1.13173, 1.11362],
+    "pit_width_mean": 0.04865,
+    "pit_width_std": 0.02397,
+    "pit_centre": [0.47003, 0.57399],
+    "fluid_probability": 0.75758,
+    "max_fluid_pockets": 8,
+    "fluid_width": [0.00732, 0.05996],
+    "fluid_span": [2, 5],
+    "fluid_classes": [2, 3, 4, 5],
+    "num_images": 66,
+}
+
+#: Full 496-row frames.
+_DUKE_FIT: dict[str, Any] = {
+    **_DUKE_COMMON,
     "thickness_mean": [0.0203, 0.03686, 0.01854, 0.01596, 0.0559, 0.01689, 0.01378],
     "thickness_std": [0.00669, 0.00925, 0.00407, 0.00274, 0.01739, 0.00274, 0.00163],
     "scale_std": 0.12295,
-    "wobble": 0.31033,
     "top_mean": 0.2754,
     "top_std": 0.06507,
     "tilt": 0.07829,
     "curvature": [-0.4077, -0.06084],
-    "wave": 0.02657,  # not fitted: the full-frame default (0.012 of 496 rows) in band rows (x 496/224)
-    "fovea_probability": 0.18182,
-    "fovea_keep": [0.51762, 0.18582, 0.28742, 0.29857, 2.5632, 1.13173, 1.11362],
-    "pit_width_mean": 0.04865,
-    "pit_width_std": 0.02397,
-    "pit_centre": [0.47003, 0.57399],
     "pit_depth": -0.03098,
-    "fluid_probability": 0.75758,
-    "max_fluid_pockets": 8,
-    "fluid_width": [0.00732, 0.05996],
-    "fluid_span": [2, 5],
-    "fluid_classes": [2, 3, 4, 5],
-    "num_images": 66,
     "source": "built-in: Duke DME train (66 B-scans, 496 rows), monai-oct sketch-stats",
 }
 
-
-#: Fitted on the same 66 B-scans through the 224-row retina band (``monai-oct sketch-stats ... --band-height 224``).
+#: The same 66 B-scans through the 224-row retina band (``monai-oct sketch-stats ... --band-height 224``).
 _DUKE_BAND224_FIT: dict[str, Any] = {
-    "table": "duke_dme",
+    **_DUKE_COMMON,
     "thickness_mean": [0.04495, 0.08161, 0.04106, 0.03534, 0.12378, 0.03734, 0.03037],
     "thickness_std": [0.01482, 0.02049, 0.009, 0.00606, 0.03852, 0.00615, 0.00374],
     "scale_std": 0.12291,
-    "wobble": 0.31033,
     "top_mean": 0.33364,
     "top_std": 0.05284,
     "tilt": 0.17336,
     "curvature": [-0.90277, -0.13472],
-    "wave": 0.012,
-    "fovea_probability": 0.18182,
-    "fovea_keep": [0.51762, 0.18582, 0.28742, 0.29857, 2.5632, 1.13173, 1.11362],
-    "pit_width_mean": 0.04865,
-    "pit_width_std": 0.02397,
-    "pit_centre": [0.47003, 0.57399],
     "pit_depth": -0.0686,
-    "fluid_probability": 0.75758,
-    "max_fluid_pockets": 8,
-    "fluid_width": [0.00732, 0.05996],
-    "fluid_span": [2, 5],
-    "fluid_classes": [2, 3, 4, 5],
-    "num_images": 66,
     "source": "built-in: Duke DME train (66 B-scans), 224-row retina band, monai-oct sketch-stats --band-height 224",
 }
 
