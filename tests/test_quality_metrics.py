@@ -9,21 +9,25 @@ import pytest
 import torch
 
 from monai_oct.data.datalist import load_datalist, read_label
-from monai_oct.metrics.adherence import SegmentationTeacher, adherence_report
-from monai_oct.metrics.diversity import ms_ssim_settings, pairwise_ms_ssim
-from monai_oct.metrics.fid import (
+from monai_oct.metrics import (
     ExtractorUnavailable,
     ModuleExtractor,
+    SegmentationTeacher,
+    adherence_report,
+    column_validity,
     extract_features,
     find_tf_inception_weights,
     frechet_distance,
     frechet_summary,
     get_extractor,
     kernel_distance,
+    label_plausibility,
+    load_image_set,
+    memorisation_report,
+    ms_ssim_settings,
+    pairwise_ms_ssim,
+    segmentation_encoder_extractor,
 )
-from monai_oct.metrics.loader import load_image_set
-from monai_oct.metrics.memorisation import memorisation_report
-from monai_oct.metrics.plausibility import column_validity, label_plausibility
 
 
 def _exact_fd(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -103,7 +107,6 @@ def test_torchscript_file_extractor(tmp_path):
 
 
 def test_segmentation_encoder_extractor(tmp_path):
-    from monai_oct.metrics.fid import segmentation_encoder_extractor
     from monai_oct.networks.segmentation import segmentation_network
 
     torch.save(segmentation_network("unet", channels=(4, 8, 16)).state_dict(), tmp_path / "seg.pt")

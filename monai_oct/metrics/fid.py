@@ -218,10 +218,9 @@ def segmentation_encoder_extractor(checkpoint: str | os.PathLike, network: str =
     Raises:
         FileNotFoundError, ValueError: for a missing or unfitting checkpoint, or no default layer.
     """
-    from monai_oct.networks.segmentation import load_weights, segmentation_network
+    from monai_oct.metrics.adherence import load_teacher
 
-    net = load_weights(segmentation_network(network, in_channels=1, out_channels=num_classes, channels=channels),
-                       checkpoint, key=key)
+    net = load_teacher(checkpoint, network, num_classes, channels, key=key).network
     if layer is None:
         if str(network).lower() != "unet":
             raise ValueError(f"no default feature layer for {network!r}; give layer= (see named_modules())")

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monai_oct.data.datalist import DataError, image_folder_datalist, load_datalist, read_image, read_label
+from monai_oct.data.datalist import DataError, image_folder_datalist, read_image, read_label
 from monai_oct.data.labels import LabelTable
+from monai_oct.data.mixing import concat_sources, read_datalists
 
 __all__ = ["ImageSet", "resolve_items", "load_image_set"]
 
@@ -95,14 +96,7 @@ def resolve_items(source: str | os.PathLike | Sequence[dict[str, Any]], key: str
             return items
     if not path.is_file():
         raise DataError(f"{path}: no datalist or image folder here")
-    keys = [key] if key is None or isinstance(key, str) else list(key)
-    last: DataError | None = None
-    for k in keys:
-        try:
-            return load_datalist(path, key=k)
-        except DataError as e:
-            last = e
-    raise DataError(f"{path}: none of the lists {keys} found ({last})")
+    return concat_sources(read_datalists(path, key))  # candidate keys resolved as for training data
 
 
 def _to_grey(arr: np.ndarray, where: str) -> np.ndarray:

@@ -61,7 +61,7 @@ def _real_real_min(train: torch.Tensor, kind: str) -> tuple[float, list[int]]:
     return v, [i, j]
 
 
-def _space(name: str, synth: torch.Tensor, train: torch.Tensor, kind: str, top_k: int,
+def _space(synth: torch.Tensor, train: torch.Tensor, kind: str, top_k: int,
            synth_names: Sequence[str] | None, train_names: Sequence[str] | None) -> dict[str, Any]:
     dist, idx = nearest_neighbours(synth, train, kind)
     thr, pair = _real_real_min(train, kind)
@@ -109,9 +109,9 @@ def memorisation_report(synthetic: torch.Tensor, train: torch.Tensor, synthetic_
     """
     if train.shape[0] < 2:
         raise ValueError(f"memorisation needs at least 2 training images (for the real-real scale), got {train.shape[0]}")
-    out = {"pixel": _space("pixel", synthetic, train, "rms", top_k, synthetic_names, train_names), "feature": None}
+    out = {"pixel": _space(synthetic, train, "rms", top_k, synthetic_names, train_names), "feature": None}
     if synthetic_features is not None and train_features is not None:
-        out["feature"] = _space("feature", synthetic_features, train_features, "l2", top_k, synthetic_names, train_names)
+        out["feature"] = _space(synthetic_features, train_features, "l2", top_k, synthetic_names, train_names)
     out["definition"] = ("For each synthetic image: its nearest real training image, in pixel space (RMS difference of "
                          "[-1, 1] images) and feature space (Euclidean). Flagged when strictly closer than the closest "
                          "pair of distinct training images (real_real_min).")

@@ -109,11 +109,19 @@ def label_plausibility(labels: Sequence[np.ndarray | torch.Tensor] | torch.Tenso
     Returns:
         float array ``(N,)``; NaN for a map without any annotated column.
     """
-    out = []
+    return _per_map(labels, table, ignore_index)[0]
+
+
+def _per_map(labels, table: LabelTable, ignore_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per map: fraction of valid columns (NaN: none checked), valid column count, checked column count."""
+    frac, valid, checked = [], [], []
     for lab in labels:
         v = column_validity(lab, table, ignore_index)
-        out.append(float(np.nanmean(v)) if (~np.isnan(v)).any() else float("nan"))
-    return np.asarray(out, dtype=np.float64)
+        ok = ~np.isnan(v)
+        valid.append(float(v[ok].sum()))
+        checked.append(int(ok.sum()))
+        frac.append(valid[-1] / checked[-1] if checked[-1] else float("nan"))
+    return np.asarray(frac, dtype=np.float64), np.asarray(valid), np.asarray(checked, dtype=np.int64)
 
 
 def plausibility_report(labels: Sequence[np.ndarray | torch.Tensor] | torch.Tensor, table: LabelTable = DUKE_DME,
@@ -125,21 +133,15 @@ def plausibility_report(labels: Sequence[np.ndarray | torch.Tensor] | torch.Tens
         ``{"valid_column_fraction", "mean_per_map", "maps_fully_valid", "num_maps", "columns_checked",
         "columns_skipped", "worst": [{"index", "name", "valid_fraction"}], "definition"}``.
     """
-    valid_cols, checked, skipped, per_map = 0.0, 0, 0, []
-    for lab in labels:
-        v = column_validity(lab, table, ignore_index)
-        ok = ~np.isnan(v)
-        checked += int(ok.sum())
-        skipped += int((~ok).sum())
-        valid_cols += float(v[ok].sum())
-        per_map.append(float(v[ok].mean()) if ok.any() else float("nan"))
-    pm = np.asarray(per_map)
+    pm, valid, cols = _per_map(labels, table, ignore_index)
+    valid_cols, checked = float(valid.sum()), int(cols.sum())
+    skipped = sum(int(lab.shape[-1]) for lab in labels) - checked
     order = [int(i) for i in np.argsort(np.nan_to_num(pm, nan=2.0))[:worst]]
     return {
         "valid_column_fraction": valid_cols / checked if checked else None,
         "mean_per_map": float(np.nanmean(pm)) if (~np.isnan(pm)).any() else None,
         "maps_fully_valid": int((pm == 1.0).sum()),
-        "num_maps": len(per_map),
+        "num_maps": len(pm),
         "columns_checked": checked,
         "columns_skipped": skipped,
         "worst": [{"index": i, "name": None if names is None else str(names[i]),
