@@ -88,6 +88,25 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """The parsed content of a JSON file.
+
+    Args:
+        path: the file.
+        what: what the file is, for the error message ("datalist", "sketch statistics", ...).
+
+    Raises:
+        DataError: naming the file when it is missing, unreadable or not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
 def load_datalist(
     path: str | os.PathLike, root: str | os.PathLike | None = None, key: str | None = None
 ) -> list[dict[str, Any]]:
@@ -106,12 +125,7 @@ def load_datalist(
         DataError: missing/invalid JSON, unknown key or an empty list.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: datalist not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
+    data = read_json(path, "datalist")
     if isinstance(data, list):
         items = data
     elif isinstance(data, dict):

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from monai_oct.data.datalist import DataError, load_datalist
+from monai_oct.data.datalist import DataError, load_datalist, read_json
 
 __all__ = ["find_datalist", "read_datalists", "concat_sources", "RatioSampler", "quotas"]
 
@@ -25,12 +25,7 @@ def _candidates(path: Path, keys: str | Sequence[str] | None) -> str | None:
     """The first of ``keys`` that names a list in the JSON at ``path`` (None: load_datalist's default)."""
     if keys is None or isinstance(keys, str):
         return keys
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read datalist ({e})") from e
+    data = read_json(path, "datalist")
     if not isinstance(data, dict):
         return None
     lists = [k for k, v in data.items() if isinstance(v, list)]

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from monai_oct.data.datalist import read_json
 from monai_oct.data.labels import DUKE_DME, LabelTable, get_label_table
 from monai_oct.data.phantom import _FOVEA_KEEP, _THICKNESS, add_fluid_pockets, regions_from_boundaries, sample_boundaries
 
@@ -185,16 +186,10 @@ class LayerThicknessStats:
         """Read statistics written by :meth:`save`.
 
         Raises:
-            ValueError: naming the file when it is missing, not JSON or holds invalid statistics.
+            ValueError: naming the file when it is missing, not JSON (``DataError``, a ``ValueError``) or holds
+                invalid statistics.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: sketch statistics file not found")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_json(path, "sketch statistics file"), where=str(path))
 
     @classmethod
     def duke_defaults(cls, band_height: int | None = None) -> "LayerThicknessStats":
