@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["as_bool", "bundle_command", "bundle_dir", "run_bundle"]
+__all__ = ["as_bool", "bundle_command", "bundle_dir", "bundle_env", "run_bundle"]
 
 _FALSE = ("false", "0", "no", "off", "none", "")
 
@@ -39,13 +39,16 @@ def bundle_dir(name: str) -> Path:
     return d
 
 
-def _config_files(bundle_dir: str | os.PathLike, configs: Sequence[str]) -> list[str]:
+def _bundle_files(bundle_dir: str | os.PathLike, configs: Sequence[str]) -> tuple[list[str], str | None, str | None]:
+    """``(config files, metadata.json or None, logging.conf or None)`` of a stage."""
     d = Path(bundle_dir) / "configs"
     files = [str(c) if Path(c).is_absolute() or Path(c).is_file() else str(d / c) for c in configs]
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise FileNotFoundError(f"bundle config(s) not found: {missing}")
-    return files
+    meta = str(d / "metadata.json") if (d / "metadata.json").is_file() else None
+    logging_file = str(d / "logging.conf") if (d / "logging.conf").is_file() else None
+    return files, meta, logging_file
 
 
 def _cli_value(v: Any) -> str:
@@ -56,16 +59,23 @@ def _cli_value(v: Any) -> str:
 
 def bundle_command(bundle_dir: str | os.PathLike, configs: Sequence[str], python: str | None = None, **overrides: Any) -> list[str]:
     """The ``python -m monai.bundle run`` command line of a stage (overrides as ``--key value``)."""
-    files = _config_files(bundle_dir, configs)
+    files, meta, logging_file = _bundle_files(bundle_dir, configs)
     cmd = [python or sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files)]
-    d = Path(bundle_dir) / "configs"
-    if (d / "metadata.json").is_file():
-        cmd += ["--meta_file", str(d / "metadata.json")]
-    if (d / "logging.conf").is_file():
-        cmd += ["--logging_file", str(d / "logging.conf")]
+    if meta:
+        cmd += ["--meta_file", meta]
+    if logging_file:
+        cmd += ["--logging_file", logging_file]
     for k, v in overrides.items():
         cmd += [f"--{k}", _cli_value(v)]
     return cmd
+
+
+def bundle_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a stage's subprocess: this one, plus ``env``, with this checkout first on ``PYTHONPATH``."""
+    full_env = dict(os.environ, **(env or {}))
+    root = str(Path(__file__).resolve().parents[1])
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in [root, full_env.get("PYTHONPATH", "")] if p)
+    return full_env
 
 
 def run_bundle(bundle_dir: str | os.PathLike, configs: Sequence[str], in_process: bool = True,
@@ -90,15 +100,9 @@ def run_bundle(bundle_dir: str | os.PathLike, configs: Sequence[str], in_process
     if in_process:
         from monai.bundle import run
 
-        files = _config_files(bundle_dir, configs)
-        d = Path(bundle_dir) / "configs"
-        meta = str(d / "metadata.json") if (d / "metadata.json").is_file() else None
-        logging_file = str(d / "logging.conf") if (d / "logging.conf").is_file() else None
+        files, meta, logging_file = _bundle_files(bundle_dir, configs)
         return run(config_file=files, meta_file=meta, logging_file=logging_file, **overrides)
-    full_env = dict(os.environ, **(env or {}))
-    root = str(Path(__file__).resolve().parents[1])
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in [root, full_env.get("PYTHONPATH", "")] if p)
-    res = subprocess.run(bundle_command(bundle_dir, configs, **overrides), env=full_env, capture_output=True, text=True,
+    res = subprocess.run(bundle_command(bundle_dir, configs, **overrides), env=bundle_env(env), capture_output=True, text=True,
                          timeout=timeout)
     if res.returncode != 0:
         raise subprocess.CalledProcessError(res.returncode, res.args, res.stdout, res.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,22 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 #: ../shared/data beside the repository (real data; absent on a user's fresh machine).
 SHARED_DATA = Path(os.environ.get("MONAI_OCT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+#: the diffusion bundle the stage tests run, and the environment of their subprocesses (one thread, fast malloc).
+OCT_DDPM_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "oct_ddpm"
+BUNDLE_ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
+
+
+def run_stage(name: str, timeout: float = 180, **overrides) -> str:
+    """Run one stage of the oct_ddpm bundle (``common.yaml`` + ``<name>.yaml``) as a subprocess; return its output,
+    or fail the test with the output's end when it fails."""
+    from monai_oct.bundle import run_bundle
+
+    try:
+        res = run_bundle(OCT_DDPM_BUNDLE, ["common.yaml", f"{name}.yaml"], in_process=False, env=BUNDLE_ENV,
+                         timeout=timeout, **overrides)
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"stage {name} failed ({e.returncode}):\n{(e.stdout + e.stderr)[-4000:]}")
+    return res.stdout + res.stderr
 
 
 @pytest.fixture(scope="session")

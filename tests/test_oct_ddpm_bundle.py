@@ -14,30 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from monai_oct.bundle import bundle_command, run_bundle
+from monai_oct.bundle import bundle_command, bundle_env
 from monai_oct.data.datalist import load_datalist, read_image, read_label
 from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "oct_ddpm"
-ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
+from conftest import BUNDLE_ENV, OCT_DDPM_BUNDLE as BUNDLE, run_stage as stage
+
 TINY = dict(image_size=[16, 32], band_height=48, channels=[8, 16], num_res_blocks=1, num_train_timesteps=50,
             prediction_type="v_prediction", schedule="cosine", learning_rate=1e-3, batch_size=4, device="cpu",
             progress=False, sample_steps=2, num_sample_images=2, sample_interval=1, num_threads=1)
 
 
-def stage(name, timeout=180, **overrides):
-    """Run one stage as a subprocess; fail with its output on error."""
-    try:
-        res = run_bundle(BUNDLE, ["common.yaml", f"{name}.yaml"], in_process=False, env=ENV, timeout=timeout, **overrides)
-    except subprocess.CalledProcessError as e:
-        pytest.fail(f"stage {name} failed ({e.returncode}):\n{(e.stdout + e.stderr)[-4000:]}")
-    return res.stdout + res.stderr
-
-
 def popen(name, log, **overrides):
-    env = dict(os.environ, **ENV, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen(bundle_command(BUNDLE, ["common.yaml", f"{name}.yaml"], **overrides), env=env,
+    return subprocess.Popen(bundle_command(BUNDLE, ["common.yaml", f"{name}.yaml"], **overrides), env=bundle_env(BUNDLE_ENV),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 

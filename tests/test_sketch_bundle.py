@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from monai_oct.bundle import run_bundle
 from monai_oct.data.datalist import load_datalist, read_image, read_label
 from monai_oct.data.diffusion_pipelines import sketch_transforms
 from monai_oct.data.sketches import LayerThicknessStats, RandomSketchDataset
 from monai_oct.engines.synthesis import PairWriter, sketch_source
 from monai_oct.networks.checkpoint import adapt_input_channels
 from monai_oct.transforms.sketch import LayerSketch
+
+from conftest import run_stage as stage
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "oct_ddpm"
@@ -29,14 +30,6 @@ ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRI
 TINY = dict(image_size=[32, 64], band_height=48, channels=[8, 16], num_res_blocks=1, num_train_timesteps=50,
             prediction_type="v_prediction", schedule="cosine", learning_rate=1e-3, batch_size=4, device="cpu",
             progress=False, sample_steps=2, num_sample_images=2, sample_interval=1, num_threads=1)
-
-
-def stage(name, timeout=180, **overrides):
-    try:
-        res = run_bundle(BUNDLE, ["common.yaml", f"{name}.yaml"], in_process=False, env=ENV, timeout=timeout, **overrides)
-    except subprocess.CalledProcessError as e:
-        pytest.fail(f"stage {name} failed ({e.returncode}):\n{(e.stdout + e.stderr)[-4000:]}")
-    return res.stdout + res.stderr
 
 
 def check_sketch_synthetic(out: Path, n: int, size):

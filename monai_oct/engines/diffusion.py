@@ -26,7 +26,7 @@ from ignite.engine import Engine
 from torch import nn
 from torch.optim import Optimizer
 
-from monai_oct.networks.diffusion import check_image_size
+from monai_oct.networks.diffusion import PREDICTION_TYPES, check_image_size
 
 __all__ = ["DiffusionTrainer", "diffusion_target"]
 
@@ -45,7 +45,7 @@ def diffusion_target(scheduler: Scheduler, images: torch.Tensor, noise: torch.Te
         return scheduler.get_velocity(images, noise, timesteps)
     if pt == "sample":
         return images
-    raise ValueError(f"unknown prediction_type {pt!r}; expected 'epsilon', 'v_prediction' or 'sample'")
+    raise ValueError(f"unknown prediction_type {pt!r}; expected one of {PREDICTION_TYPES}")
 
 
 class DiffusionTrainer(SupervisedTrainer):
@@ -88,9 +88,7 @@ class DiffusionTrainer(SupervisedTrainer):
         if not 0.0 <= float(p_uncond) <= 1.0:
             raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
         pt = prediction_type or scheduler.prediction_type
-        if pt not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"unknown prediction_type {pt!r}; expected 'epsilon', 'v_prediction' or 'sample'")
-        if pt != scheduler.prediction_type:
+        if pt != scheduler.prediction_type:  # the scheduler's own type is valid, so this also rejects unknown ones
             raise ValueError(f"prediction_type {pt!r} differs from the scheduler's {scheduler.prediction_type!r}; "
                              "sampling would decode the network's output wrongly")
         kwargs.setdefault("decollate", False)

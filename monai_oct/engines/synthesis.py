@@ -31,7 +31,7 @@ from torch import nn
 if TYPE_CHECKING:
     from monai_oct.data.sketches import RandomSketchDataset
 
-from monai_oct.data.datalist import DataError, read_image, read_label, write_png
+from monai_oct.data.datalist import DataError, read_image, read_label, write_datalist, write_png
 from monai_oct.data.labels import LabelTable
 from monai_oct.data.mixing import read_datalists, concat_sources
 from monai_oct.engines.sampler import DiffusionSampler, sample_generators
@@ -301,8 +301,8 @@ class SamplerEngine(Engine):
         missing = [self.writer.name(i) for i in range(self.num_samples) if not self.writer.done(i)]
         if missing:
             raise RuntimeError(f"{out}: {len(missing)} pair(s) missing after synthesis, e.g. {missing[0]}")
-        items = [{"image": f"images/{self.writer.name(i)}", "label": f"labels/{self.writer.name(i)}"} for i in range(self.num_samples)]
-        _write_json(out / "datalist.json", {"training": items})
+        pairs = [self.writer.paths(i) for i in range(self.num_samples)]
+        write_datalist(out / "datalist.json", [{"image": str(im), "label": str(lab)} for im, lab in pairs], key="training")
         manifest = {
             "num_samples": self.num_samples,
             "seeds": {self.writer.name(i): self.seed + i for i in range(self.num_samples)},
@@ -314,7 +314,7 @@ class SamplerEngine(Engine):
             "image_size": self.image_size,
             "output_size": self.writer.output_size,
             "encoding": self.encoding,
-            "files": [f for it in items for f in (it["image"], it["label"])]
+            "files": [f"{sub}/{self.writer.name(i)}" for i in range(self.num_samples) for sub in ("images", "labels")]
             + [f"{d}/{self.writer.name(i)}" for d in self.writer.extra_dirs for i in range(self.num_samples)],
             "seconds": round(time.time() - getattr(self, "_t0", time.time()), 3),
             **self.extra_manifest,
