@@ -107,25 +107,39 @@ class Runner:
             self.log.update(json.loads(self.timing_file.read_text()))
 
     def bundle(self, name: str, done: Path, configs: list[Path], **overrides: Any) -> None:
-        """Run one bundle stage unless ``done`` exists; its output goes to ``logs/<name>.log``."""
+        """Run one bundle stage (``python -m monai.bundle run``) as :meth:`step`; None overrides are left out."""
+        overrides.setdefault("device", self.device)
+        self.step(name, done, bundle_command(configs[0].parent.parent, configs, **{k: v for k, v in overrides.items() if v is not None}))
+
+    def step(self, name: str, done: Path, cmd: list[str], required: bool = True) -> bool:
+        """Run ``cmd`` unless ``done`` exists; output in ``logs/<name>.log``, time in ``timings.json``.
+
+        Returns:
+            True when ``done`` exists afterwards (or in a dry run).
+
+        Raises:
+            RuntimeError: a ``required`` step that fails or does not write ``done`` (with the log's last lines).
+        """
         if done.exists():
             print(f"[skip] {name}: {done} exists")
-            return
-        overrides.setdefault("device", self.device)
-        cmd = bundle_command(configs[0].parent.parent, configs, **{k: v for k, v in overrides.items() if v is not None})
+            return True
         print(f"[run ] {name}: {' '.join(cmd[1:])}", flush=True)
         if self.dry_run:
-            return
+            return True
         t0 = time.time()
         with open(self.logs / f"{name}.log", "a") as f:
             rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
         if rc != 0 or not done.exists():
             tail = (self.logs / f"{name}.log").read_text().splitlines()[-25:]
-            raise RuntimeError(f"step {name} failed (exit {rc}); last lines of {self.logs / (name + '.log')}:\n" + "\n".join(tail))
+            msg = f"step {name} failed (exit {rc}); last lines of {self.logs / (name + '.log')}:\n" + "\n".join(tail)
+            if required:
+                raise RuntimeError(msg)
+            print(f"[warn] {msg}")
+            return False
         self.log[name] = self.log.get(name, 0.0) + time.time() - t0
         self.timing_file.write_text(json.dumps(self.log, indent=1))
         print(f"[done] {name}: {self.log[name] / 60:.1f} min", flush=True)
-
+        return True
 
 def unlabeled_datalist(data: Path, out: Path) -> Path:
     """Duke train images (their labels dropped) + every ``hcms_unlabeled`` PNG, as one image-only datalist."""
@@ -300,14 +314,7 @@ def quality_report(run: Runner, out: Path, cfg: dict, synth: Path, duke: Path, t
         cmd = [sys.executable, "-m", "monai_oct", "evaluate", "--real", str(real), "--reference", str(ref),
                "--synthetic", str(synth / "datalist.json"), "--teacher", str(teacher), "--teacher-network", s["networks"][0],
                "--teacher-image-size", *map(str, s["image_size"]), "--image-size", *map(str, size), "--out", str(q)]
-        print(f"[run ] quality: {' '.join(cmd[1:])}", flush=True)
-        t0 = time.time()
-        with open(run.logs / "quality.log", "a") as f:
-            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=run.env)
-        if rc != 0:
-            print(f"[warn] quality report failed (exit {rc}); see {run.logs / 'quality.log'}")
-            return None
-        run.log["quality"] = time.time() - t0
+        run.step("quality", q / "report.json", cmd, required=False)  # a missing report leaves the other results
     return json.loads((q / "report.json").read_text()) if (q / "report.json").is_file() else None
 
 

@@ -22,14 +22,13 @@ Writes ``results.md`` and ``results.json`` (scale, seed, versions, wall time, st
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from duke_retidiff import DDPM, ROOT, SEG, Runner, _versions, benchmark_parser, resolve_data, seg_steps, seg_tables  # noqa: E402
+from duke_retidiff import DDPM, SEG, Runner, _versions, benchmark_parser, resolve_data, seg_steps, seg_tables  # noqa: E402
 
 #: Settings per scale; ``why`` says what each is for.
 SCALES: dict[str, dict[str, Any]] = {
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. sketch statistics at the DDPM's geometry (the band the network sees)
     stats = out / "sketch_stats.json"
-    command(run, "sketch_stats", stats, [sys.executable, "-m", "monai_oct", "sketch-stats", real, "--out", str(stats),
+    run.step("sketch_stats", stats, [sys.executable, "-m", "monai_oct", "sketch-stats", real, "--out", str(stats),
                                         "--band-height", str(cfg["band_height"]), "--size", *map(str, cfg["image_size"])])
 
     # 2-3. sketch DDPM and synthesis
@@ -119,23 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     write_results(out, a.scale, cfg, n, a.seed, a.device, a.mix_ratio, test, results, time.time() - t_start, run.log)
     return 0
-
-
-def command(run: Runner, name: str, done: Path, cmd: list[str]) -> None:
-    """Run a plain command as a step of ``run`` (skipped when ``done`` exists; output in ``logs/<name>.log``)."""
-    if done.exists():
-        print(f"[skip] {name}: {done} exists")
-        return
-    print(f"[run ] {name}: {' '.join(cmd[1:])}", flush=True)
-    if run.dry_run:
-        return
-    t0 = time.time()
-    with open(run.logs / f"{name}.log", "a") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=run.env)
-    if rc != 0 or not done.exists():
-        raise RuntimeError(f"step {name} failed (exit {rc}); see {run.logs / (name + '.log')}")
-    run.log[name] = run.log.get(name, 0.0) + time.time() - t0
-    run.timing_file.write_text(json.dumps(run.log, indent=1))
 
 
 def label_agreement(synth: Path, distilled: Path) -> dict[str, float]:
