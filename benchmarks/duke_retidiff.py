@@ -283,8 +283,9 @@ def sampler_comparison(run: Runner, cfg: dict, a: argparse.Namespace, out: Path,
 def band_dataset(datalist: Path, out: Path, band_height: int, size: list[int] | None) -> Path:
     """Real B-scans cropped to the retina band (located from the label) at the synthetic images' size, so that
     distances compare like with like; returns the datalist written (``training``)."""
-    from monai_oct.data.datalist import load_datalist, write_datalist, write_png
-    from monai_oct.data.pipelines import bscan_transforms
+    from monai_oct.core.datalist import load_datalist, write_datalist
+    from monai_oct.core.io import write_png
+    from monai_oct.recipes.pipelines import bscan_transforms
 
     dl = out / "datalist.json"
     if dl.is_file():
@@ -349,7 +350,7 @@ def seg_tables(network: str, res: dict[str, dict], rows: list[tuple[str, str, st
         rows: ``(key, real, synthetic)`` in table order.
         first: the first column's title.
     """
-    from monai_oct.data.labels import DUKE_DME
+    from monai_oct.core.labels import DUKE_DME
 
     nan = float("nan")
     lines = [f"### {network}", "", f"| {first} | real | synthetic | mean Dice 1-9 | " + " | ".join(GROUPS) + " | mean PA |",
@@ -417,7 +418,7 @@ def quality_table(q: dict) -> list[str]:
 
 def figure(out: Path, rows: int = 4) -> None:
     """``figure.png``: rows of (real image, real label, synthetic image, synthetic label) at the synthetic size."""
-    from monai_oct.data.datalist import read_image, read_label, write_png
+    from monai_oct.core.io import read_image, read_label, write_png
 
     def colour(lab: np.ndarray) -> np.ndarray:
         return (lab.astype(np.float32) * (255.0 / 9.0)).clip(0, 255).astype(np.uint8)

@@ -66,7 +66,8 @@ from typing import Any, Callable, Sequence
 import torch
 from ignite.engine import Events
 
-from monai_oct.engines import DiffusionSampler, DiffusionTrainer, sample_generators
+from monai_oct.core.seeding import sample_generators
+from monai_oct.engines import DiffusionSampler, DiffusionTrainer
 from monai_oct.networks import conditional_diffusion_unet, diffusion_scheduler
 
 __all__ = ["Variant", "VARIANTS", "PeakMemory", "parse_args", "run_variant", "format_table", "main"]

@@ -125,7 +125,8 @@ def label_agreement(synth: Path, distilled: Path) -> dict[str, float]:
     images: how far the images drifted from their sketches (Wu et al.'s misregistration)."""
     import numpy as np
 
-    from monai_oct.data.datalist import load_datalist, read_label
+    from monai_oct.core.datalist import load_datalist
+    from monai_oct.core.io import read_label
 
     a_items = {Path(it["image"]).name: it["label"] for it in load_datalist(synth / "datalist.json", key="training")}
     b_items = {Path(it["image"]).name: it["label"] for it in load_datalist(distilled / "datalist.json")}

@@ -11,7 +11,7 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
-    from monai_oct.data.phantom import write_phantom_dataset
+    from monai_oct.phantoms.oct import write_phantom_dataset
 
     dl = write_phantom_dataset(args.out, num=args.num, size=args.size, seed=args.seed, val_fraction=args.val_fraction)
     print(f"wrote {args.num} phantom B-scans ({args.size[0]}x{args.size[1]}) to {args.out}; datalist: {dl}")
@@ -19,8 +19,9 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    from monai_oct.data.datalist import DataError, check_dataset, load_datalist
-    from monai_oct.data.labels import get_label_table
+    from monai_oct.core.datalist import check_dataset, load_datalist
+    from monai_oct.core.io import DataError
+    from monai_oct.core.labels import get_label_table
 
     table = get_label_table(args.table)
     try:
@@ -35,8 +36,8 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_sketch_stats(args: argparse.Namespace) -> int:
-    from monai_oct.data.datalist import DataError
-    from monai_oct.data.sketches import LayerThicknessStats
+    from monai_oct.core.io import DataError
+    from monai_oct.recipes.sketches import LayerThicknessStats
 
     try:
         stats = LayerThicknessStats.fit_datalist(args.datalist, root=args.root, key=args.key, table=args.table,
@@ -61,9 +62,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from monai_oct.data.datalist import DataError
+    from monai_oct.core.io import DataError
     from monai_oct.metrics.fid import ExtractorUnavailable
-    from monai_oct.metrics.report import evaluate_synthesis
+    from monai_oct.recipes.quality import evaluate_synthesis
 
     try:
         rep = evaluate_synthesis(

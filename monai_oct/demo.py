@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from monai_oct.data.datalist import check_dataset, load_datalist
-from monai_oct.data.phantom import write_phantom_dataset
+from monai_oct.bundle import bundle_dir, run_bundle
+from monai_oct.core.datalist import check_dataset, load_datalist
+from monai_oct.phantoms.oct import write_phantom_dataset
 
 __all__ = ["run_demo", "DEMO_SETTINGS"]
 
@@ -40,8 +41,6 @@ DEMO_SETTINGS = {
 
 def run_demo(out: Path, quick: bool = False) -> int:
     """Run the demo under ``out``; returns an exit code (0: the synthetic dataset was written and checks out)."""
-    from monai_oct.bundle import bundle_dir, run_bundle
-
     BUNDLE = bundle_dir("oct_ddpm")
 
     out = Path(out)

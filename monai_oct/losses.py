@@ -1,4 +1,4 @@
-"""Segmentation losses that skip unannotated pixels (label :data:`~monai_oct.data.labels.UNANNOTATED`).
+"""Segmentation losses that skip unannotated pixels (label :data:`~monai_oct.core.labels.UNANNOTATED`).
 
 MONAI 1.6's ``DiceCELoss`` has no ``ignore_index``; :class:`MaskedDiceCELoss` combines MONAI's
 ``DiceLoss(ignore_index=...)`` with ``torch.nn.functional.cross_entropy(ignore_index=...)`` so that the
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch.nn.modules.loss import _Loss
 
-from monai_oct.data.labels import UNANNOTATED
+from monai_oct.core.labels import UNANNOTATED
 
 __all__ = ["MaskedDiceCELoss"]
 

@@ -34,7 +34,7 @@ def run_stage(name: str, timeout: float = 180, **overrides) -> str:
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """A 12-scan 64x64 phantom dataset (``datalist.json`` with train 9 / validation 3)."""
-    from monai_oct.data.phantom import write_phantom_dataset
+    from monai_oct.phantoms.oct import write_phantom_dataset
 
     out = tmp_path_factory.mktemp("phantom")
     write_phantom_dataset(out, num=12, size=(64, 64), seed=0)

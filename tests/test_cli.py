@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from monai_oct.cli import main
-from monai_oct.data import write_png
+from monai_oct.core.io import write_png
 
 
 def test_phantom_then_check_data(tmp_path, capsys):

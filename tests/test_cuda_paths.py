@@ -11,7 +11,8 @@ import torch
 from ignite.engine import Events
 
 from monai_oct.engines.diffusion import DiffusionTrainer
-from monai_oct.engines.sampler import DiffusionSampler, sample_generators
+from monai_oct.core.seeding import sample_generators
+from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.networks.diffusion import conditional_diffusion_unet, diffusion_scheduler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU paths not exercised here")

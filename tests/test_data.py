@@ -8,19 +8,11 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from monai_oct.data import (
-    DUKE_DME,
-    UNANNOTATED,
-    DataError,
-    LabelTable,
-    boundaries_to_label,
-    check_dataset,
-    image_folder_datalist,
-    load_datalist,
-    read_duke_mat,
-    write_png,
-)
-from monai_oct.data.pipelines import bscan_transforms
+from monai_oct.core.datalist import check_dataset, image_folder_datalist, load_datalist
+from monai_oct.core.duke import boundaries_to_label, read_duke_mat
+from monai_oct.core.io import DataError, write_png
+from monai_oct.core.labels import DUKE_DME, UNANNOTATED, LabelTable
+from monai_oct.recipes.pipelines import bscan_transforms
 
 
 def _write_pair(root, name, shape=(20, 30), label_value=3, label_shape=None):

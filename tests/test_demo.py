@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from monai_oct.cli import main
-from monai_oct.data.datalist import load_datalist, read_image, read_label
+from monai_oct.core.datalist import load_datalist
+from monai_oct.core.io import read_image, read_label
 from monai_oct.demo import DEMO_SETTINGS
 
 

@@ -10,7 +10,8 @@ from ignite.engine import Events
 from torch import nn
 
 from monai_oct.engines.diffusion import DiffusionTrainer, diffusion_target
-from monai_oct.engines.sampler import DiffusionSampler, sample_generators
+from monai_oct.core.seeding import sample_generators
+from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.handlers.checkpoint import TrainingCheckpoint, TrainingLog
 from monai_oct.handlers.ema import EMA
 from monai_oct.networks.checkpoint import load_weights, save_checkpoint

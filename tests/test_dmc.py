@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from monai_oct.data.datalist import read_label
-from monai_oct.data.labels import DUKE_DME
-from monai_oct.data.phantom import PhantomConfig, generate_bscans
+from monai_oct.core.io import read_label
+from monai_oct.core.labels import DUKE_DME
+from monai_oct.phantoms.oct import PhantomConfig, generate_bscans
 from monai_oct.transforms import (
     DiscreteMaskClustering,
     DiscreteMaskClusteringd,

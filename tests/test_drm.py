@@ -7,14 +7,8 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from monai_oct.data.phantom import PhantomConfig, generate_bscans
-from monai_oct.transforms import (
-    DynamicRegionMask,
-    MaskEncoded,
-    RandDynamicRegionMaskd,
-    decode_mask,
-    encode_mask,
-)
+from monai_oct.phantoms.oct import PhantomConfig, generate_bscans
+from monai_oct.transforms import DynamicRegionMask, MaskEncoded, RandDynamicRegionMaskd, decode_mask, encode_mask
 
 C, FLUID = 10, 9
 

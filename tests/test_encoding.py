@@ -7,8 +7,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from monai_oct.data.labels import UNANNOTATED
-from monai_oct.data.phantom import generate_bscans
+from monai_oct.core.labels import UNANNOTATED
+from monai_oct.phantoms.oct import generate_bscans
 from monai_oct.transforms import (
     MaskDecode,
     MaskDecoded,

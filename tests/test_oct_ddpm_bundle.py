@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from monai_oct.bundle import bundle_command, bundle_env
-from monai_oct.data.datalist import load_datalist, read_image, read_label
+from monai_oct.core.datalist import load_datalist
+from monai_oct.core.io import read_image, read_label
 from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd
 
 from conftest import BUNDLE_ENV, OCT_DDPM_BUNDLE as BUNDLE, run_stage as stage
@@ -186,9 +187,14 @@ def test_stages_on_duke(duke_dir, tmp_path):
 
 
 def test_stage_items_and_chains(phantom_dir, tmp_path):
-    from monai_oct.data.datalist import DataError
-    from monai_oct.data.diffusion_pipelines import diffusion_items, finetune_transforms, mask_transforms, pretrain_transforms
-    from monai_oct.data.phantom import write_phantom_dataset
+    from monai_oct.core.io import DataError
+    from monai_oct.recipes.diffusion_pipelines import (
+        diffusion_items,
+        finetune_transforms,
+        mask_transforms,
+        pretrain_transforms,
+    )
+    from monai_oct.phantoms.oct import write_phantom_dataset
 
     labelled = diffusion_items(phantom_dir, require_label=True)
     assert len(labelled) == 9 and all("label" in it for it in labelled)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from monai_oct.data.seg_pipelines import seg_augment, seg_train_transforms
+from monai_oct.recipes.seg_pipelines import seg_augment, seg_train_transforms
 from monai_oct.optim import lr_factor, make_lr_scheduler
 
 
@@ -45,7 +45,7 @@ def test_bad_schedule_names_it():
 
 
 def test_augment_changes_image_not_label(phantom_dir):
-    from monai_oct.data.datalist import load_datalist
+    from monai_oct.core.datalist import load_datalist
 
     item = load_datalist(phantom_dir / "datalist.json")[0]
     plain = seg_train_transforms([32, 32], band_height=None, flip=0.0, augment=0.0)(dict(item))

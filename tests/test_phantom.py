@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monai_oct.data import check_dataset, generate_bscans, load_datalist, write_phantom_dataset
-from monai_oct.data.phantom import PhantomConfig
+from monai_oct.core.datalist import check_dataset, load_datalist
+from monai_oct.phantoms.oct import generate_bscans, write_phantom_dataset
+from monai_oct.phantoms.oct import PhantomConfig
 
 
 def test_same_seed_same_arrays():

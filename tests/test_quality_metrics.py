@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from monai_oct.data.datalist import load_datalist, read_label
+from monai_oct.core.datalist import load_datalist
+from monai_oct.core.io import read_label
 from monai_oct.metrics import (
     ExtractorUnavailable,
     ModuleExtractor,
@@ -22,12 +23,12 @@ from monai_oct.metrics import (
     get_extractor,
     kernel_distance,
     label_plausibility,
-    load_image_set,
     memorisation_report,
     ms_ssim_settings,
     pairwise_ms_ssim,
     segmentation_encoder_extractor,
 )
+from monai_oct.recipes.image_sets import load_image_set
 
 
 def _exact_fd(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -13,8 +13,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from monai_oct.data.datalist import load_datalist, read_image, read_label, write_datalist
-from monai_oct.data.phantom import write_phantom_dataset
+from monai_oct.core.datalist import load_datalist, write_datalist
+from monai_oct.core.io import read_image, read_label
+from monai_oct.phantoms.oct import write_phantom_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "oct_layer_seg" / "configs"
@@ -137,7 +138,7 @@ def test_mixed_training_config_draws_both_sources_in_ratio(phantom_dir, tmp_path
 
 
 def test_pseudo_labeller_uses_teacher_and_resumes(phantom_dir, tmp_path):
-    from monai_oct.engines.pseudo_label import PseudoLabeller
+    from monai_oct.recipes.pseudo_label import PseudoLabeller
     from monai_oct.networks.segmentation import segmentation_network
 
     torch.manual_seed(0)

@@ -20,8 +20,8 @@ import torch
 from monai.bundle import ConfigItem, ConfigParser
 from monai.transforms import Compose, LoadImaged, SaveImaged
 
-from monai_oct.data.datalist import read_image, write_png
-from monai_oct.data.labels import DUKE_DME
+from monai_oct.core.io import read_image, write_png
+from monai_oct.core.labels import DUKE_DME
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "oct_layer_seg"
 

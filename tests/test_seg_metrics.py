@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from monai_oct.data.labels import DUKE_DME
+from monai_oct.core.labels import DUKE_DME
 from monai_oct.losses import MaskedDiceCELoss
 from monai_oct.metrics.segmentation import (
     LayerDiceMetric,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from monai_oct.data.datalist import DataError
-from monai_oct.data.mixing import RatioSampler, concat_sources, find_datalist, quotas, read_datalists
+from monai_oct.core.io import DataError
+from monai_oct.recipes.mixing import RatioSampler, concat_sources, find_datalist, quotas, read_datalists
 
 
 def _datalist(path, n, prefix, key="train"):
@@ -96,7 +96,7 @@ def test_mixed_sources_with_different_fields_collate(phantom_dir, tmp_path):
     """A pseudo-labelled set names each item's `condition`; mixed with real items the batches still collate."""
     from monai.data import DataLoader, Dataset
 
-    from monai_oct.data.seg_pipelines import seg_train_transforms
+    from monai_oct.recipes.seg_pipelines import seg_train_transforms
 
     items = json.loads((phantom_dir / "datalist.json").read_text())["train"]
     extra = [{**it, "condition": it["label"]} for it in items]

@@ -11,18 +11,20 @@ import torch
 from monai.data import MetaTensor
 
 from monai_oct.cli import main
-from monai_oct.data import DUKE_DME, LayerThicknessStats, RandomSketchDataset, generate_sketch
-from monai_oct.data.phantom import (
-    _FOVEA_KEEP,
+from monai_oct.core.labels import DUKE_DME
+from monai_oct.recipes.sketches import LayerThicknessStats, RandomSketchDataset, generate_sketch
+from monai_oct.phantoms.oct import (
+    FOVEA_KEEP,
     _REFLECTIVITY,
-    _THICKNESS,
+    LAYER_THICKNESS,
     PhantomConfig,
     _smooth_curve,
     generate_bscan,
     generate_bscans,
     sample_boundaries,
 )
-from monai_oct.transforms import LayerSketch, LayerSketchd, label_boundaries
+from monai_oct.core.geometry import label_boundaries
+from monai_oct.transforms import LayerSketch, LayerSketchd
 
 RANK = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, -1])  # Duke layer_order rank per class id; fluid -1
 
@@ -214,7 +216,8 @@ def test_dict_twin_seeding_types_and_shapes(phantom_labels):
 
 
 def test_layer_sketch_on_duke(duke_dir):
-    from monai_oct.data.datalist import load_datalist, read_label
+    from monai_oct.core.datalist import load_datalist
+    from monai_oct.core.io import read_label
 
     items = load_datalist(duke_dir / "datalist_train.json")
     t = LayerSketch(deform=0.0, jitter=0.0, drop_prob=0.0, fluid_styles=("filled",))
@@ -256,10 +259,10 @@ def test_bad_input_raises_clear_errors():
 def test_stats_fit_on_phantom_recovers_its_geometry(phantom_dir, tmp_path):
     _, labels = generate_bscans(30, (128, 128), seed=0)
     s = LayerThicknessStats.fit(list(labels))
-    np.testing.assert_allclose(s.thickness_mean, _THICKNESS, rtol=0.25, atol=0.002)
+    np.testing.assert_allclose(s.thickness_mean, LAYER_THICKNESS, rtol=0.25, atol=0.002)
     assert abs(s.top_mean - 0.33) < 0.03 and 0.01 < s.top_std < 0.06
     assert 0.5 < s.fovea_probability <= 1.0 and 0.05 < s.pit_width_mean < 0.09
-    np.testing.assert_allclose(s.fovea_keep[1:], _FOVEA_KEEP[1:], atol=0.15)  # NFL keeps its 1-row minimum
+    np.testing.assert_allclose(s.fovea_keep[1:], FOVEA_KEEP[1:], atol=0.15)  # NFL keeps its 1-row minimum
     assert 0.05 < s.pit_depth < 0.2 and 0.2 < s.fluid_probability < 0.8
     assert s.num_images == 30
     # from a datalist; save / load round trip
@@ -334,8 +337,8 @@ def _legacy_generate_bscan(rng: np.random.Generator, size: Sequence[int] = (256,
     thick = np.empty((7, w))
     flat = np.empty((7, w))
     for k in range(7):
-        flat[k] = h * _THICKNESS[k] * scale * (1.0 + 0.15 * _smooth_curve(rng, x))
-        keep = 1.0 - (1.0 - _FOVEA_KEEP[k]) * pit
+        flat[k] = h * LAYER_THICKNESS[k] * scale * (1.0 + 0.15 * _smooth_curve(rng, x))
+        keep = 1.0 - (1.0 - FOVEA_KEEP[k]) * pit
         thick[k] = np.maximum(flat[k] * keep, 1.0)
     bounds = np.empty((8, w))
     # the pit lowers the ILM by what the layers lost, so the outer retina (RPE, Bruch) stays smooth

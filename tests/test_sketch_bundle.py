@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from monai_oct.data.datalist import load_datalist, read_image, read_label
-from monai_oct.data.diffusion_pipelines import sketch_transforms
-from monai_oct.data.sketches import LayerThicknessStats, RandomSketchDataset
-from monai_oct.engines.synthesis import PairWriter, sketch_source
+from monai_oct.core.datalist import load_datalist
+from monai_oct.core.io import read_image, read_label
+from monai_oct.recipes.diffusion_pipelines import sketch_transforms
+from monai_oct.recipes.sketches import LayerThicknessStats, RandomSketchDataset
+from monai_oct.engines.writer import PairWriter
+from monai_oct.recipes.sources import sketch_source
 from monai_oct.networks.checkpoint import adapt_input_channels
 from monai_oct.transforms.sketch import LayerSketch
 

@@ -1,9 +1,6 @@
-
-from monai_oct.engines.pseudo_label import PseudoLabeller
+"""Engines: the Ignite diffusion trainer, the sampling loop and the synthesis engine with its pair writer."""
 
 from monai_oct.engines.diffusion import DiffusionTrainer, diffusion_target
-from monai_oct.engines.sampler import DiffusionSampler, sample_generators
-from monai_oct.engines.synthesis import LabelBank, MaskSampler, PairWriter, SamplerEngine
-
-# sketch-conditioned synthesis (Wu et al.)
-from monai_oct.engines.synthesis import SketchSource, sketch_source
+from monai_oct.engines.sampler import DiffusionSampler
+from monai_oct.engines.synthesis import SamplerEngine
+from monai_oct.engines.writer import PairWriter

@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
+from ignite.engine import Engine
 from monai.engines import IterationEvents, SupervisedTrainer
 from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import Scheduler
-from ignite.engine import Engine
 from torch import nn
 from torch.optim import Optimizer
 

@@ -26,12 +26,7 @@ import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from torch import nn
 
-__all__ = ["sample_generators", "DiffusionSampler"]
-
-
-def sample_generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """One ``torch.Generator`` per sample, seeded with ``seeds[i]``, on ``device``."""
-    return [torch.Generator(device=torch.device(device)).manual_seed(int(s)) for s in seeds]
+__all__ = ["DiffusionSampler"]
 
 
 class DiffusionSampler:

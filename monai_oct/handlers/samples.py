@@ -4,66 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from monai_oct.data.datalist import write_png
+from monai_oct.core.io import write_png
+from monai_oct.core.seeding import sample_generators
+from monai_oct.core.visualise import pair_grid
+from monai_oct.engines.sampler import DiffusionSampler
 
-if TYPE_CHECKING:  # engines import this module (grids); import the sampler lazily to keep the import graph acyclic
-    from monai_oct.engines.sampler import DiffusionSampler
-
-__all__ = ["image_to_uint8", "label_to_uint8", "pair_grid", "SampleGrid"]
-
-
-def image_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``(..., H, W)`` values in [-1, 1] -> uint8 in 0..255 (clipped, rounded)."""
-    x = images.detach().float().cpu().clamp(-1.0, 1.0)
-    return ((x + 1.0) * 127.5).round().to(torch.uint8).numpy()
-
-
-def label_to_uint8(labels: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Class ids -> grey levels spread over 0..255 (for looking at, not for storing ids)."""
-    x = labels.detach().cpu().long().clamp(0, num_classes - 1).float()
-    return (x * (255.0 / max(num_classes - 1, 1))).round().to(torch.uint8).numpy()
-
-
-def pair_grid(images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int = 10, ncol: int = 8,
-              pad: int = 2) -> np.ndarray:
-    """A uint8 grid: one column per sample, its label map (if any) above its image.
-
-    Args:
-        images: ``(B, 1, H, W)`` in [-1, 1].
-        labels: ``(B, 1, H, W)`` class ids or None.
-        num_classes: C, for the label's grey levels.
-        ncol: samples per row of the grid.
-        pad: white separator width in pixels.
-
-    Returns:
-        ``(rows, cols)`` uint8 array.
-
-    Raises:
-        ValueError: for mismatched shapes.
-    """
-    if images.ndim != 4 or (labels is not None and labels.shape[0] != images.shape[0]):
-        raise ValueError(f"images (B, C, H, W) and labels (B, 1, H, W) must match, got {tuple(images.shape)}, "
-                         f"{None if labels is None else tuple(labels.shape)}")
-    imgs = image_to_uint8(images[:, 0])
-    tiles = [imgs[i] for i in range(len(imgs))]
-    if labels is not None:
-        labs = label_to_uint8(labels[:, 0], num_classes)
-        tiles = [np.concatenate([labs[i], np.full((pad, imgs.shape[2]), 255, np.uint8), imgs[i]]) for i in range(len(imgs))]
-    h, w = tiles[0].shape
-    ncol = max(1, min(ncol, len(tiles)))
-    nrow = (len(tiles) + ncol - 1) // ncol
-    grid = np.full((nrow * (h + pad) - pad, ncol * (w + pad) - pad), 255, np.uint8)
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, ncol)
-        grid[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = t
-    return grid
+__all__ = ["SampleGrid"]
 
 
 class SampleGrid:
@@ -86,7 +38,7 @@ class SampleGrid:
         log_dir: TensorBoard folder (None: PNG only).
     """
 
-    def __init__(self, network: nn.Module, sampler: "DiffusionSampler", image_shape: Sequence[int],
+    def __init__(self, network: nn.Module, sampler: DiffusionSampler, image_shape: Sequence[int],
                  output_dir: str | os.PathLike, condition: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                  num_samples: int = 4, num_classes: int = 10, interval: int = 1, seed: int = 0,
                  log_dir: str | os.PathLike | None = None) -> None:
@@ -115,7 +67,6 @@ class SampleGrid:
         if engine.state.epoch == self._last_epoch:
             return path
         self._last_epoch = engine.state.epoch
-        from monai_oct.engines.sampler import sample_generators
 
         device = next(self.network.parameters()).device
         was_training = self.network.training

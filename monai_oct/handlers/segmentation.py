@@ -10,44 +10,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from monai_oct.data.labels import DUKE_DME, UNANNOTATED, LabelTable
-from monai_oct.metrics.segmentation import LayerDiceMetric, PixelAccuracyMetric, segmentation_report, write_segmentation_report
+from monai_oct.core.io import atomic_path, read_image, write_png
+from monai_oct.core.labels import DUKE_DME, LabelTable
+from monai_oct.core.visualise import label_overlay
+from monai_oct.metrics.segmentation import (
+    LayerDiceMetric,
+    PixelAccuracyMetric,
+    segmentation_report,
+    write_segmentation_report,
+)
 
-__all__ = ["SegmentationReportHandler", "label_overlay", "PALETTE"]
-
-#: RGB colour per class id 0..9 (vitreous dark, layers distinct, choroid brown, fluid cyan).
-PALETTE = np.array([
-    [0, 0, 0], [230, 25, 75], [245, 130, 48], [255, 225, 25], [60, 180, 75],
-    [0, 130, 200], [145, 30, 180], [240, 50, 230], [128, 80, 40], [70, 240, 240],
-], dtype=np.uint8)
-
-
-def label_overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.45, background: Sequence[int] = (0,)) -> np.ndarray:
-    """Blend a coloured label map over a grey B-scan.
-
-    Args:
-        image: ``(H, W)`` uint8 grey image (or RGB, converted by the mean).
-        label: ``(H, W)`` class ids; ``background`` ids and :data:`UNANNOTATED` stay uncoloured.
-        alpha: opacity of the colours.
-        background: ids left uncoloured.
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB.
-
-    Raises:
-        ValueError: when the sizes differ.
-    """
-    img = np.asarray(image)
-    if img.ndim == 3:
-        img = img.mean(-1)
-    lab = np.asarray(label)
-    if img.shape != lab.shape:
-        raise ValueError(f"image shape {img.shape} and label shape {lab.shape} differ")
-    rgb = np.repeat(img.astype(np.float32)[..., None], 3, axis=-1)
-    colour = PALETTE[np.clip(lab, 0, len(PALETTE) - 1).astype(int)].astype(np.float32)
-    on = ~np.isin(lab, list(background) + [UNANNOTATED]) & (lab < len(PALETTE))
-    rgb[on] = (1 - alpha) * rgb[on] + alpha * colour[on]
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+__all__ = ["SegmentationReportHandler"]
 
 
 def _np2d(x) -> np.ndarray:
@@ -124,8 +97,6 @@ class SegmentationReportHandler:
                 self._overlay(path, _np2d(item[self.label_key]), _np2d(item[self.pred_key]))
 
     def _overlay(self, path: str, label: np.ndarray, pred: np.ndarray) -> None:
-        from monai_oct.data.datalist import read_image, write_png
-
         img = read_image(path)
         if img.ndim == 3:
             img = img.mean(-1).astype(np.uint8)
@@ -142,10 +113,8 @@ class SegmentationReportHandler:
         self.report = segmentation_report(self.dice, self.pa, self.table, extra=self.extra)
         write_segmentation_report(self.report, self.output_dir)
         path = self.output_dir / "per_image.csv"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(self.rows[0]))
             w.writeheader()
             for r in self.rows:
                 w.writerow({k: ("" if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()})
-        os.replace(tmp, path)

@@ -1,6 +1,4 @@
 
-from monai_oct.metrics.segmentation import LayerDiceMetric, PixelAccuracyMetric, segmentation_report, write_segmentation_report
-
 # synthesis quality (issue 5)
 from monai_oct.metrics.adherence import SegmentationTeacher, adherence_report, load_teacher
 from monai_oct.metrics.diversity import diversity_report, ms_ssim_settings, pairwise_ms_ssim
@@ -16,7 +14,11 @@ from monai_oct.metrics.fid import (
     kernel_distance,
     segmentation_encoder_extractor,
 )
-from monai_oct.metrics.loader import ImageSet, load_image_set, resolve_items
 from monai_oct.metrics.memorisation import memorisation_report, nearest_neighbours, pairwise_distances
 from monai_oct.metrics.plausibility import column_validity, label_plausibility, plausibility_report
-from monai_oct.metrics.report import evaluate_synthesis, quality_figure, write_report
+from monai_oct.metrics.segmentation import (
+    LayerDiceMetric,
+    PixelAccuracyMetric,
+    segmentation_report,
+    write_segmentation_report,
+)

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monai_oct.data.labels import DUKE_DME, UNANNOTATED, LabelTable
+from monai_oct.core.labels import DUKE_DME, UNANNOTATED, LabelTable
 from monai_oct.metrics.segmentation import LayerDiceMetric
+from monai_oct.networks.segmentation import load_weights, resolve_network
 
 __all__ = ["SegmentationTeacher", "load_teacher", "adherence_report"]
 
@@ -69,8 +70,6 @@ def load_teacher(checkpoint: str | os.PathLike, network: str | nn.Module = "unet
     Raises:
         FileNotFoundError, ValueError: from :func:`monai_oct.networks.segmentation.load_weights`.
     """
-    from monai_oct.networks.segmentation import load_weights, resolve_network
-
     net = resolve_network(network, in_channels=1, out_channels=num_classes, channels=channels)
     load_weights(net, checkpoint, key=key, map_location="cpu")
     return SegmentationTeacher(net, image_size=image_size, device=device)

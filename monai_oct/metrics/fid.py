@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from monai.metrics import FIDMetric
 from torch import nn
 
+from monai_oct.metrics.adherence import load_teacher
+
 __all__ = [
     "ExtractorUnavailable",
     "find_tf_inception_weights",
@@ -218,8 +220,6 @@ def segmentation_encoder_extractor(checkpoint: str | os.PathLike, network: str =
     Raises:
         FileNotFoundError, ValueError: for a missing or unfitting checkpoint, or no default layer.
     """
-    from monai_oct.metrics.adherence import load_teacher
-
     net = load_teacher(checkpoint, network, num_classes, channels, key=key).network
     if layer is None:
         if str(network).lower() != "unet":

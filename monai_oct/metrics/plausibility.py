@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from monai_oct.data.labels import DUKE_DME, UNANNOTATED, LabelTable
+from monai_oct.core.labels import DUKE_DME, UNANNOTATED, LabelTable
 
 __all__ = ["column_validity", "label_plausibility", "plausibility_report"]
 

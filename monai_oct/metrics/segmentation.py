@@ -17,7 +17,6 @@ i.e. 1-9 on Duke DME), again skipping classes that are undefined on every image.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -26,7 +25,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from monai.metrics import CumulativeIterationMetric
 
-from monai_oct.data.labels import UNANNOTATED, LabelTable
+from monai_oct.core.io import write_json, write_text
+from monai_oct.core.labels import UNANNOTATED, LabelTable
 
 __all__ = ["LayerDiceMetric", "PixelAccuracyMetric", "segmentation_report", "report_markdown", "write_segmentation_report"]
 
@@ -232,10 +232,6 @@ def report_markdown(report: Mapping[str, Any]) -> str:
 def write_segmentation_report(report: Mapping[str, Any], output_dir: str | os.PathLike, name: str = "metrics") -> Path:
     """Write ``<name>.json`` and ``<name>.md`` into ``output_dir`` atomically; returns the JSON path."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for ext, text in ((".json", json.dumps(report, indent=1)), (".md", report_markdown(report))):
-        path = out / f"{name}{ext}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_json(out / f"{name}.json", report)
+    write_text(out / f"{name}.md", report_markdown(report))
     return out / f"{name}.json"

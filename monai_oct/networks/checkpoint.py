@@ -7,12 +7,17 @@ the final name) and read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from monai_oct.core.io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["load_weights", "maybe_load_weights", "adapt_input_channels", "load_checkpoint", "save_checkpoint"]
 
@@ -28,12 +33,9 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     Returns:
         the path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -117,7 +119,7 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model"
         adapted = adapt_input_channels(ckpt, network, keep=keep_input_channels)
         if adapted:
             kept = "" if keep_input_channels is None else f"first {keep_input_channels} kept, "
-            print(f"{path}: input channels adapted ({kept}other channels zero) for {adapted}", flush=True)
+            logger.info("%s: input channels adapted (%sother channels zero) for %s", path, kept, adapted)
     try:
         network.load_state_dict(ckpt, strict=strict)
     except RuntimeError as e:

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from monai_oct.networks.checkpoint import load_weights  # re-exported: the one loader lives in checkpoint.py
+from monai_oct.networks.relaynet import ReLayNet
 
 __all__ = ["SEGMENTATION_NETWORKS", "segmentation_network", "resolve_network", "load_weights"]
 
@@ -50,8 +51,6 @@ def segmentation_network(name: str = "unet", in_channels: int = 1, out_channels:
         return BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, features=feats,
                          dropout=dropout, **kwargs)
     if key == "relaynet":
-        from monai_oct.networks.relaynet import ReLayNet
-
         feats = int(channels[0]) if channels else 64
         return ReLayNet(in_channels=in_channels, out_channels=out_channels, features=feats, dropout=dropout, **kwargs)
     raise ValueError(f"unknown segmentation network {name!r}; choose one of {', '.join(SEGMENTATION_NETWORKS)}")

@@ -1,7 +1,8 @@
 """Array transforms with their dictionary twins (MONAI style)."""
 
 from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd, locate_retina_rows
-from monai_oct.transforms.io import LoadBScan, LoadBScand
+from monai_oct.transforms.dmc import DiscreteMaskClustering, DiscreteMaskClusteringd, nearest_level_decode
+from monai_oct.transforms.drm import DynamicRegionMask, RandDynamicRegionMaskd
 from monai_oct.transforms.encoding import (
     MODES,
     MaskDecode,
@@ -13,10 +14,9 @@ from monai_oct.transforms.encoding import (
     encode_mask,
     scalar_levels,
 )
-from monai_oct.transforms.dmc import DiscreteMaskClustering, DiscreteMaskClusteringd, nearest_level_decode
-from monai_oct.transforms.drm import DynamicRegionMask, RandDynamicRegionMaskd
+from monai_oct.transforms.io import LoadBScan, LoadBScand
 from monai_oct.transforms.restore import RecordShaped, RestoreBScan, RestoreBScand
 from monai_oct.transforms.save import SaveLabelMap, SaveLabelMapd
 
 # layer sketches (Wu et al.)
-from monai_oct.transforms.sketch import FLUID_STYLES, LayerSketch, LayerSketchd, label_boundaries
+from monai_oct.transforms.sketch import FLUID_STYLES, LayerSketch, LayerSketchd

@@ -15,7 +15,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from monai_oct.data.labels import DUKE_DME, UNANNOTATED
+from monai_oct.core.labels import DUKE_DME, UNANNOTATED
 
 __all__ = ["locate_retina_rows", "RetinaBandCrop", "RetinaBandCropd"]
 

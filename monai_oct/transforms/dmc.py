@@ -42,7 +42,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from scipy.ndimage import median_filter
 
-from monai_oct.transforms.encoding import _as_tensor, _check_classes, _split_shape, scalar_levels
+from monai_oct.transforms.utils import as_tensor, check_classes, scalar_levels, split_shape
 
 __all__ = ["nearest_level_decode", "DiscreteMaskClustering", "DiscreteMaskClusteringd"]
 
@@ -67,8 +67,8 @@ def _nearest(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 def _samples(x, what: str) -> tuple[np.ndarray, bool, torch.device]:
     """``x`` as float64 ``(N, H, W)`` numpy (one 2D sample each), whether it was a batch, its device."""
-    t = _as_tensor(x)
-    batch = _split_shape(t.shape, 1, what)
+    t = as_tensor(x)
+    batch = split_shape(t.shape, 1, what)
     arr = t.detach().cpu().double().numpy()
     arr = arr[:, 0] if batch else arr
     if not np.all(np.isfinite(arr)):
@@ -90,7 +90,7 @@ def nearest_level_decode(x, num_classes: int, levels: Sequence[float] | None = N
     Raises:
         ValueError: for a bad shape, non-finite values or bad levels.
     """
-    num_classes = _check_classes(num_classes)
+    num_classes = check_classes(num_classes)
     lv = _levels(num_classes, levels)
     arr, batch, device = _samples(x, "scalar mask")
     ids = _nearest(arr.ravel(), lv).reshape(arr.shape)
@@ -125,7 +125,7 @@ class DiscreteMaskClustering(Transform):
     def __init__(self, num_classes: int = 10, levels: Sequence[float] | None = None, smooth: int = 0,
                  refine: bool = False, scale_range: Sequence[float] = (0.8, 1.25), trim: float | None = 0.3,
                  bins: int = 4096, max_iter: int = 100, seed: int = 0) -> None:
-        self.num_classes = _check_classes(num_classes)
+        self.num_classes = check_classes(num_classes)
         self.levels = _levels(self.num_classes, levels)
         if smooth < 0 or (smooth > 1 and smooth % 2 == 0):
             raise ValueError(f"smooth must be 0, 1 or an odd window size, got {smooth}")

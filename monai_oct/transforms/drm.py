@@ -32,15 +32,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform, Transform
 from monai.utils.type_conversion import convert_to_dst_type
 
-from monai_oct.transforms.encoding import (
-    _as_tensor,
-    _check_classes,
-    _check_mode,
-    _integer_ids,
-    _split_shape,
-    condition_channels,
-    decode_mask,
-)
+from monai_oct.transforms.encoding import condition_channels, decode_mask
+from monai_oct.transforms.utils import as_tensor, check_classes, check_mode, integer_ids, split_shape
 
 __all__ = ["DynamicRegionMask", "RandDynamicRegionMaskd"]
 
@@ -62,8 +55,8 @@ class DynamicRegionMask(Randomizable, Transform):
 
     def __init__(self, pathological_ids: Sequence[int] = (9,), p: float = 0.5, num_classes: int = 10,
                  mode: str = "onehot") -> None:
-        self.num_classes = _check_classes(num_classes)
-        self.mode = _check_mode(mode)
+        self.num_classes = check_classes(num_classes)
+        self.mode = check_mode(mode)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
         ids = [int(i) for i in pathological_ids]
@@ -86,11 +79,11 @@ class DynamicRegionMask(Randomizable, Transform):
         if label is None:
             ids = decode_mask(cond, self.num_classes, self.mode)
         else:
-            lab = _as_tensor(label)
+            lab = as_tensor(label)
             if tuple(lab.shape[-2:]) != tuple(cond.shape[-2:]) or lab.ndim != cond.ndim or lab.shape[-3] != 1 \
                     or (lab.ndim == 4 and lab.shape[0] != cond.shape[0]):
                 raise ValueError(f"label of shape {tuple(lab.shape)} does not match condition of shape {tuple(cond.shape)}")
-            ids = _integer_ids(lab)
+            ids = integer_ids(lab)
         ids = ids.to(cond.device)
         return torch.isin(ids, torch.tensor(self.pathological_ids, device=ids.device))
 
@@ -104,8 +97,8 @@ class DynamicRegionMask(Randomizable, Transform):
                 classes back from ``cond``.
             randomize: draw a new field (False reuses the last one, e.g. for a second key).
         """
-        t = _as_tensor(cond)
-        _split_shape(t.shape, condition_channels(self.num_classes, self.mode), f"{self.mode} condition")
+        t = as_tensor(cond)
+        split_shape(t.shape, condition_channels(self.num_classes, self.mode), f"{self.mode} condition")
         where = self.region(t, label)  # (.., 1, H, W)
         if randomize or self._alpha is None:
             self.randomize(where.shape)

@@ -7,7 +7,7 @@ Two encodings, both in the diffusion range [-1, 1]:
   ids).
 - ``"onehot"``: ``C`` channels, ``one_hot * 2 - 1`` (+1 in the pixel's class channel, -1 elsewhere).
 
-Unannotated pixels (:data:`~monai_oct.data.labels.UNANNOTATED`, 255) are no class, so neither
+Unannotated pixels (:data:`~monai_oct.core.labels.UNANNOTATED`, 255) are no class, so neither
 encoding may pretend to know them. The default (``unannotated=None``) is, per mode:
 
 - onehot -> ``"neutral"``: 0.0 in every channel, exactly half-way between "present" (+1) and
@@ -33,7 +33,17 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from scipy.ndimage import distance_transform_edt
 
-from monai_oct.data.labels import UNANNOTATED
+from monai_oct.core.labels import UNANNOTATED
+from monai_oct.transforms.dmc import DiscreteMaskClustering, nearest_level_decode
+from monai_oct.transforms.utils import (
+    MODES,
+    as_tensor,
+    check_classes,
+    check_mode,
+    integer_ids,
+    scalar_levels,
+    split_shape,
+)
 
 __all__ = [
     "MODES",
@@ -47,21 +57,7 @@ __all__ = [
     "MaskDecoded",
 ]
 
-#: The encodings a label map can enter a network with.
-MODES = ("scalar", "onehot")
 _UNANNOTATED_POLICIES = ("neutral", "nearest")
-
-
-def _check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"unknown mask encoding mode {mode!r}; expected one of {MODES}")
-    return mode
-
-
-def _check_classes(num_classes: int) -> int:
-    if int(num_classes) != num_classes or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    return int(num_classes)
 
 
 def condition_channels(num_classes: int, mode: str) -> int:
@@ -77,19 +73,7 @@ def condition_channels(num_classes: int, mode: str) -> int:
     Raises:
         ValueError: for an unknown mode or ``num_classes < 2``.
     """
-    return 1 if _check_mode(mode) == "scalar" else _check_classes(num_classes)
-
-
-def scalar_levels(num_classes: int) -> np.ndarray:
-    """The C nominal levels of the scalar encoding: ``linspace(-1, 1, C)`` (level ``k`` is class ``k``)."""
-    return np.linspace(-1.0, 1.0, _check_classes(num_classes))
-
-
-def _as_tensor(x) -> torch.Tensor:
-    """A plain tensor view of ``x`` (ndarray, tensor or MetaTensor)."""
-    if isinstance(x, MetaTensor):
-        return x.as_tensor()
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return 1 if check_mode(mode) == "scalar" else check_classes(num_classes)
 
 
 def _restore_meta(out: torch.Tensor, like) -> torch.Tensor:
@@ -97,29 +81,6 @@ def _restore_meta(out: torch.Tensor, like) -> torch.Tensor:
     if isinstance(like, MetaTensor):
         return MetaTensor(out, meta=like.meta, applied_operations=like.applied_operations)
     return out
-
-
-def _split_shape(shape: Sequence[int], channels: int | None, what: str) -> bool:
-    """Return True for a batch ``(B, ch, H, W)``, False for ``(ch, H, W)``; raise otherwise."""
-    ok_single = len(shape) == 3 and (channels is None or shape[0] == channels)
-    ok_batch = len(shape) == 4 and (channels is None or shape[1] == channels)
-    if not (ok_single or ok_batch):
-        ch = "C" if channels is None else str(channels)
-        raise ValueError(f"{what} must have shape ({ch}, H, W) or (B, {ch}, H, W), got {tuple(shape)}")
-    return len(shape) == 4
-
-
-def _integer_ids(label: torch.Tensor) -> torch.Tensor:
-    """``label`` as int64, refusing non-integral values (a resized-with-interpolation label, say)."""
-    if label.is_floating_point():
-        if not torch.isfinite(label).all():
-            raise ValueError("label map holds non-finite values; expected integer class ids")
-        frac = label != torch.round(label)
-        if frac.any():
-            raise ValueError(f"label map holds non-integer value {float(label[frac][0])}; expected integer class ids")
-    elif label.dtype == torch.bool or label.is_complex():
-        raise ValueError(f"label map has dtype {label.dtype}; expected integer class ids")
-    return label.long()
 
 
 def _check_ids(lab: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -174,15 +135,15 @@ def encode_mask(label, num_classes: int, mode: str = "onehot", unannotated: str 
         ValueError: for a bad shape, mode or policy, non-integer values, or ids outside ``0..C-1`` other
             than 255 (the message lists the offending ids).
     """
-    _check_mode(mode)
-    num_classes = _check_classes(num_classes)
+    check_mode(mode)
+    num_classes = check_classes(num_classes)
     policy = unannotated or ("neutral" if mode == "onehot" else "nearest")
     if policy not in _UNANNOTATED_POLICIES:
         raise ValueError(f"unknown unannotated policy {unannotated!r}; expected one of {_UNANNOTATED_POLICIES}")
     src = label
-    lab = _as_tensor(label)
-    batch = _split_shape(lab.shape, 1, "label map")
-    lab = _integer_ids(lab)
+    lab = as_tensor(label)
+    batch = split_shape(lab.shape, 1, "label map")
+    lab = integer_ids(lab)
     lab = lab[:, 0] if batch else lab  # (N, H, W); N = B or 1
     un = _check_ids(lab, num_classes)
     neutral = un
@@ -220,20 +181,18 @@ def decode_mask(x, num_classes: int, mode: str = "onehot", method: str | None = 
     Raises:
         ValueError: for a bad shape, mode or method.
     """
-    _check_mode(mode)
-    num_classes = _check_classes(num_classes)
+    check_mode(mode)
+    num_classes = check_classes(num_classes)
     src = x
-    t = _as_tensor(x)
+    t = as_tensor(x)
     if mode == "onehot":
         method = method or "argmax"
         if method != "argmax":
             raise ValueError(f"onehot masks decode with method 'argmax', got {method!r}")
-        batch = _split_shape(t.shape, num_classes, "onehot condition")
+        batch = split_shape(t.shape, num_classes, "onehot condition")
         out = torch.argmax(t, dim=1 if batch else 0, keepdim=True).long()
         return _restore_meta(out, src)
     method = method or "nearest"
-    from monai_oct.transforms.dmc import DiscreteMaskClustering, nearest_level_decode
-
     if method == "nearest":
         return nearest_level_decode(x, num_classes)
     if method == "dmc":
@@ -265,8 +224,8 @@ class MaskEncode(Transform):
     """
 
     def __init__(self, num_classes: int, mode: str = "onehot", unannotated: str | None = None) -> None:
-        self.num_classes = _check_classes(num_classes)
-        self.mode = _check_mode(mode)
+        self.num_classes = check_classes(num_classes)
+        self.mode = check_mode(mode)
         self.unannotated = unannotated
 
     def __call__(self, label) -> torch.Tensor:
@@ -320,16 +279,14 @@ class MaskDecode(Transform):
 
     def __init__(self, num_classes: int, mode: str = "onehot", method: str | None = None,
                  dmc_kwargs: Mapping | None = None) -> None:
-        self.num_classes = _check_classes(num_classes)
-        self.mode = _check_mode(mode)
+        self.num_classes = check_classes(num_classes)
+        self.mode = check_mode(mode)
         allowed = ("argmax",) if mode == "onehot" else ("nearest", "dmc")
         if method is not None and method not in allowed:
             raise ValueError(f"{mode} masks decode with method {allowed}, got {method!r}")
         self.method = method
         self.dmc = None
         if mode == "scalar" and method == "dmc":  # built once: keeps the seed and the settings
-            from monai_oct.transforms.dmc import DiscreteMaskClustering
-
             self.dmc = DiscreteMaskClustering(self.num_classes, **dict(dmc_kwargs or {}))
 
     def __call__(self, x) -> torch.Tensor:

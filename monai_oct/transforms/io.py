@@ -1,8 +1,8 @@
 """Loading B-scans and label maps with errors that name the file.
 
 MONAI's ``LoadImaged`` wraps a failure in "applying transform ..."; these loaders raise
-:class:`monai_oct.data.datalist.DataError` with the path and the problem, and check label ids
-against a :class:`~monai_oct.data.labels.LabelTable` at load time.
+:class:`monai_oct.core.io.DataError` with the path and the problem, and check label ids
+against a :class:`~monai_oct.core.labels.LabelTable` at load time.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from monai_oct.data.datalist import read_image, read_label
-from monai_oct.data.labels import LabelTable, get_label_table
+from monai_oct.core.io import read_image, read_label
+from monai_oct.core.labels import LabelTable, get_label_table
 
 __all__ = ["LoadBScan", "LoadBScand"]
 

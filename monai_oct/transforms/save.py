@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 from typing import Hashable, Mapping, Sequence
@@ -11,7 +12,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from monai_oct.data.datalist import write_png
+from monai_oct.core.io import atomic_path, write_png
 
 __all__ = ["SaveLabelMap", "SaveLabelMapd"]
 
@@ -66,10 +67,9 @@ class SaveLabelMap(Transform):
             else:
                 import nibabel as nib
 
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".tmp_{path.name}")
-                nib.save(nib.Nifti1Image(arr, np.eye(4)), str(tmp))
-                os.replace(tmp, path)
+                data = nib.Nifti1Image(arr, np.eye(4)).to_bytes()
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(gzip.compress(data) if fmt == "nii.gz" else data)
             written.append(str(path))
         return written
 

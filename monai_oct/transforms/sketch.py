@@ -29,7 +29,7 @@ implies: each region between consecutive drawn lines takes the class just below 
 These are the labels Wu et al. train on before knowledge adaptation replaces them by a teacher's
 distilled pseudo-labels.
 
-The random-sketch generator without any real label is :func:`monai_oct.data.sketches.generate_sketch`;
+The random-sketch generator without any real label is :func:`monai_oct.recipes.sketches.generate_sketch`;
 it renders with :meth:`LayerSketch.render`, so training and synthesis sketches look alike.
 """
 
@@ -40,86 +40,16 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
-from monai.utils.type_conversion import convert_data_type, convert_to_dst_type
+from monai.utils.type_conversion import convert_to_dst_type
 from scipy import ndimage
 
-from monai_oct.data.labels import UNANNOTATED, LabelTable, get_label_table
-from monai_oct.data.phantom import regions_from_boundaries
+from monai_oct.core.geometry import as_2d_label, boundaries_of, regions_from_boundaries
+from monai_oct.core.labels import LabelTable, get_label_table
 
-__all__ = ["LayerSketch", "LayerSketchd", "label_boundaries", "FLUID_STYLES"]
+__all__ = ["LayerSketch", "LayerSketchd", "FLUID_STYLES"]
 
 #: How pathological regions are drawn.
 FLUID_STYLES = ("filled", "outline")
-
-
-def _as_2d_label(label, table: LabelTable, where: str = "label") -> np.ndarray:
-    """``(H, W)`` int64 numpy view of a ``(H, W)`` / ``(1, H, W)`` label map, with its ids checked."""
-    arr = convert_data_type(label, np.ndarray)[0]
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise ValueError(f"{where}: expected a 2D label map (H, W) or (1, H, W), got shape {tuple(arr.shape)}")
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise ValueError(f"{where}: label map of shape {tuple(arr.shape)} is too small (need at least 2x2)")
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
-            raise ValueError(f"{where}: label map holds non-integer values; expected class ids")
-    elif arr.dtype.kind not in "iub":
-        raise ValueError(f"{where}: label map of dtype {arr.dtype} is not integer class ids")
-    arr = arr.astype(np.int64)
-    table.validate_ids(arr, where=where)
-    return arr
-
-
-def label_boundaries(label: np.ndarray, table: LabelTable | str = "duke_dme", where: str = "label") -> np.ndarray:
-    """Locate the ``K = len(layer_order) - 1`` layer boundaries of a label map in every column.
-
-    Boundary ``k`` of a column is the first row of the regions below ``layer_order[k]``. Where it is
-    visible (the last row of a class at or above it touches the first row of a class below it) that
-    row is exact; where pathological or unannotated pixels hide it, it is interpolated from the
-    columns where it is visible and clipped to the rows the column allows (below every pixel of an
-    upper class, at or above every pixel of a lower class). The result never crosses.
-
-    Args:
-        label: ``(H, W)`` or ``(1, H, W)`` class-id map.
-        table: the label table (its ``layer_order`` and ``pathological`` ids).
-        where: what to name in error messages (e.g. the file path).
-
-    Returns:
-        ``(K, W)`` float64 rows in ``[0, H]`` (``H``: the boundary lies below the image).
-
-    Raises:
-        ValueError: for a wrong shape, non-integer values, ids outside the table, or a table
-            without a ``layer_order``.
-    """
-    table = get_label_table(table)
-    lab = _as_2d_label(label, table, where)
-    return _boundaries(lab, table)
-
-
-def _boundaries(lab: np.ndarray, table: LabelTable) -> np.ndarray:
-    order = list(table.layer_order)
-    if len(order) < 2:
-        raise ValueError(f"label table {table.name!r} has no layer_order; cannot draw layer boundaries")
-    h, w = lab.shape
-    lut = np.full(max(table.num_classes, UNANNOTATED + 1), -1, dtype=np.int64)
-    lut[order] = np.arange(len(order))
-    rank = lut[lab]  # H x W; -1 = pathological / unannotated / not a layer
-    rows = np.arange(h)[:, None]
-    out = np.empty((len(order) - 1, w))
-    cols = np.arange(w)
-    for k in range(len(order) - 1):
-        upper = (rank >= 0) & (rank <= k)
-        lower = rank > k
-        lo = np.where(upper.any(0), np.where(upper, rows, -1).max(0) + 1, 0)  # below every upper pixel
-        hi = np.where(lower.any(0), np.where(lower, rows, h).min(0), h)  # at/above every lower pixel
-        known = lo >= hi  # visible (lo == hi) or inconsistent (take the first lower row)
-        if known.any():
-            b = np.interp(cols, cols[known], hi[known].astype(float))
-        else:
-            b = (lo + hi) / 2.0
-        out[k] = np.where(known, hi, np.clip(b, lo, hi))
-    return np.maximum.accumulate(out, axis=0)
 
 
 def _smooth_field(params: np.ndarray, x: np.ndarray, y: np.ndarray | float = 0.0) -> np.ndarray:
@@ -134,7 +64,7 @@ class LayerSketch(Randomizable, Transform):
     """Turn a label map into a rough layer sketch (module docstring: levels and steps).
 
     Args:
-        table: label table (name or :class:`~monai_oct.data.labels.LabelTable`): ``layer_order`` gives the
+        table: label table (name or :class:`~monai_oct.core.labels.LabelTable`): ``layer_order`` gives the
             boundaries, ``pathological`` the fluid classes.
         line_width: range of the line width in pixels, drawn per boundary.
         deform: amplitude of the smooth displacement field, as a fraction of ``H`` (vertical) and
@@ -306,7 +236,7 @@ class LayerSketch(Randomizable, Transform):
 
         Args:
             label: ``(H, W)`` or ``(1, H, W)`` class-id map (numpy or torch, ids of the table,
-                :data:`~monai_oct.data.labels.UNANNOTATED` allowed).
+                :data:`~monai_oct.core.labels.UNANNOTATED` allowed).
             randomize: draw new random parameters (False reuses the last ones).
 
         Returns:
@@ -315,10 +245,10 @@ class LayerSketch(Randomizable, Transform):
         Raises:
             ValueError: for a wrong shape, non-integer values or ids outside the table.
         """
-        lab = _as_2d_label(label, self.table)
+        lab = as_2d_label(label, self.table)
         if randomize or self._params is None:
             self.randomize()
-        bounds = _boundaries(lab, self.table)
+        bounds = boundaries_of(lab, self.table)
         path_ids = np.asarray(self.table.pathological, dtype=np.int64)
         pathology = np.where(np.isin(lab, path_ids), lab, 0) if len(path_ids) else None
         bounds, pathology = self.deform_boundaries(bounds, pathology, lab.shape)

@@ -1,6 +1,6 @@
 """Training data of the three RetiDiff stages: which items, and the transform chain of each stage.
 
-All chains start from :func:`monai_oct.data.pipelines.bscan_transforms` (load, retina band, resize, images
+All chains start from :func:`monai_oct.recipes.pipelines.bscan_transforms` (load, retina band, resize, images
 to [-1, 1]) and end with dicts the :class:`~monai_oct.engines.diffusion.DiffusionTrainer` reads:
 
 - stage 1, :func:`pretrain_transforms`: ``{"image"}`` only; a label, where an item has one, only places the
@@ -24,10 +24,11 @@ from typing import Any, Hashable, Mapping, Sequence
 
 from monai.transforms import Compose, RandFlipd, SelectItemsd, Transform
 
-from monai_oct.data.datalist import DataError, IMAGE_EXTENSIONS, image_folder_datalist
-from monai_oct.data.labels import LabelTable
-from monai_oct.data.mixing import concat_sources, find_datalist, read_datalists
-from monai_oct.data.pipelines import bscan_transforms
+from monai_oct.core.datalist import image_folder_datalist
+from monai_oct.core.io import IMAGE_EXTENSIONS, DataError
+from monai_oct.core.labels import LabelTable
+from monai_oct.recipes.mixing import concat_sources, find_datalist, read_datalists
+from monai_oct.recipes.pipelines import bscan_transforms
 from monai_oct.transforms.drm import RandDynamicRegionMaskd
 from monai_oct.transforms.encoding import MaskEncoded
 from monai_oct.transforms.sketch import LayerSketchd

@@ -1,6 +1,6 @@
 """Transform chains of the layer-segmentation bundle: evaluation/inference preprocessing and postprocessing.
 
-Training uses :func:`monai_oct.data.pipelines.bscan_transforms` (band located from the label). For
+Training uses :func:`monai_oct.recipes.pipelines.bscan_transforms` (band located from the label). For
 evaluation and inference the image is located *without* its label: either the whole B-scan is
 resized to ``image_size``, or a band of ``band_height`` rows is found from the image alone
 (``RetinaBandCropd`` with no label key); the label, when present, stays at its original size, and the
@@ -16,7 +16,6 @@ from typing import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.transforms import (
-    MapTransform,
     Activationsd,
     AsDiscreted,
     CastToTyped,
@@ -24,15 +23,16 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
+    MapTransform,
     RandAdjustContrastd,
     RandGaussianNoised,
     RandScaleIntensityd,
     Resized,
-    SelectItemsd,
     ScaleIntensityRanged,
+    SelectItemsd,
 )
 
-from monai_oct.data.pipelines import bscan_transforms, png_reader
+from monai_oct.recipes.pipelines import bscan_transforms, png_reader
 from monai_oct.transforms.band import RetinaBandCropd
 from monai_oct.transforms.restore import RecordShaped, RestoreBScand
 

@@ -3,7 +3,7 @@
 The ``.mat`` files hold ``images`` (rows x cols x B-scans), ``manualLayers1``/``2`` (8 boundaries x cols x
 B-scans, 1-based MATLAB row positions, NaN where not annotated) and ``manualFluid1``/``2`` (rows x cols x
 B-scans, non-zero inside fluid). A boundary row starts the next region, so with 8 boundaries a column
-is split into regions 0..8 (see :data:`monai_oct.data.labels.DUKE_DME`); fluid pixels become class 9.
+is split into regions 0..8 (see :data:`monai_oct.core.labels.DUKE_DME`); fluid pixels become class 9.
 Columns where any boundary is NaN are *unannotated*: their label is :data:`UNANNOTATED` (255) and
 losses and metrics skip them; they are never silently made class 0.
 """
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_oct.data.datalist import DataError, load_datalist
-from monai_oct.data.labels import DUKE_DME, UNANNOTATED
+from monai_oct.core.datalist import load_datalist, write_datalist
+from monai_oct.core.io import DataError, write_png
+from monai_oct.core.labels import DUKE_DME, UNANNOTATED
 
 __all__ = ["DukeBScan", "boundaries_to_label", "read_duke_mat", "load_duke_png_split", "convert_duke_mat"]
 
@@ -129,8 +130,6 @@ def read_duke_mat(path: str | os.PathLike, grader: int = 1, crop_to_annotated: b
 def convert_duke_mat(mat_files: list[str | os.PathLike], out_dir: str | os.PathLike, key: str = "train",
                      grader: int = 1) -> Path:
     """Convert ``Subject_XX.mat`` files into the PNG + datalist layout; returns the datalist path."""
-    from monai_oct.data.datalist import write_datalist, write_png
-
     out_dir = Path(out_dir)
     items = []
     for mf in mat_files:

@@ -1,4 +1,4 @@
-"""Datalists and image files: load, write and validate datasets of B-scans and label maps.
+"""Datalists: load, write and validate datasets of B-scans and label maps (files are read by :mod:`monai_oct.core.io`).
 
 Datalists are Decathlon style JSON, ``{"train": [{"image": "images/a.png", "label": "labels/a.png"}]}``,
 with paths relative to a root (by default the folder holding the JSON). Every error names the file.
@@ -6,7 +6,6 @@ with paths relative to a root (by default the folder holding the JSON). Every er
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,96 +14,16 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from monai_oct.data.labels import DUKE_DME, UNANNOTATED, LabelTable
+from monai_oct.core.io import IMAGE_EXTENSIONS, DataError, read_image, read_json, read_label, write_json
+from monai_oct.core.labels import DUKE_DME, UNANNOTATED, LabelTable
 
 __all__ = [
-    "DataError",
-    "IMAGE_EXTENSIONS",
-    "read_image",
-    "read_label",
-    "write_png",
     "load_datalist",
     "write_datalist",
     "image_folder_datalist",
     "DatasetReport",
     "check_dataset",
 ]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file and what is wrong with it."""
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a 2D image file into a numpy array (``H x W`` grey or ``H x W x 3`` RGB).
-
-    Raises:
-        DataError: when the file is missing or cannot be decoded.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "RGB", "P", "I", "I;16"):
-                im = im.convert("RGB")
-            arr = np.array(im)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from e
-    if arr.ndim not in (2, 3):
-        raise DataError(f"{path}: expected a 2D image, got array of shape {arr.shape}")
-    return arr
-
-
-def read_label(path: str | os.PathLike, table: LabelTable | None = None) -> np.ndarray:
-    """Read a label map of class ids (``H x W``, uint8) and check its ids against ``table``.
-
-    Raises:
-        DataError: when the file is missing, unreadable, not single channel or holds unknown ids.
-    """
-    arr = read_image(path)
-    if arr.ndim != 2:
-        raise DataError(f"{path}: a label map must be single channel, got shape {arr.shape}")
-    if table is not None:
-        try:
-            table.validate_ids(arr, where=str(path))
-        except ValueError as e:
-            raise DataError(str(e)) from None
-    return arr.astype(np.uint8)
-
-
-def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a uint8 array (``H x W`` or ``H x W x 3``) as PNG atomically (temp file + rename)."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """The parsed content of a JSON file.
-
-    Args:
-        path: the file.
-        what: what the file is, for the error message ("datalist", "sketch statistics", ...).
-
-    Raises:
-        DataError: naming the file when it is missing, unreadable or not valid JSON.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
 
 
 def load_datalist(
@@ -164,10 +83,7 @@ def write_datalist(
     rel = []
     for item in items:
         rel.append({k: (os.path.relpath(v, base) if k in ("image", "label") and isinstance(v, str) else v) for k, v in item.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({key: rel}, indent=1))
-    os.replace(tmp, path)
+    write_json(path, {key: rel})
 
 
 def image_folder_datalist(folder: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[dict[str, str]]:

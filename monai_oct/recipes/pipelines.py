@@ -19,7 +19,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from monai_oct.data.labels import LabelTable
+from monai_oct.core.labels import LabelTable
 from monai_oct.transforms.band import RetinaBandCropd
 from monai_oct.transforms.io import LoadBScand
 

@@ -16,7 +16,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from monai_oct.data.datalist import DataError, load_datalist, read_json
+from monai_oct.core.datalist import load_datalist
+from monai_oct.core.io import DataError, read_json
 
 __all__ = ["find_datalist", "read_datalists", "concat_sources", "RatioSampler", "quotas"]
 

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from monai_oct.data.datalist import DataError, read_label, write_datalist, write_png
-from monai_oct.data.labels import DUKE_DME, UNANNOTATED, LabelTable
-from monai_oct.data.seg_pipelines import seg_eval_transforms
+from monai_oct.core.datalist import write_datalist
+from monai_oct.core.io import DataError, atomic_path, read_label, write_json, write_png
+from monai_oct.core.labels import DUKE_DME, UNANNOTATED, LabelTable
+from monai_oct.recipes.seg_pipelines import seg_eval_transforms
 from monai_oct.transforms.restore import RestoreBScan
 
 __all__ = ["PseudoLabeller"]
@@ -119,10 +120,8 @@ class PseudoLabeller:
                         keep = (conf < self.threshold) & annotated
                         pred = np.where(keep, cond, pred).astype(np.uint8)
                         s["kept_condition"] = float(keep.mean())
-                img_out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = img_out.with_name(f".{img_out.name}.tmp")
-                shutil.copyfile(it["image"], tmp)
-                os.replace(tmp, img_out)
+                with atomic_path(img_out) as tmp:
+                    shutil.copyfile(it["image"], tmp)
                 write_png(lab_out, pred)  # label last: its presence marks the item done
                 stats.append(s)
         finally:
@@ -150,6 +149,4 @@ class PseudoLabeller:
         summary = {"num_images": len(rows), "threshold": self.threshold, "mean_confidence": mean("mean_confidence"),
                    "changed_vs_condition": mean("changed_vs_condition"), "kept_condition": mean("kept_condition"),
                    "images": rows}
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, path)
+        write_json(path, summary)

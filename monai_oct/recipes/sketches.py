@@ -16,9 +16,9 @@ All positions are fractions of the image size, so a sketch of another size keeps
 the data the statistics came from (thicknesses scale with the height, the pit width with the width).
 
 :func:`generate_sketch` draws the boundaries with the phantom's machinery
-(:func:`~monai_oct.data.phantom.sample_boundaries`: smooth curves, a Gaussian foveal pit, boundaries
+(:func:`~monai_oct.phantoms.oct.sample_boundaries`: smooth curves, a Gaussian foveal pit, boundaries
 kept in order at least ``min_thickness`` rows apart, so they never cross), adds fluid pockets inside
-the retina (:func:`~monai_oct.data.phantom.add_fluid_pockets`), and renders the sketch with
+the retina (:func:`~monai_oct.phantoms.oct.add_fluid_pockets`), and renders the sketch with
 :class:`~monai_oct.transforms.sketch.LayerSketch` (by default without deformation or dropped lines),
 the same renderer that sketches real labels for training. :class:`RandomSketchDataset` wraps it as a
 torch dataset, deterministic per index.
@@ -26,22 +26,22 @@ torch dataset, deterministic per index.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from monai_oct.data.datalist import read_json
-from monai_oct.data.labels import DUKE_DME, LabelTable, get_label_table
-from monai_oct.data.phantom import _FOVEA_KEEP, _THICKNESS, add_fluid_pockets, regions_from_boundaries, sample_boundaries
-
-if TYPE_CHECKING:  # the transforms import monai_oct.data; import them lazily to avoid a cycle
-    from monai_oct.transforms.sketch import LayerSketch
+from monai_oct.core.datalist import load_datalist
+from monai_oct.core.geometry import label_boundaries, regions_from_boundaries
+from monai_oct.core.io import read_json, read_label, write_json
+from monai_oct.core.labels import DUKE_DME, LabelTable, get_label_table
+from monai_oct.phantoms.oct import FOVEA_KEEP, LAYER_THICKNESS, add_fluid_pockets, sample_boundaries
+from monai_oct.recipes.pipelines import bscan_transforms
+from monai_oct.transforms.sketch import LayerSketch
 
 __all__ = ["LayerThicknessStats", "generate_sketch", "RandomSketchDataset"]
 
@@ -88,8 +88,8 @@ class LayerThicknessStats:
     """
 
     table: str = "duke_dme"
-    thickness_mean: list[float] = field(default_factory=lambda: [float(v) for v in _THICKNESS])
-    thickness_std: list[float] = field(default_factory=lambda: [float(v) * 0.15 for v in _THICKNESS])
+    thickness_mean: list[float] = field(default_factory=lambda: [float(v) for v in LAYER_THICKNESS])
+    thickness_std: list[float] = field(default_factory=lambda: [float(v) * 0.15 for v in LAYER_THICKNESS])
     scale_std: float = 0.087
     wobble: float = 0.15
     top_mean: float = 0.33
@@ -98,7 +98,7 @@ class LayerThicknessStats:
     curvature: list[float] = field(default_factory=lambda: [0.0, 0.12])
     wave: float = 0.012
     fovea_probability: float = 0.8
-    fovea_keep: list[float] = field(default_factory=lambda: [float(v) for v in _FOVEA_KEEP])
+    fovea_keep: list[float] = field(default_factory=lambda: [float(v) for v in FOVEA_KEEP])
     pit_width_mean: float = 0.07
     pit_width_std: float = 0.0115
     pit_centre: list[float] = field(default_factory=lambda: [0.35, 0.65])
@@ -174,12 +174,7 @@ class LayerThicknessStats:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the statistics as JSON (atomically: temp file + rename) and return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LayerThicknessStats":
@@ -218,7 +213,7 @@ class LayerThicknessStats:
         """Fit the statistics on label maps.
 
         Per B-scan: the boundaries are located with
-        :func:`~monai_oct.transforms.sketch.label_boundaries` (interpolated under fluid); a pit is a dip
+        :func:`~monai_oct.core.geometry.label_boundaries` (interpolated under fluid); a pit is a dip
         of the inner layers' total thickness (``layer_order[1:5]``, smoothed) below half its median;
         thicknesses, the top row and the within-scan wobble are taken in columns away from the pit;
         tilt and curvature from a quadratic fit of the lowest boundary; fluid from the connected
@@ -235,9 +230,6 @@ class LayerThicknessStats:
         Raises:
             ValueError: for an empty list, a table without ``layer_order`` or bad label maps.
         """
-        from monai_oct.data.datalist import read_label
-        from monai_oct.transforms.sketch import label_boundaries
-
         table = get_label_table(table)
         if len(labels) == 0:
             raise ValueError("sketch stats: no label maps to fit on")
@@ -308,7 +300,7 @@ class LayerThicknessStats:
             num_images=len(labels),
             source=source or f"fitted on {len(labels)} label maps",
         )
-        if n_layers != len(_FOVEA_KEEP):  # the default pit shape is Duke's 7 layers; elsewhere: no pit shape
+        if n_layers != len(FOVEA_KEEP):  # the default pit shape is Duke's 7 layers; elsewhere: no pit shape
             d["fovea_keep"] = [1.0] * n_layers
         if pits["keep"]:
             d["fovea_keep"] = [round(float(v), 5) for v in np.clip(np.mean(pits["keep"], 0), 0.0, 3.0)]
@@ -335,7 +327,7 @@ class LayerThicknessStats:
         A diffusion model trained on retina bands (``--band_height 224 --image_size "[64,128]"``) must be
         given random sketches of that geometry: pass the same ``band_height`` / ``image_size`` and every label
         goes through the training chain's label part first
-        (:func:`~monai_oct.data.pipelines.bscan_transforms` with ``keys=["label"]``: the band located from the
+        (:func:`~monai_oct.recipes.pipelines.bscan_transforms` with ``keys=["label"]``: the band located from the
         label, then a nearest resize), so the fractions describe the band the network sees.
 
         Args:
@@ -348,10 +340,8 @@ class LayerThicknessStats:
             image_size: ``[H, W]`` the labels are resized to after the crop (None: kept).
 
         Raises:
-            monai_oct.data.datalist.DataError: for a bad datalist or label file; ValueError for items without ``"label"``.
+            monai_oct.core.io.DataError: for a bad datalist or label file; ValueError for items without ``"label"``.
         """
-        from monai_oct.data.datalist import load_datalist
-
         items = load_datalist(datalist, root=root, key=key)
         missing = [i for i, it in enumerate(items) if "label" not in it]
         if missing:
@@ -360,8 +350,6 @@ class LayerThicknessStats:
         labels: list[Any] = [it["label"] for it in items]
         source = f"{datalist} ({len(items)} label maps"
         if band_height or image_size is not None:
-            from monai_oct.data.pipelines import bscan_transforms
-
             chain = bscan_transforms(image_size=image_size, keys=["label"], band_height=band_height or None, table=table)
             labels = [chain({"label": p})["label"][0].numpy() for p in labels]
             source += f", {band_height}-row band" if band_height else ""
@@ -418,7 +406,7 @@ _DUKE_BAND224_FIT: dict[str, Any] = {
 
 
 def generate_sketch(stats: LayerThicknessStats | None = None, size: Sequence[int] = (256, 256),
-                    seed: int | Sequence[int] = 0, sketcher: "LayerSketch | None" = None,
+                    seed: int | Sequence[int] = 0, sketcher: LayerSketch | None = None,
                     min_thickness: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Draw a random, plausible layer sketch and its label map, without any real label.
 
@@ -439,8 +427,6 @@ def generate_sketch(stats: LayerThicknessStats | None = None, size: Sequence[int
     Raises:
         ValueError: for a size below 32 x 32 or a sketcher of another table.
     """
-    from monai_oct.transforms.sketch import LayerSketch
-
     stats = stats or LayerThicknessStats.duke_defaults()
     table = get_label_table(stats.table)
     h, w = int(size[0]), int(size[1])
@@ -499,7 +485,7 @@ class RandomSketchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, num: int, stats: LayerThicknessStats | str | os.PathLike | None = None,
-                 size: Sequence[int] = (256, 256), seed: int = 0, sketcher: "LayerSketch | None" = None) -> None:
+                 size: Sequence[int] = (256, 256), seed: int = 0, sketcher: LayerSketch | None = None) -> None:
         if int(num) < 1:
             raise ValueError(f"num must be >= 1, got {num}")
         if isinstance(stats, (str, os.PathLike)):

@@ -20,7 +20,6 @@ present), the closest synthetic/training pairs found by the memorisation check, 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -31,13 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from monai_oct.data.labels import DUKE_DME, LabelTable, get_label_table
+from monai_oct.core.io import atomic_path, write_json
+from monai_oct.core.labels import DUKE_DME, LabelTable, get_label_table
+from monai_oct.core.visualise import label_overlay
 from monai_oct.metrics.adherence import adherence_report, load_teacher
 from monai_oct.metrics.diversity import diversity_report
 from monai_oct.metrics.fid import extract_features, frechet_summary, get_extractor
-from monai_oct.metrics.loader import ImageSet, load_image_set
 from monai_oct.metrics.memorisation import memorisation_report
 from monai_oct.metrics.plausibility import plausibility_report
+from monai_oct.recipes.image_sets import ImageSet, load_image_set
 
 __all__ = ["LPIPS_NOTE", "evaluate_synthesis", "quality_figure", "write_report"]
 
@@ -61,13 +62,7 @@ def _json_safe(x: Any) -> Any:
 
 def write_report(report: dict[str, Any], output_dir: str | os.PathLike, name: str = "report.json") -> Path:
     """Write ``report`` as JSON (NaN as null, private ``_`` keys dropped) atomically; returns the path."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(report), indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(output_dir) / name, _json_safe(report))
 
 
 def _u8(img: torch.Tensor) -> np.ndarray:
@@ -76,8 +71,6 @@ def _u8(img: torch.Tensor) -> np.ndarray:
 
 def _tile(img: torch.Tensor, label: torch.Tensor | None, h: int) -> "Any":
     from PIL import Image
-
-    from monai_oct.handlers.segmentation import label_overlay
 
     a = _u8(img)
     rgb = label_overlay(a, label[0].numpy()) if label is not None else np.repeat(a[..., None], 3, -1)
@@ -151,12 +144,9 @@ def quality_figure(real: ImageSet, synthetic: ImageSet, report: dict[str, Any], 
     for line in lines:
         draw.text((pad, y), line, fill=(0, 0, 120))
         y += text_h
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return Path(path)
 
 
 def evaluate_synthesis(real: Any, synthetic: Any, output_dir: str | os.PathLike | None = None,

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monai_oct.data.datalist import DataError, image_folder_datalist, read_image, read_label
-from monai_oct.data.labels import LabelTable
-from monai_oct.data.mixing import concat_sources, read_datalists
+from monai_oct.core.datalist import image_folder_datalist
+from monai_oct.core.io import DataError, read_image, read_label
+from monai_oct.core.labels import LabelTable
+from monai_oct.recipes.mixing import concat_sources, read_datalists
 
 __all__ = ["ImageSet", "resolve_items", "load_image_set"]
 

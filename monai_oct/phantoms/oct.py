@@ -1,7 +1,7 @@
 """OCT B-scan phantom: layered retina with a foveal pit, speckle and optional fluid, with its exact labels.
 
 The phantom is the built-in data of the demo, the tests and the tutorials: it needs no download and
-its labels are exact, in Duke DME's class ids (:data:`monai_oct.data.labels.DUKE_DME`): 0 vitreous,
+its labels are exact, in Duke DME's class ids (:data:`monai_oct.core.labels.DUKE_DME`): 0 vitreous,
 1-7 the retinal layers from NFL to OS-RPE, 8 choroid, 9 fluid.
 
 Each B-scan draws 8 smooth boundaries (random low-frequency curves on a curved, tilted retina, inner
@@ -18,7 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
-from monai_oct.data.datalist import write_datalist, write_png
+from monai_oct.core.datalist import write_datalist
+from monai_oct.core.geometry import regions_from_boundaries
+from monai_oct.core.io import write_png
 
 __all__ = [
     "PhantomConfig",
@@ -26,14 +28,13 @@ __all__ = [
     "generate_bscans",
     "write_phantom_dataset",
     "sample_boundaries",
-    "regions_from_boundaries",
     "add_fluid_pockets",
 ]
 
 # Mean thickness of layers 1..7 (NFL .. OS-RPE) as a fraction of the image height, away from the fovea.
-_THICKNESS = np.array([0.040, 0.070, 0.045, 0.035, 0.085, 0.018, 0.040])
+LAYER_THICKNESS = np.array([0.040, 0.070, 0.045, 0.035, 0.085, 0.018, 0.040])
 # How much of each layer remains at the foveal centre (inner layers vanish, ONL thickens).
-_FOVEA_KEEP = np.array([0.05, 0.10, 0.15, 0.30, 1.45, 1.0, 1.0])
+FOVEA_KEEP = np.array([0.05, 0.10, 0.15, 0.30, 1.45, 1.0, 1.0])
 # Mean reflectivity per class 0..9.
 _REFLECTIVITY = np.array([0.04, 0.80, 0.50, 0.22, 0.55, 0.14, 0.90, 0.97, 0.35, 0.02])
 
@@ -64,8 +65,8 @@ def _smooth_curve(rng: np.random.Generator, x: np.ndarray, n_terms: int = 4, max
     return (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * x[None] + phases[:, None])).sum(0)
 
 
-def sample_boundaries(rng: np.random.Generator, size: Sequence[int], thickness: Sequence[float] = _THICKNESS,
-                      fovea_keep: Sequence[float] = _FOVEA_KEEP, fovea_probability: float = 0.8,
+def sample_boundaries(rng: np.random.Generator, size: Sequence[int], thickness: Sequence[float] = LAYER_THICKNESS,
+                      fovea_keep: Sequence[float] = FOVEA_KEEP, fovea_probability: float = 0.8,
                       top: tuple[float, float] = (0.28, 0.38), tilt: float = 0.06,
                       curvature: float | tuple[float, float] = 0.12,
                       wave: float = 0.012, pit_centre: tuple[float, float] = (0.35, 0.65),
@@ -137,21 +138,6 @@ def sample_boundaries(rng: np.random.Generator, size: Sequence[int], thickness: 
     for k in range(1, n + 1):
         bounds[k] = np.maximum(bounds[k], bounds[k - 1] + min_thickness)
     return bounds
-
-
-def regions_from_boundaries(bounds: np.ndarray, height: int) -> np.ndarray:
-    """Region map of ordered boundaries: row ``r`` of column ``c`` gets ``#{k : r >= floor(bounds[k, c])}``.
-
-    Args:
-        bounds: ``(K, W)`` ordered boundary rows (0-based, fractional).
-        height: number of rows ``H``.
-
-    Returns:
-        ``(H, W)`` uint8 map with ids ``0..K`` (region 0 above the first boundary).
-    """
-    rows = np.arange(height)[:, None, None]
-    starts = np.floor(bounds)[None]  # row r belongs to region #{k: r >= b_k}
-    return (rows >= starts).sum(axis=1).astype(np.uint8)  # H x W
 
 
 def add_fluid_pockets(rng: np.random.Generator, label: np.ndarray, bounds: np.ndarray, max_pockets: int = 3,

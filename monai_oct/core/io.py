@@ -1,0 +1,162 @@
+"""File I/O of the toolkit: image and label files, JSON, and the one atomic write everything uses.
+
+Every writer goes through :func:`atomic_path`: the content is written to a temporary file beside the
+target (``.<name>.tmp``, :data:`TEMP_PATTERN`) and renamed over it only when complete, so nothing
+half-written ever lies under a final name; :func:`remove_temporaries` clears what a killed run left.
+Every reader error is a :class:`DataError` that names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from monai_oct.core.labels import LabelTable
+
+__all__ = [
+    "DataError",
+    "IMAGE_EXTENSIONS",
+    "TEMP_PATTERN",
+    "atomic_path",
+    "remove_temporaries",
+    "read_image",
+    "read_label",
+    "write_png",
+    "read_json",
+    "write_json",
+    "write_text",
+]
+
+#: glob pattern of the temporary files :func:`atomic_path` writes.
+TEMP_PATTERN = ".*.tmp"
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The temporary name :func:`atomic_path` writes ``path`` under (``.<name>.tmp`` in the same folder)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s content to; rename it over ``path`` when the block succeeds.
+
+    The parent folder is created. When the block raises, the temporary file is removed and ``path`` is left as
+    it was (absent, or its previous complete content).
+
+    Args:
+        path: the final file.
+
+    Yields:
+        the temporary file (same folder, so the rename is atomic).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_temporaries(folder: str | os.PathLike) -> int:
+    """Remove the temporary files of :func:`atomic_path` that a killed run left in ``folder``; returns how many."""
+    n = 0
+    for p in Path(folder).glob(TEMP_PATTERN):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
+    """Write ``obj`` as JSON atomically (values JSON cannot hold are written as ``str``); returns the path."""
+    return write_text(path, json.dumps(obj, indent=indent, default=str))
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file and what is wrong with it."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a 2D image file into a numpy array (``H x W`` grey or ``H x W x 3`` RGB).
+
+    Raises:
+        DataError: when the file is missing or cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "RGB", "P", "I", "I;16"):
+                im = im.convert("RGB")
+            arr = np.array(im)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from e
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{path}: expected a 2D image, got array of shape {arr.shape}")
+    return arr
+
+
+def read_label(path: str | os.PathLike, table: LabelTable | None = None) -> np.ndarray:
+    """Read a label map of class ids (``H x W``, uint8) and check its ids against ``table``.
+
+    Raises:
+        DataError: when the file is missing, unreadable, not single channel or holds unknown ids.
+    """
+    arr = read_image(path)
+    if arr.ndim != 2:
+        raise DataError(f"{path}: a label map must be single channel, got shape {arr.shape}")
+    if table is not None:
+        try:
+            table.validate_ids(arr, where=str(path))
+        except ValueError as e:
+            raise DataError(str(e)) from None
+    return arr.astype(np.uint8)
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 array (``H x W`` or ``H x W x 3``) as PNG atomically (temp file + rename)."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """The parsed content of a JSON file.
+
+    Args:
+        path: the file.
+        what: what the file is, for the error message ("datalist", "sketch statistics", ...).
+
+    Raises:
+        DataError: naming the file when it is missing, unreadable or not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e

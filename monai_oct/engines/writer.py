@@ -1,0 +1,104 @@
+"""Writing a synthetic dataset pair by pair: each file atomically, the label before its image."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from monai_oct.core.io import remove_temporaries, write_png
+from monai_oct.core.visualise import image_to_uint8
+
+__all__ = ["PairWriter"]
+
+
+def _resize(x: torch.Tensor, size: Sequence[int] | None, label: bool, nearest: bool = False) -> torch.Tensor:
+    """Resize ``(B, C, H, W)``: labels by nearest neighbour, images by area (shrinking) or bilinear (growing)
+    (``nearest``: images by nearest neighbour too, e.g. sketches, whose three levels must stay three)."""
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
+        return x
+    size = tuple(int(s) for s in size)
+    if label:
+        return F.interpolate(x.float(), size=size, mode="nearest-exact").long()
+    if nearest:
+        return F.interpolate(x.float(), size=size, mode="nearest-exact")
+    if size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class PairWriter:
+    """Write (image, label) pairs as ``images/<name>.png`` (8-bit grey) and ``labels/<name>.png`` (class ids).
+
+    A pair is complete when both files exist; each is written to a temporary file and renamed, the label
+    first, so an interrupted write leaves at most a label without its image (redone on resume).
+
+    Extra per-sample images (``extra_dirs``, e.g. ``("sketches",)``: the sketch each image was drawn from) are
+    written before the label, as 8-bit PNGs of their [-1, 1] values (nearest resize), so a pair whose image
+    exists has all its files.
+
+    Args:
+        output_dir: dataset folder.
+        output_size: ``[H, W]`` to resize what is written to (None: the generated size).
+        prefix: file name prefix; names are ``<prefix><index:05d>.png``.
+        extra_dirs: sub-folders of extra images written with each pair.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, output_size: Sequence[int] | None = None, prefix: str = "synth_",
+                 extra_dirs: Sequence[str] = ()) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_size = None if output_size is None else [int(s) for s in output_size]
+        self.prefix = prefix
+        self.extra_dirs = tuple(str(d) for d in extra_dirs or ())
+        bad = [d for d in self.extra_dirs if d in ("images", "labels") or not d or "/" in d]
+        if bad:
+            raise ValueError(f"extra_dirs must be plain folder names other than images/labels, got {bad}")
+
+    def name(self, index: int) -> str:
+        """File name of sample ``index``."""
+        return f"{self.prefix}{int(index):05d}.png"
+
+    def paths(self, index: int) -> tuple[Path, Path]:
+        """``(image path, label path)`` of sample ``index``."""
+        n = self.name(index)
+        return self.output_dir / "images" / n, self.output_dir / "labels" / n
+
+    def extra_path(self, sub: str, index: int) -> Path:
+        """Path of sample ``index``'s extra image in ``sub``."""
+        return self.output_dir / sub / self.name(index)
+
+    def done(self, index: int) -> bool:
+        """Whether every file of sample ``index`` exists."""
+        return all(p.is_file() for p in self.paths(index)) and all(self.extra_path(d, index).is_file() for d in self.extra_dirs)
+
+    def clean(self) -> int:
+        """Remove temporary files a killed run left behind; returns how many."""
+        return sum(remove_temporaries(self.output_dir / sub) for sub in ("", "images", "labels", *self.extra_dirs))
+
+    def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
+              extras: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Write a batch: ``images (B, 1, H, W)`` in [-1, 1], ``labels (B, 1, H, W)`` class ids, and
+        ``extras`` (``{folder: (B, 1, H, W) in [-1, 1]}``, one entry per ``extra_dirs``).
+
+        Raises:
+            ValueError: when ``extras`` does not match ``extra_dirs``.
+        """
+        extras = dict(extras or {})
+        if set(extras) != set(self.extra_dirs):
+            raise ValueError(f"extra images {sorted(extras)} do not match the writer's extra_dirs {list(self.extra_dirs)}")
+        images = _resize(images.float().cpu(), self.output_size, label=False)
+        labels = _resize(labels.cpu(), self.output_size, label=True)
+        img_u8 = image_to_uint8(images[:, 0])
+        lab_u8 = labels[:, 0].numpy().astype(np.uint8)
+        ext_u8 = {d: image_to_uint8(_resize(x.float().cpu(), self.output_size, label=False, nearest=True)[:, 0])
+                  for d, x in extras.items()}
+        for k, i in enumerate(indices):
+            for d, x in ext_u8.items():
+                write_png(self.extra_path(d, i), x[k])
+            img_path, lab_path = self.paths(i)
+            write_png(lab_path, lab_u8[k])
+            write_png(img_path, img_u8[k])

@@ -1,0 +1,10 @@
+"""Built-in data generators with exact labels (no download): the OCT B-scan phantom."""
+
+from monai_oct.phantoms.oct import (
+    PhantomConfig,
+    add_fluid_pockets,
+    generate_bscan,
+    generate_bscans,
+    sample_boundaries,
+    write_phantom_dataset,
+)

@@ -1,0 +1,209 @@
+"""Where the label maps (and conditions) of a synthesis come from: the mask DDPM + DMC, a datalist, or random sketches.
+
+A *label source* is a callable ``(indices, generators, device) -> {"label": (B, 1, H, W) ids, ...}``: it may
+add ``"cond"`` (a condition of its own, e.g. the sketch; otherwise the engine encodes the label map) and
+``"extras"`` (images written beside each pair). :class:`~monai_oct.engines.synthesis.SamplerEngine` calls it
+with the per-sample generators of the indices, so a source that draws randomness draws it per sample.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+from monai.transforms import Compose, Resized
+from torch import nn
+
+from monai_oct.core.io import DataError
+from monai_oct.core.labels import LabelTable
+from monai_oct.engines.sampler import DiffusionSampler
+from monai_oct.networks.checkpoint import load_weights
+from monai_oct.networks.diffusion import check_image_size
+from monai_oct.recipes.mixing import concat_sources, read_datalists
+from monai_oct.recipes.sketches import LayerThicknessStats, RandomSketchDataset
+from monai_oct.transforms.band import RetinaBandCropd
+from monai_oct.transforms.dmc import DiscreteMaskClustering
+from monai_oct.transforms.io import LoadBScand
+from monai_oct.transforms.sketch import LayerSketch
+
+__all__ = ["MaskSampler", "LabelBank", "build_label_source", "SketchSource", "sketch_source"]
+
+
+class MaskSampler:
+    """Label maps from the stage-2 mask DDPM: sample a scalar-encoded map, then DMC to class ids.
+
+    Args:
+        network: the unconditional mask DDPM (1 channel in and out).
+        sampler: its sampler.
+        image_size: ``[H, W]`` of the maps.
+        num_classes: C.
+        dmc: the decoder (default ``DiscreteMaskClustering(num_classes)``).
+    """
+
+    def __init__(self, network: nn.Module, sampler: DiffusionSampler, image_size: Sequence[int], num_classes: int,
+                 dmc: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.network, self.sampler = network.eval(), sampler
+        self.shape = (1, int(image_size[0]), int(image_size[1]))
+        check_image_size(network, self.shape)
+        self.dmc = dmc if dmc is not None else DiscreteMaskClustering(num_classes)
+
+    def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
+        """``(B, 1, H, W)`` int64 ids for ``indices``, drawing from their ``generators``."""
+        values = self.sampler(self.network, generators, self.shape, None, device)
+        return self.dmc(values).to(device)
+
+
+
+class LabelBank:
+    """Label maps from a datalist (RetiDiff's R/S 0/66 setting): sample ``i`` uses map ``i % L``.
+
+    Args:
+        labels: ``(L, 1, H, W)`` class ids.
+        names: the source file of each map (for the manifest).
+    """
+
+    def __init__(self, labels: torch.Tensor, names: Sequence[str] | None = None) -> None:
+        if labels.ndim != 4 or labels.shape[1] != 1 or labels.shape[0] == 0:
+            raise ValueError(f"labels must have shape (L, 1, H, W) with L >= 1, got {tuple(labels.shape)}")
+        self.labels = labels.long()
+        self.names = list(names) if names is not None else [str(i) for i in range(labels.shape[0])]
+
+    @classmethod
+    def from_datalist(cls, datalist: str | os.PathLike | Sequence[str], image_size: Sequence[int], dataset_dir: str | None = None,
+                      key: str | Sequence[str] | None = ("train", "training"), band_height: int | None = None,
+                      flip: bool = False, table: LabelTable | str | None = "duke_dme") -> "LabelBank":
+        """Load every ``label`` of a datalist: band crop around the retina (from the label), nearest resize.
+
+        Args:
+            datalist: path(s) of datalists (relative ones start at ``dataset_dir``).
+            image_size: ``[H, W]`` of the maps.
+            dataset_dir: folder relative datalist paths start from.
+            key: list name(s) to read.
+            band_height: retina band rows (None/0: whole B-scan).
+            flip: also add the left-right mirror of every map (after the originals).
+            table: label table the ids are checked against.
+
+        Raises:
+            DataError: a missing datalist or label file, or an item without ``label``.
+        """
+        items = concat_sources(read_datalists(datalist, key=list(key) if isinstance(key, (list, tuple)) else key, dataset_dir=dataset_dir))
+        missing = [it["image"] for it in items if "label" not in it]
+        if missing:
+            raise DataError(f"{datalist}: {len(missing)} item(s) without 'label', e.g. {missing[0]}")
+        t = [LoadBScand(["label"], label_keys=["label"], table=table)]
+        if band_height:
+            t.append(RetinaBandCropd(["label"], band_height=int(band_height), label_key="label"))
+        t.append(Resized(["label"], spatial_size=[int(s) for s in image_size], mode="nearest"))
+        chain = Compose(t)
+        maps = torch.stack([torch.as_tensor(chain({"label": it["label"]})["label"]).long() for it in items])
+        names = [it["label"] for it in items]
+        if flip:
+            maps = torch.cat([maps, torch.flip(maps, dims=[-1])])
+            names = names + [f"{n} (mirrored)" for n in names]
+        return cls(maps, names)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
+        """``(B, 1, H, W)`` ids of maps ``i % L`` (the generators are not used)."""
+        return self.labels[[int(i) % len(self) for i in indices]].to(device)
+
+
+
+def build_label_source(image_size: Sequence[int], num_classes: int, label_datalist: str | Sequence[str] | None = None,
+                       mask_ckpt: str | os.PathLike | None = None, mask_network: nn.Module | None = None,
+                       mask_sampler: DiffusionSampler | None = None, dataset_dir: str | None = None,
+                       band_height: int | None = None, label_flip: bool = False, dmc_smooth: int = 0,
+                       table: LabelTable | str | None = "duke_dme", device: str | torch.device = "cpu") -> Callable:
+    """The label maps of a synthesis: from ``label_datalist`` when given, else sampled from the stage-2 model.
+
+    Args:
+        image_size: ``[H, W]``.
+        num_classes: C.
+        label_datalist: datalist(s) whose labels condition the images (RetiDiff R/S 0/N).
+        mask_ckpt: stage-2 ``model.pt`` (used when no ``label_datalist``).
+        mask_network: the (untrained) mask UNet the checkpoint is loaded into.
+        mask_sampler: its sampler.
+        dataset_dir: folder relative datalist paths start from.
+        band_height: retina band rows for datalist labels (None/0: whole B-scan).
+        label_flip: also use the mirrored datalist labels.
+        dmc_smooth: median window of DMC (0: none).
+        table: label table for datalist labels.
+        device: where the mask UNet runs.
+
+    Returns:
+        a :class:`LabelBank` or :class:`MaskSampler`.
+
+    Raises:
+        ValueError: when neither a datalist nor a mask checkpoint (with network and sampler) is given.
+    """
+    if label_datalist:
+        return LabelBank.from_datalist(label_datalist, image_size, dataset_dir=dataset_dir, band_height=band_height,
+                                       flip=bool(label_flip), table=table)
+    if not mask_ckpt or mask_network is None or mask_sampler is None:
+        raise ValueError("synthesis needs label maps: give --mask_ckpt (stage 2 model.pt) or --label_datalist")
+    net = load_weights(mask_network, mask_ckpt).to(device)
+    return MaskSampler(net, mask_sampler, image_size, num_classes, DiscreteMaskClustering(num_classes, smooth=int(dmc_smooth)))
+
+
+
+class SketchSource:
+    """Random layer sketches as the condition of a sketch-conditioned image DDPM (Wu et al.).
+
+    Sample ``i`` is item ``i`` of a :class:`~monai_oct.recipes.sketches.RandomSketchDataset` (seeded ``(seed, i)``,
+    independent of the batch it falls in), so a resumed synthesis redraws exactly the same sketches.
+
+    Args:
+        dataset: the random sketches (``{"sketch", "label"}`` items at the image size).
+        write_sketches: also return the sketches as ``extras["sketches"]`` for :class:`PairWriter`.
+
+    Raises:
+        ValueError: when the dataset's size is not ``(H, W)``.
+    """
+
+    def __init__(self, dataset: RandomSketchDataset, write_sketches: bool = True) -> None:
+        if len(getattr(dataset, "size", ())) != 2:
+            raise ValueError("SketchSource needs a RandomSketchDataset with a (H, W) size")
+        self.dataset, self.write_sketches = dataset, bool(write_sketches)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> dict:
+        """``{"label": (B, 1, H, W) ids, "cond": (B, 1, H, W) sketches, "extras": {"sketches": ...}}`` (generators unused)."""
+        items = [self.dataset[int(i) % len(self.dataset)] for i in indices]
+        sketches = torch.stack([it["sketch"] for it in items]).float()
+        out = {"label": torch.stack([it["label"] for it in items]).long().to(device), "cond": sketches.to(device)}
+        if self.write_sketches:
+            out["extras"] = {"sketches": sketches}
+        return out
+
+
+
+def sketch_source(num_samples: int, image_size: Sequence[int], stats: str | os.PathLike | None = None,
+                  band_height: int | None = None, seed: int = 0, table: LabelTable | str = "duke_dme",
+                  **sketch_kwargs: Any) -> SketchSource:
+    """The :class:`SketchSource` of a sketch synthesis, its renderer set like training's without the augmentation.
+
+    Args:
+        num_samples: N.
+        image_size: ``[H, W]`` of the sketches (the image DDPM's size).
+        stats: a JSON of :class:`~monai_oct.recipes.sketches.LayerThicknessStats` fitted at the training geometry
+            (``monai-oct sketch-stats DATALIST --band-height B --size H W``); None: the built-in Duke statistics
+            for ``band_height`` (full frame or the 224-row band).
+        band_height: the training band height (only to pick the built-in statistics).
+        seed: sketch ``i`` is drawn with seed ``(seed, i)``.
+        table: label table.
+        sketch_kwargs: :class:`~monai_oct.transforms.sketch.LayerSketch` arguments of training (``line_width``,
+            ``fluid_styles``, ...); deformation, jitter and dropped boundaries are switched off and fluid is
+            always drawn, whatever is given.
+
+    Raises:
+        ValueError: for statistics of another table, or no built-in statistics for ``band_height``.
+    """
+    st = LayerThicknessStats.load(stats) if stats else LayerThicknessStats.duke_defaults(band_height)
+    kw = dict(sketch_kwargs, deform=0.0, jitter=0.0, drop_prob=0.0, fluid_prob=1.0)
+    sketcher = LayerSketch(table, **kw)
+    return SketchSource(RandomSketchDataset(num_samples, st, image_size, seed=seed, sketcher=sketcher))
