@@ -13,7 +13,8 @@ from ignite.engine import Events
 from monai_oct.engines.diffusion import DiffusionTrainer
 from monai_oct.core.seeding import sample_generators
 from monai_oct.engines.sampler import DiffusionSampler
-from monai_oct.networks.diffusion import conditional_diffusion_unet, diffusion_scheduler
+from monai_oct.networks.diffusion import conditional_diffusion_unet
+from monai_oct.schedulers import diffusion_scheduler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU paths not exercised here")
 DEV = torch.device("cuda:0")

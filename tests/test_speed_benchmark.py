@@ -12,7 +12,8 @@ import torch
 
 from monai_oct.core.seeding import sample_generators
 from monai_oct.engines import DiffusionSampler, DiffusionTrainer
-from monai_oct.networks import conditional_diffusion_unet, diffusion_scheduler
+from monai_oct.networks import conditional_diffusion_unet
+from monai_oct.schedulers import diffusion_scheduler
 
 SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 
