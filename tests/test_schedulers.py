@@ -208,3 +208,31 @@ def test_amp_dtype_reaches_sampler_and_trainer_on_cpu():
     with pytest.raises(ValueError, match="float16 needs a CUDA device, got cpu"):
         DiffusionTrainer("cpu", 1, [batch], net, opt, diffusion_scheduler("ddpm", 100), 2, amp_dtype="float16")
     assert not DiffusionTrainer("cpu", 1, [batch], net, opt, diffusion_scheduler("ddpm", 100), 2, amp=True).amp
+
+
+class _SeedRecorder:
+    """A sampler stand-in that records the first draw of every generator it is given."""
+
+    def __init__(self):
+        self.first = []
+
+    def __call__(self, network, generators, shape, condition=None, device=None):
+        self.first.append([float(torch.randn(1, generator=g)) for g in generators])
+        return torch.zeros((len(generators), *shape))
+
+
+def test_sample_grid_seeds_are_per_sample_streams_not_seed_plus_i(tmp_path):
+    """SampleGrid with seeds 0 and 1 must not share samples (with seed + i they shared all but one)."""
+    from types import SimpleNamespace
+
+    from monai_oct.core.seeding import sample_seeds
+    from monai_oct.handlers.samples import SampleGrid
+
+    net = nn.Linear(1, 1)
+    rec = _SeedRecorder()
+    for seed in (0, 1):
+        SampleGrid(net, rec, (1, 4, 4), tmp_path / str(seed), num_samples=3, seed=seed).write(
+            SimpleNamespace(state=SimpleNamespace(epoch=1)))
+    expect = [[float(torch.randn(1, generator=g)) for g in sample_generators(sample_seeds(s, range(3)))] for s in (0, 1)]
+    assert rec.first == expect
+    assert not set(rec.first[0]) & set(rec.first[1])
