@@ -236,3 +236,26 @@ def test_sample_grid_seeds_are_per_sample_streams_not_seed_plus_i(tmp_path):
     expect = [[float(torch.randn(1, generator=g)) for g in sample_generators(sample_seeds(s, range(3)))] for s in (0, 1)]
     assert rec.first == expect
     assert not set(rec.first[0]) & set(rec.first[1])
+
+
+def test_bundle_stage_with_amp_dtype_bfloat16_on_cpu(phantom_dir, tmp_path):
+    """--amp_dtype bfloat16 reaches the trainer and the grid sampler of a stage on CPU; float16 stops it, named."""
+    import subprocess
+
+    from conftest import run_stage
+
+    tiny = dict(image_size=[16, 32], band_height=48, channels=[8, 16], num_res_blocks=1, num_train_timesteps=20,
+                batch_size=4, device="cpu", progress=False, sample_steps=2, num_sample_images=2, num_threads=1)
+    log = run_stage("pretrain", dataset_dir=phantom_dir, output_dir=tmp_path / "pre", max_epochs=1, sample_interval=1,
+                    amp_dtype="bfloat16", **tiny)
+    assert log.count("autocast bfloat16 on cpu") >= 2, log[-3000:]  # the trainer and the sample-grid sampler
+    assert (tmp_path / "pre" / "model.pt").is_file() and (tmp_path / "pre" / "samples" / "epoch_0001.png").is_file()
+    from monai_oct.bundle import run_bundle
+    from conftest import BUNDLE_ENV, OCT_DDPM_BUNDLE
+
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        run_bundle(OCT_DDPM_BUNDLE, ["common.yaml", "pretrain.yaml"], in_process=False, env=BUNDLE_ENV, timeout=180,
+                   dataset_dir=str(phantom_dir), output_dir=str(tmp_path / "fp16"), max_epochs=1, amp_dtype="float16",
+                   **tiny)
+    assert "amp_dtype float16 needs a CUDA device, got cpu" in e.value.stdout + e.value.stderr
+    assert not (tmp_path / "fp16" / "model.pt").exists()

@@ -56,4 +56,6 @@ def autocast_dtype(amp_dtype: str | torch.dtype | None = None, amp: bool = False
     if amp_dtype == torch.float16 and kind == "cpu":
         raise ValueError("amp_dtype float16 needs a CUDA device, got cpu: use --amp_dtype bfloat16 (CPU and CUDA) "
                          "or --amp_dtype null")
+    if amp_dtype is not None and kind is not None:
+        logger.info("autocast %s on %s", str(amp_dtype).replace("torch.", ""), kind)
     return amp_dtype
