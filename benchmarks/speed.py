@@ -68,7 +68,8 @@ from ignite.engine import Events
 
 from monai_oct.core.seeding import sample_generators
 from monai_oct.engines import DiffusionSampler, DiffusionTrainer
-from monai_oct.networks import conditional_diffusion_unet, diffusion_scheduler
+from monai_oct.networks import conditional_diffusion_unet
+from monai_oct.schedulers import diffusion_scheduler
 
 __all__ = ["Variant", "VARIANTS", "PeakMemory", "parse_args", "run_variant", "format_table", "main"]
 
@@ -256,7 +257,7 @@ def time_training(args: argparse.Namespace, v: Variant, device: torch.device) ->
     opt = torch.optim.AdamW(net.parameters(), 1e-3)
     batch = _batch(args, v, device)
     n = args.warmup + args.iterations
-    amp = {"amp": True, "amp_kwargs": {"dtype": torch.bfloat16}} if v.bf16 else {}
+    amp = {"amp_dtype": "bfloat16"} if v.bf16 else {}
     trainer = DiffusionTrainer(device, 1, [batch] * n, model, opt,
                                diffusion_scheduler("ddpm", args.timesteps, "cosine", "v_prediction"),
                                args.condition_channels, clip_grad_norm=1.0, **amp)
@@ -289,7 +290,7 @@ def time_sampling(args: argparse.Namespace, v: Variant, device: torch.device) ->
     cond = _batch(args, v, device)["cond"]
     x = torch.randn(b, 1 + cc, h, w, device=device)  # the sampler's input buffer is contiguous too
     t = torch.full((b,), args.timesteps // 2, dtype=torch.long, device=device)
-    amp = {"amp": True, "amp_dtype": torch.bfloat16} if v.bf16 else {}
+    amp = {"amp_dtype": "bfloat16"} if v.bf16 else {}
     samplers = {f"DDPM-{args.timesteps}": (DiffusionSampler(
         diffusion_scheduler("ddpm", args.timesteps, "cosine", "v_prediction"), args.ddpm_steps, **amp), args.ddpm_steps)}
     for n in args.ddim_steps:

@@ -13,7 +13,8 @@ from ignite.engine import Events
 from monai_oct.engines.diffusion import DiffusionTrainer
 from monai_oct.core.seeding import sample_generators
 from monai_oct.engines.sampler import DiffusionSampler
-from monai_oct.networks.diffusion import conditional_diffusion_unet, diffusion_scheduler
+from monai_oct.networks.diffusion import conditional_diffusion_unet
+from monai_oct.schedulers import diffusion_scheduler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU paths not exercised here")
 DEV = torch.device("cuda:0")
@@ -26,21 +27,23 @@ def _batches(n=6, b=8, size=32, cond=10):
     return [{"image": x, "cond": c}] * n
 
 
-@pytest.mark.parametrize("amp_kwargs", [{}, {"dtype": torch.bfloat16}], ids=["fp16+scaler", "bf16"])
-def test_amp_training_learns_on_cuda(amp_kwargs):
+@pytest.mark.parametrize("amp_dtype", ["float16", "bfloat16"], ids=["fp16+scaler", "bf16"])
+def test_amp_training_learns_on_cuda(amp_dtype):
     torch.manual_seed(0)
     net = conditional_diffusion_unet(1, 10, channels=(16, 32, 32)).to(DEV)
     opt = torch.optim.AdamW(net.parameters(), 2e-3)
     losses = []
     tr = DiffusionTrainer(DEV, 12, _batches(), net, opt, diffusion_scheduler("ddpm", 100, "cosine", "v_prediction"),
-                          condition_channels=10, amp=True, amp_kwargs=amp_kwargs)
+                          condition_channels=10, amp_dtype=amp_dtype)
     tr.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
     tr.run()
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
     assert next(net.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
-    if not amp_kwargs:
+    if amp_dtype == "float16":
         assert tr.scaler is not None and tr.scaler.is_enabled()
+    else:
+        assert tr.scaler is None  # bf16 needs no loss scaling
 
 
 def test_flash_attention_matches_plain_on_cuda():
@@ -53,11 +56,13 @@ def test_flash_attention_matches_plain_on_cuda():
         assert torch.allclose(a(x, t), b(x, t), atol=1e-4)
 
 
-@pytest.mark.parametrize("amp", [False, True])
-def test_sampler_on_cuda_is_seeded_per_sample(amp):
+@pytest.mark.parametrize("amp_dtype", [None, "bfloat16", "float16"])
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_sampler_on_cuda_is_seeded_per_sample(kind, amp_dtype):
     torch.manual_seed(0)
     net = conditional_diffusion_unet(1, 0, channels=(16, 32)).to(DEV).eval()
-    s = DiffusionSampler(diffusion_scheduler("ddim", 100, "cosine", "v_prediction"), 10, amp=amp, amp_dtype=torch.bfloat16 if amp else None)
+    s = DiffusionSampler(diffusion_scheduler(kind, 100, "cosine", "v_prediction"), 10, amp_dtype=amp_dtype)
+    amp = amp_dtype is not None
     two = s(net, sample_generators([5, 6], DEV), (1, 32, 32))
     one = s(net, sample_generators([6], DEV), (1, 32, 32))
     assert two.device.type == "cuda" and torch.isfinite(two).all()
@@ -70,7 +75,7 @@ def test_bundle_stage_on_cuda(phantom_dir, tmp_path):
     out = tmp_path / "finetune"
     run_bundle(bundle_dir("oct_ddpm"), ["common.yaml", "finetune.yaml"], dataset_dir=str(phantom_dir), pretrained_ckpt="null",
                output_dir=str(out), image_size=[32, 32], channels=[16, 32], num_res_blocks=1, max_epochs=2, batch_size=4,
-               num_train_timesteps=50, sample_interval=0, sample_steps=2, num_sample_images=2, device="cuda:0", amp=True,
+               num_train_timesteps=50, sample_interval=0, sample_steps=2, num_sample_images=2, device="cuda:0", amp_dtype="float16",
                progress=False, in_process=False)
     log = [json.loads(x) for x in (out / "training_log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log if e.get("event") == "epoch"] == [1, 2]

@@ -16,7 +16,8 @@ from monai_oct.handlers.checkpoint import TrainingCheckpoint, TrainingLog
 from monai_oct.handlers.ema import EMA
 from monai_oct.networks.checkpoint import load_weights, save_checkpoint
 from monai_oct.optim import make_lr_scheduler
-from monai_oct.networks.diffusion import conditional_diffusion_unet, diffusion_scheduler
+from monai_oct.networks.diffusion import conditional_diffusion_unet
+from monai_oct.schedulers import diffusion_scheduler
 
 
 @pytest.fixture(autouse=True)
@@ -221,8 +222,17 @@ def test_checkpoint_refuses_a_mismatched_last_pt(tmp_path):
         tr.run()
 
 
+def _monai(kind, T, schedule, prediction_type):
+    """MONAI's own scheduler class (not this package's subclass): the reference."""
+    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+    cls = DDPMScheduler if kind == "ddpm" else DDIMScheduler
+    return cls(T, {"linear": "linear_beta"}.get(schedule, schedule), prediction_type=prediction_type, clip_sample=True)
+
+
 def _monai_loop(net, sched, steps, cond, seed, kind, timestep_map=None):
     """The reference: MONAI's scheduler.step in a plain loop (one sample, one generator)."""
+    assert type(sched).__module__.startswith("monai.networks.schedulers")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((1, 1, 16, 16), generator=g)
     sched.set_timesteps(steps)
@@ -241,7 +251,7 @@ def test_sampler_equals_monai_scheduler_step(kind, T, steps, prediction_type):
     cond = torch.rand(1, 2, 16, 16) * 2 - 1
     ours = DiffusionSampler(diffusion_scheduler(kind, T, "cosine", prediction_type), steps)(
         net, sample_generators([7]), (1, 16, 16), cond)
-    ref = _monai_loop(net, diffusion_scheduler(kind, T, "cosine", prediction_type), steps, cond, 7, kind)
+    ref = _monai_loop(net, _monai(kind, T, "cosine", prediction_type), steps, cond, 7, kind)
     assert torch.allclose(ours, ref, atol=1e-5), float((ours - ref).abs().max())
 
 
@@ -252,7 +262,7 @@ def test_respaced_ddpm_is_the_ddpm_of_the_respaced_chain():
     full = diffusion_scheduler("ddpm", 100, "cosine", "v_prediction")
     ours = DiffusionSampler(full, 6)(net, sample_generators([3]), (1, 16, 16), cond)
     tau = [int(t) for t in full.timesteps.flip(0)]  # ascending: 0 .. 99
-    short = diffusion_scheduler("ddpm", 6, "linear_beta", "v_prediction")
+    short = _monai("ddpm", 6, "linear_beta", "v_prediction")
     short.alphas_cumprod = full.alphas_cumprod[tau].clone()
     short.alphas = short.alphas_cumprod / torch.cat([torch.ones(1), short.alphas_cumprod[:-1]])
     short.betas = 1 - short.alphas

@@ -12,7 +12,8 @@ import torch
 
 from monai_oct.core.seeding import sample_generators
 from monai_oct.engines import DiffusionSampler, DiffusionTrainer
-from monai_oct.networks import conditional_diffusion_unet, diffusion_scheduler
+from monai_oct.networks import conditional_diffusion_unet
+from monai_oct.schedulers import diffusion_scheduler
 
 SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 
@@ -98,13 +99,13 @@ def test_bf16_autocast_on_cpu_sampler_and_trainer():
     fp32 = DiffusionSampler(sched, 3)(net, sample_generators(range(2)), (1, 8, 8), cond)
     assert seen and set(seen) == {torch.float32}
     seen.clear()
-    bf16 = DiffusionSampler(sched, 3, amp=True, amp_dtype=torch.bfloat16)(net, sample_generators(range(2)), (1, 8, 8), cond)
+    bf16 = DiffusionSampler(sched, 3, amp_dtype="bfloat16")(net, sample_generators(range(2)), (1, 8, 8), cond)
     assert set(seen) == {torch.bfloat16}  # autocast ran the UNet in bf16 on CPU
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
     assert 0 < (bf16 - fp32).abs().max() < 0.5  # same samples up to bf16 rounding
     seen.clear()
     DiffusionSampler(sched, 2, amp=True)(net, sample_generators(range(2)), (1, 8, 8), cond)
-    assert set(seen) == {torch.float32}  # float16 autocast is CUDA-only: unchanged on CPU
+    assert set(seen) == {torch.float32}  # the amp alias means float16, which is CUDA-only: unchanged on CPU
     hook.remove()
 
     batch = {"image": torch.rand(2, 1, 8, 8) * 2 - 1, "cond": cond}
@@ -112,8 +113,7 @@ def test_bf16_autocast_on_cpu_sampler_and_trainer():
     net.conv_in.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     before = [p.detach().clone() for p in net.parameters()]
     tr = DiffusionTrainer("cpu", 1, [batch], net, torch.optim.AdamW(net.parameters(), 1e-3),
-                          diffusion_scheduler("ddpm", 100, "cosine", "v_prediction"), 2, amp=True,
-                          amp_kwargs={"dtype": torch.bfloat16})
+                          diffusion_scheduler("ddpm", 100, "cosine", "v_prediction"), 2, amp_dtype="bfloat16")
     tr.run()
     assert dtypes == [torch.bfloat16] and math.isfinite(tr.state.output["loss"].item())
     assert all(p.dtype == torch.float32 for p in net.parameters())

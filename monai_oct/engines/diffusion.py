@@ -26,7 +26,9 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 from torch.optim import Optimizer
 
-from monai_oct.networks.diffusion import PREDICTION_TYPES, check_image_size
+from monai_oct.engines.amp import autocast_dtype
+from monai_oct.networks.diffusion import check_image_size
+from monai_oct.schedulers import PREDICTION_TYPES
 
 __all__ = ["DiffusionTrainer", "diffusion_target"]
 
@@ -68,15 +70,18 @@ class DiffusionTrainer(SupervisedTrainer):
         clip_grad_norm: clip the gradient norm to this value (None/0: no clipping).
         image_key: the image's key in a batch.
         condition_key: the condition's key in a batch.
-        amp: mixed precision: ``torch.autocast`` with ``amp_kwargs`` (e.g. ``{"dtype": torch.bfloat16}``, passed
-            through ``kwargs``) + ``GradScaler`` for float16. Effective on CUDA, and on CPU with bfloat16 (CPU
-            autocast has no float16); bfloat16 needs no loss scaling, so it runs without the ``GradScaler``.
+        amp: the older mixed-precision switch, an alias: with ``amp_dtype`` None, True means float16 on CUDA
+            (nothing on CPU); ``amp_kwargs={"dtype": ...}`` (through ``kwargs``, MONAI's) also sets the dtype.
+        amp_dtype: ``torch.autocast`` dtype of the forward pass: ``"bfloat16"`` (CPU and CUDA; needs no loss
+            scaling, so it runs without the ``GradScaler``), ``"float16"`` (CUDA only, with MONAI's ``GradScaler``)
+            or None (float32); see :func:`monai_oct.engines.amp.autocast_dtype`.
         train_handlers: Ignite/MONAI handlers to attach.
         epoch_length: iterations per epoch (default: the loader's length).
         kwargs: passed to ``SupervisedTrainer`` (e.g. ``decollate``, ``optim_set_to_none``).
 
     Raises:
-        ValueError: for a bad ``p_uncond`` or prediction type; FloatingPointError during training when the
+        ValueError: for a bad ``p_uncond``, prediction type or ``amp_dtype`` (float16 on a CPU device);
+            FloatingPointError during training when the
             loss is NaN/inf (the message names the iteration and epoch).
     """
 
@@ -84,7 +89,8 @@ class DiffusionTrainer(SupervisedTrainer):
                  optimizer: Optimizer, scheduler: Scheduler, condition_channels: int = 0,
                  prediction_type: str | None = None, p_uncond: float = 0.0, clip_grad_norm: float | None = 1.0,
                  image_key: str = "image", condition_key: str = "cond", amp: bool = False,
-                 train_handlers: Sequence | None = None, epoch_length: int | None = None, **kwargs: Any) -> None:
+                 amp_dtype: str | torch.dtype | None = None, train_handlers: Sequence | None = None,
+                 epoch_length: int | None = None, **kwargs: Any) -> None:
         if not 0.0 <= float(p_uncond) <= 1.0:
             raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
         pt = prediction_type or scheduler.prediction_type
@@ -92,9 +98,17 @@ class DiffusionTrainer(SupervisedTrainer):
             raise ValueError(f"prediction_type {pt!r} differs from the scheduler's {scheduler.prediction_type!r}; "
                              "sampling would decode the network's output wrongly")
         kwargs.setdefault("decollate", False)
+        amp_kwargs = dict(kwargs.pop("amp_kwargs", None) or {})
+        dtype = autocast_dtype(amp_dtype if amp_dtype is not None else amp_kwargs.get("dtype"), amp, device)
+        if dtype is not None:
+            amp_kwargs["dtype"] = dtype
         super().__init__(device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
                          optimizer=optimizer, loss_function=nn.MSELoss(), inferer=DiffusionInferer(scheduler),
-                         train_handlers=train_handlers, amp=amp, epoch_length=epoch_length, **kwargs)
+                         train_handlers=train_handlers, amp=dtype is not None, amp_kwargs=amp_kwargs,
+                         epoch_length=epoch_length, **kwargs)
+        self.amp_dtype = dtype
+        if dtype != torch.float16:
+            self.scaler = None  # MONAI builds a GradScaler whenever amp is on; only float16 needs one
         self.noise_scheduler = scheduler
         self.condition_channels = int(condition_channels)
         self.prediction_type = pt
@@ -134,9 +148,7 @@ class DiffusionTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         mode = "concat" if cond is not None else "crossattn"  # "crossattn" with no condition = unconditional
-        bf16 = engine.amp_kwargs.get("dtype") == torch.bfloat16
-        use_amp = engine.amp and (images.device.type == "cuda" or bf16)
-        with torch.autocast(images.device.type, enabled=use_amp, **engine.amp_kwargs):
+        with torch.autocast(images.device.type, enabled=engine.amp, **engine.amp_kwargs):
             pred = engine.inferer(inputs=images, diffusion_model=engine.network, noise=noise, timesteps=timesteps,
                                   condition=cond, mode=mode)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
@@ -146,7 +158,7 @@ class DiffusionTrainer(SupervisedTrainer):
                 f"diffusion loss is {loss.item()} at iteration {engine.state.iteration}, epoch {engine.state.epoch}: "
                 "lower --learning_rate, keep gradient clipping on, or check the data for NaN/inf")
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        scaler = engine.scaler if use_amp and images.device.type == "cuda" and not bf16 else None
+        scaler = engine.scaler if self.amp_dtype == torch.float16 else None  # bf16 needs no loss scaling
         (scaler.scale(loss) if scaler is not None else loss).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         if scaler is not None:

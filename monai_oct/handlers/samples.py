@@ -11,7 +11,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from monai_oct.core.io import write_png
-from monai_oct.core.seeding import sample_generators
+from monai_oct.core.seeding import sample_generators, sample_seeds
 from monai_oct.core.visualise import pair_grid
 from monai_oct.engines.sampler import DiffusionSampler
 
@@ -34,7 +34,8 @@ class SampleGrid:
         num_samples: samples when ``condition`` is None.
         num_classes: C, for the label grey levels.
         interval: epochs between grids (0: only at the end).
-        seed: sample ``i`` uses ``seed + i``.
+        seed: sample ``i`` uses the stream of ``(seed, i)`` (:func:`~monai_oct.core.seeding.sample_seeds`), so grids
+            of runs with different seeds share no sample.
         log_dir: TensorBoard folder (None: PNG only).
     """
 
@@ -72,7 +73,7 @@ class SampleGrid:
         was_training = self.network.training
         self.network.eval()
         cond = self.condition.to(device) if self.condition is not None else None
-        images = self.sampler(self.network, sample_generators(range(self.seed, self.seed + self.num_samples), device),
+        images = self.sampler(self.network, sample_generators(sample_seeds(self.seed, range(self.num_samples)), device),
                               self.image_shape, cond, device)
         self.network.train(was_training)
         grid = pair_grid(images, self.labels, self.num_classes)

@@ -1,4 +1,4 @@
-"""The mask-conditioned diffusion UNet and its noise schedulers, built from a bundle's settings.
+"""The mask-conditioned diffusion UNet, built from a bundle's settings (its noise schedulers: :mod:`monai_oct.schedulers`).
 
 The condition (an encoded label map, :mod:`monai_oct.transforms.encoding`) is concatenated to the noisy
 image along the channels (``DiffusionInferer(mode="concat")``), so the UNet sees
@@ -10,16 +10,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from monai.networks.nets import DiffusionModelUNet
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
-__all__ = ["PREDICTION_TYPES", "SCHEDULES", "conditional_diffusion_unet", "diffusion_scheduler", "check_image_size"]
-
-#: what the network predicts (MONAI's ``DDPMPredictionType`` values).
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-#: noise schedules accepted by :func:`diffusion_scheduler` (short names map to MONAI's).
-SCHEDULES = {"linear": "linear_beta", "linear_beta": "linear_beta", "scaled_linear": "scaled_linear_beta",
-             "scaled_linear_beta": "scaled_linear_beta", "sigmoid": "sigmoid_beta", "sigmoid_beta": "sigmoid_beta",
-             "cosine": "cosine"}
+__all__ = ["conditional_diffusion_unet", "check_image_size"]
 
 
 def _groups(channels: Sequence[int], preferred: int = 32) -> int:
@@ -106,35 +98,3 @@ def check_image_size(network: DiffusionModelUNet, size: Sequence[int]) -> None:
         ok = [max(f, round(x / f) * f) for x in (h, w)]
         raise ValueError(f"image size {[h, w]} does not divide by {f} (the UNet down-samples {levels - 1} times with "
                          f"channels {tuple(network.block_out_channels)}); use e.g. --image_size \"{ok}\"")
-
-
-def diffusion_scheduler(kind: str = "ddpm", num_train_timesteps: int = 1000, schedule: str = "linear_beta",
-                        prediction_type: str = "epsilon", clip_sample: bool = True, **kwargs: Any) -> Scheduler:
-    """A MONAI noise scheduler: ``DDPMScheduler`` (training, ancestral sampling) or ``DDIMScheduler``.
-
-    Args:
-        kind: ``"ddpm"`` or ``"ddim"``.
-        num_train_timesteps: T of the forward process (training and sampling must agree).
-        schedule: ``"linear"``/``"linear_beta"``, ``"scaled_linear_beta"``, ``"sigmoid_beta"`` or ``"cosine"``.
-        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (must match training).
-        clip_sample: clip the predicted x0 to [-1, 1] while sampling.
-        kwargs: passed to the scheduler (e.g. ``beta_start``, ``beta_end``).
-
-    Returns:
-        the scheduler.
-
-    Raises:
-        ValueError: for an unknown kind, schedule or prediction type.
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown noise schedule {schedule!r}; choose one of {sorted(set(SCHEDULES))}")
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
-    kind = str(kind).lower()
-    if kind == "ddpm":
-        return DDPMScheduler(num_train_timesteps, SCHEDULES[schedule], prediction_type=prediction_type,
-                             clip_sample=clip_sample, **kwargs)
-    if kind == "ddim":
-        return DDIMScheduler(num_train_timesteps, SCHEDULES[schedule], prediction_type=prediction_type,
-                             clip_sample=clip_sample, **kwargs)
-    raise ValueError(f"unknown sampler {kind!r}; choose 'ddpm' or 'ddim'")
