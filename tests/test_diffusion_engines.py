@@ -427,6 +427,22 @@ def test_synthesis_lock_refuses_a_live_run_and_takes_over_a_stale_one(tmp_path):
     _synthesis(out).run_all()
     assert len(_pairs(out)) == 8 and not (out / ".lock").exists()
 
+    # two runs at once into one folder (before: both exit 0, a mixed set): the second stops, the first completes
+    import os
+
+    both = tmp_path / "both"
+    first = _synthesis(both, seed=0)
+    refused = []
+
+    @first.on(Events.ITERATION_COMPLETED(once=1))
+    def second_run(engine):
+        with pytest.raises(RuntimeError, match=rf"{both} is being written by another synthesis \(pid {os.getpid()}"):
+            _synthesis(both, seed=1).run_all()
+        refused.append(True)
+
+    first.run_all()
+    assert refused and _pairs(both) == _pairs(out) and json.loads((both / "manifest.json").read_text())["seed"] == 0
+
 
 def test_synthesis_manifest_written_at_start_and_resume_is_exact(tmp_path):
     """A run stopped after its first batch left a 'running' manifest; the rerun writes only what is missing,

@@ -161,7 +161,8 @@ class SamplerEngine(Engine):
                        f"num_samples {old.get('num_samples')}); a smaller set would leave them unlisted")
         if not self.overwrite:
             raise ValueError(f"{out} {problem}; use another --output_dir, or --overwrite true to replace its pairs")
-        gone = self.writer.clear(((old or {}).get("generation") or {}).get("extra_dirs") or ())
+        recorded = (old or {}).get("generation") or {}
+        gone = self.writer.clear(recorded.get("extra_dirs") or (), recorded.get("prefix"))
         for name in ("datalist.json", "grid.png", "manifest.json"):
             (out / name).unlink(missing_ok=True)
         logger.info("synthesis: --overwrite: removed %d file(s) of the set in %s (%s)", gone, out, problem)

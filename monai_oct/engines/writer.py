@@ -82,14 +82,25 @@ class PairWriter:
         """What of the writer determines the files: ``{"output_size", "prefix", "extra_dirs"}``."""
         return {"output_size": self.output_size, "prefix": self.prefix, "extra_dirs": list(self.extra_dirs)}
 
-    def clear(self, extra_dirs: Sequence[str] = ()) -> int:
-        """Remove every pair file (``<prefix>*.png`` in images/, labels/, the extra folders and ``extra_dirs``) and
-        temporaries, before a synthesis that replaces the folder's set; returns how many files went."""
+    def clear(self, extra_dirs: Sequence[str] = (), prefix: str | None = None) -> int:
+        """Remove every pair file and temporary, before a synthesis that replaces the folder's set.
+
+        Only pair files go (``<prefix>*.png``, with this writer's prefix and ``prefix``, in images/, labels/, this
+        writer's extra folders and ``extra_dirs``), nothing else a user keeps in the folder.
+
+        Args:
+            extra_dirs: extra folders of the set being replaced.
+            prefix: file name prefix of the set being replaced.
+
+        Returns:
+            how many files were removed.
+        """
         n = self.clean()
         for sub in dict.fromkeys(("images", "labels", *self.extra_dirs, *extra_dirs)):
-            for p in (self.output_dir / str(sub)).glob(f"{self.prefix}*.png"):
-                p.unlink(missing_ok=True)
-                n += 1
+            for pre in dict.fromkeys((self.prefix, prefix or self.prefix)):
+                for p in (self.output_dir / str(sub)).glob(f"{pre}*.png"):
+                    p.unlink(missing_ok=True)
+                    n += 1
         return n
 
     def clean(self) -> int:
@@ -164,24 +175,26 @@ class FolderLock:
             RuntimeError: when a live process holds it (names the folder, the pid and the lock file).
         """
         self.folder.mkdir(parents=True, exist_ok=True)
-        for attempt in range(2):
+        took_over = False
+        while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
             except FileExistsError:
                 pid, host = self._owner()
                 here = host == socket.gethostname()
-                if attempt == 0 and pid is not None and here and pid != os.getpid() and not self._alive(pid):
-                    if self._owner() == (pid, host):  # still the dead owner's lock: take it over
+                if not took_over and pid is not None and here and pid != os.getpid() and not self._alive(pid):
+                    if self._owner() == (pid, host):  # still the dead owner's lock: take it over, once
                         self.path.unlink(missing_ok=True)
+                    took_over = True
                     continue
-                who = f"pid {pid}" + ("" if here or pid is None else f" on {host}") if pid is not None else "a process"
+                who = "a process" if pid is None else f"pid {pid}" + ("" if here else f" on {host}")
                 raise RuntimeError(f"{self.folder} is being written by another synthesis ({who}, lock {self.path}); "
                                    f"wait for it to finish, or delete {self.path} if that process is not running") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()} {socket.gethostname()}\n")
-            self.held = True
-            return self
-        raise AssertionError("unreachable")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        self.held = True
+        return self
 
     def release(self) -> None:
         """Remove the lock if this object holds it."""
