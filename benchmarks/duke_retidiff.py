@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_oct.bundle import bundle_command
+from monai_oct.bundle import bundle_command, stage_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 DDPM = ROOT / "bundles" / "oct_ddpm" / "configs"
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
 
     geo = {"image_size": cfg["image_size"], "band_height": cfg["band_height"], "seed": a.seed, "progress": False, **cfg["ddpm"]}
-    ddpm = lambda stage: [DDPM / "common.yaml", DDPM / f"{stage}.yaml"]  # noqa: E731
+    ddpm = lambda stage: [DDPM / c for c in stage_configs(stage)]  # noqa: E731
     s1, s2, s3 = out / "stage1_pretrain", out / "stage2_masks", out / "stage3_finetune"
     run.bundle("stage1_pretrain", s1 / "model.pt", ddpm("pretrain"), datalist=str(unlabeled_datalist(data, out)),
                dataset_dir=str(data), output_dir=str(s1), max_epochs=cfg["pretrain_epochs"], **geo)
@@ -229,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     synth = {"image_ckpt": str(s3 / "model.pt"), "output_size": cfg["output_size"], "batch_size": cfg["synth_batch"],
              **{k: v for k, v in geo.items() if k != "batch_size"}}
     sN, s66 = out / "synth_N", out / "synth_66"
-    run.bundle("synthesize_N", sN / "manifest.json", ddpm("synthesize"), mask_ckpt=str(s2 / "model.pt"), num_samples=n,
+    run.bundle("synthesize_N", sN / "datalist.json", ddpm("synthesize"), mask_ckpt=str(s2 / "model.pt"), num_samples=n,
                sampler=cfg["sampler"], num_inference_steps=cfg["steps"], output_dir=str(sN), **synth)
-    run.bundle("synthesize_66", s66 / "manifest.json", ddpm("synthesize"), label_datalist=str(duke / "datalist_train.json"),
+    run.bundle("synthesize_66", s66 / "datalist.json", ddpm("synthesize"), label_datalist=str(duke / "datalist_train.json"),
                num_samples=66, sampler=cfg["sampler"], num_inference_steps=cfg["steps"], output_dir=str(s66), **synth)
 
     real = str(duke / "datalist_train.json")
@@ -271,7 +271,7 @@ def sampler_comparison(run: Runner, cfg: dict, a: argparse.Namespace, out: Path,
         sub = out / f"compare_masks_{c['num_samples']}.json"
         items = json.loads((masks / "datalist.json").read_text())["training"][: c["num_samples"]]
         sub.write_text(json.dumps({"training": [{k: str(masks / v) for k, v in it.items() if k in ("image", "label")} for it in items]}))
-        run.bundle(f"compare_{name}", d / "manifest.json", ddpm("synthesize"), label_datalist=str(sub), num_samples=c["num_samples"],
+        run.bundle(f"compare_{name}", d / "datalist.json", ddpm("synthesize"), label_datalist=str(sub), num_samples=c["num_samples"],
                    sampler=sampler, num_inference_steps=steps, output_dir=str(d), **synth)
         seg = seg_steps(run, cfg, {f"R66_S{c['num_samples']}_{name}": ([real, str(d / "datalist.json")], ratio)}, test, a.seed,
                         cfg["seg"]["networks"][0])

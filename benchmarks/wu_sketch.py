@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from monai_oct.bundle import stage_configs  # noqa: E402
 from duke_retidiff import DDPM, SEG, Runner, _versions, benchmark_parser, resolve_data, seg_steps, seg_tables  # noqa: E402
 
 #: Settings per scale; ``why`` says what each is for.
@@ -89,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2-3. sketch DDPM and synthesis
     geo = {"image_size": cfg["image_size"], "band_height": cfg["band_height"], "seed": a.seed, "progress": False, **cfg["ddpm"]}
-    ddpm = lambda stage: [DDPM / "common.yaml", DDPM / f"{stage}.yaml"]  # noqa: E731
+    ddpm = lambda stage: [DDPM / c for c in stage_configs(stage)]  # noqa: E731
     sk, syn = out / "sketch_ddpm", out / "synth_sketch"
     run.bundle("train_sketch", sk / "model.pt", ddpm("train_sketch"), dataset_dir=str(duke), datalist=real,
                output_dir=str(sk), max_epochs=cfg["sketch_epochs"], **geo, **cfg["sketch"])
     synth_geo = {k: v for k, v in geo.items() if k not in ("batch_size", "warmup_steps", "ema_decay", "learning_rate", "sample_interval")}
-    run.bundle("synthesize_sketch", syn / "manifest.json", ddpm("synthesize_sketch"), image_ckpt=str(sk / "model.pt"),
+    run.bundle("synthesize_sketch", syn / "datalist.json", ddpm("synthesize_sketch"), image_ckpt=str(sk / "model.pt"),
                num_samples=n, sampler=cfg["sampler"], num_inference_steps=cfg["steps"], output_size=cfg["output_size"],
                batch_size=cfg["synth_batch"], sketch_stats=str(stats), output_dir=str(syn), **synth_geo, **cfg["sketch"])
 

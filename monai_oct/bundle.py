@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["as_bool", "bundle_command", "bundle_dir", "bundle_env", "run_bundle"]
+__all__ = ["as_bool", "bundle_command", "bundle_dir", "bundle_env", "run_bundle", "stage_configs"]
+
+#: the config files of the oct_ddpm stages that extend another stage (after ``common.yaml``): the sketch
+#: synthesis is an overlay of ``synthesize.yaml``; every other stage is ``common.yaml`` + ``<stage>.yaml``.
+STAGE_CONFIGS = {"synthesize_sketch": ("synthesize.yaml", "synthesize_sketch.yaml")}
 
 _FALSE = ("false", "0", "no", "off", "none", "")
 
@@ -37,6 +41,15 @@ def bundle_dir(name: str) -> Path:
         have = sorted(p.name for p in root.iterdir() if (p / "configs").is_dir()) if root.is_dir() else []
         raise FileNotFoundError(f"no bundle {name!r} under {root} (have: {have})")
     return d
+
+
+def stage_configs(stage: str) -> list[str]:
+    """The config files (names in ``bundles/oct_ddpm/configs``, in load order) of an oct_ddpm stage.
+
+    ``stage_configs("pretrain") == ["common.yaml", "pretrain.yaml"]``;
+    ``stage_configs("synthesize_sketch") == ["common.yaml", "synthesize.yaml", "synthesize_sketch.yaml"]``.
+    """
+    return ["common.yaml", *STAGE_CONFIGS.get(stage, (f"{stage}.yaml",))]
 
 
 def _bundle_files(bundle_dir: str | os.PathLike, configs: Sequence[str]) -> tuple[list[str], str | None, str | None]:

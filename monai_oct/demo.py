@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from monai_oct.bundle import bundle_dir, run_bundle
+from monai_oct.bundle import bundle_dir, run_bundle, stage_configs
 from monai_oct.core.datalist import check_dataset, load_datalist
 from monai_oct.phantoms.oct import write_phantom_dataset
 
@@ -66,13 +66,13 @@ def run_demo(out: Path, quick: bool = False) -> int:
     for stage, extra in stages:
         t = time.time()
         print(f"\n== stage {stage} ==", flush=True)
-        run_bundle(BUNDLE, ["common.yaml", f"{stage}.yaml"], output_dir=str(runs / stage),
+        run_bundle(BUNDLE, stage_configs(stage), output_dir=str(runs / stage),
                    max_epochs=cfg["epochs"][stage], **common, **extra)
         print(f"stage {stage}: {time.time() - t:.1f} s, weights {runs / stage / 'model.pt'}", flush=True)
     synth = out / "synthetic"
     t = time.time()
     print("\n== synthesis ==", flush=True)
-    run_bundle(BUNDLE, ["common.yaml", "synthesize.yaml"], output_dir=str(synth), dataset_dir=str(data),
+    run_bundle(BUNDLE, stage_configs("synthesize"), output_dir=str(synth), dataset_dir=str(data),
                mask_ckpt=str(runs / "train_masks" / "model.pt"), image_ckpt=str(runs / "finetune" / "model.pt"),
                num_samples=cfg["num_samples"], sampler="ddim", num_inference_steps=cfg["steps"], dmc_smooth=3,
                **common)

@@ -19,12 +19,12 @@ BUNDLE_ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MAL
 
 
 def run_stage(name: str, timeout: float = 180, **overrides) -> str:
-    """Run one stage of the oct_ddpm bundle (``common.yaml`` + ``<name>.yaml``) as a subprocess; return its output,
+    """Run one stage of the oct_ddpm bundle (its :func:`~monai_oct.bundle.stage_configs`) as a subprocess; return its output,
     or fail the test with the output's end when it fails."""
-    from monai_oct.bundle import run_bundle
+    from monai_oct.bundle import run_bundle, stage_configs
 
     try:
-        res = run_bundle(OCT_DDPM_BUNDLE, ["common.yaml", f"{name}.yaml"], in_process=False, env=BUNDLE_ENV,
+        res = run_bundle(OCT_DDPM_BUNDLE, stage_configs(name), in_process=False, env=BUNDLE_ENV,
                          timeout=timeout, **overrides)
     except subprocess.CalledProcessError as e:
         pytest.fail(f"stage {name} failed ({e.returncode}):\n{(e.stdout + e.stderr)[-4000:]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -353,3 +354,150 @@ def test_same_seed_same_training():
 
     a, b = train(), train()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- synthesis engine: per-sample seed streams, lock, checked manifest ----------------------------------------------
+
+def _synthesis(out, seed=0, num_samples=4, steps=2, overwrite=False, config=None, num_classes=3):
+    """A tiny SamplerEngine: 16x16, labels from a 2-map LabelBank, one-hot condition, DDIM."""
+    from monai_oct.engines.synthesis import SamplerEngine
+    from monai_oct.engines.writer import PairWriter
+    from monai_oct.recipes.sources import LabelBank
+
+    labels = torch.zeros(2, 1, 16, 16, dtype=torch.long)
+    labels[0, :, 4:9], labels[1, :, 6:12] = 1, 2
+    sampler = DiffusionSampler(diffusion_scheduler("ddim", 20, "cosine", "v_prediction"), steps)
+    return SamplerEngine(num_samples, LabelBank(labels), _net(cond=num_classes), sampler, [16, 16], num_classes,
+                         PairWriter(out), batch_size=2, seed=seed, progress=False, overwrite=overwrite,
+                         config=dict(config or {"label_datalist": None}))
+
+
+def _pairs(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for sub in ("images", "labels") for p in sorted((out / sub).glob("*.png"))}
+
+
+def test_synthesis_seeds_never_overlap_between_runs(tmp_path):
+    """Bug 8: with ``seed + i`` the runs seeded 0 and 1 shared all but one pair byte for byte."""
+    from monai_oct.core.seeding import sample_seed
+
+    _synthesis(tmp_path / "s0", seed=0).run_all()
+    _synthesis(tmp_path / "s1", seed=1).run_all()
+    _synthesis(tmp_path / "s0_again", seed=0).run_all()
+    a, b, again = _pairs(tmp_path / "s0"), _pairs(tmp_path / "s1"), _pairs(tmp_path / "s0_again")
+    assert a == again  # same seed, same bytes
+    images = lambda d: {v for k, v in d.items() if k.startswith("images/")}  # noqa: E731
+    assert len(images(a)) == 4 and not images(a) & images(b)  # no image of seed 0 is one of seed 1
+    manifest = json.loads((tmp_path / "s1" / "manifest.json").read_text())
+    assert manifest["seeds"] == {f"synth_{i:05d}.png": sample_seed(1, i) for i in range(4)}
+    assert manifest["status"] == "complete" and manifest["seed"] == 1
+
+
+def test_synthesis_refuses_another_seed_then_overwrites(tmp_path):
+    """Bug 7: a rerun with another seed kept the old pairs and rewrote the manifest with the new seed."""
+    out = tmp_path / "s"
+    _synthesis(out, seed=0).run_all()
+    first = _pairs(out)
+    with pytest.raises(ValueError, match=r"seed: 0 -> 1") as e:
+        _synthesis(out, seed=1).run_all()
+    assert str(out) in str(e.value) and "--overwrite true" in str(e.value)
+    with pytest.raises(ValueError, match=r"num_inference_steps: 2 -> 3"):
+        _synthesis(out, seed=0, steps=3).run_all()
+    with pytest.raises(ValueError, match=r"config.label_datalist: None -> 'x.json'"):
+        _synthesis(out, seed=0, config={"label_datalist": "x.json"}).run_all()
+    assert _pairs(out) == first and json.loads((out / "manifest.json").read_text())["seed"] == 0  # nothing touched
+    assert not (out / ".lock").exists()
+
+    _synthesis(out, seed=1, overwrite=True).run_all()
+    assert _pairs(out) == _pairs_of_fresh_run(tmp_path / "fresh1", seed=1)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 1 and manifest["status"] == "complete"
+
+
+def _pairs_of_fresh_run(out, seed):
+    _synthesis(out, seed=seed).run_all()
+    return _pairs(out)
+
+
+def test_synthesis_lock_refuses_a_live_run_and_takes_over_a_stale_one(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    out.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(f"{live.pid}\n")
+        with pytest.raises(RuntimeError, match=rf"{out}.*pid {live.pid}"):
+            _synthesis(out).run_all()
+        assert not (out / "images").exists() and (out / ".lock").read_text().split()[0] == str(live.pid)
+    finally:
+        live.kill()
+        live.wait()
+    # the same pid, now dead: a stale lock of a killed run is taken over
+    _synthesis(out).run_all()
+    assert len(_pairs(out)) == 8 and not (out / ".lock").exists()
+
+    # two runs at once into one folder (before: both exit 0, a mixed set): the second stops, the first completes
+    import os
+
+    both = tmp_path / "both"
+    first = _synthesis(both, seed=0)
+    refused = []
+
+    @first.on(Events.ITERATION_COMPLETED(once=1))
+    def second_run(engine):
+        with pytest.raises(RuntimeError, match=rf"{both} is being written by another synthesis \(pid {os.getpid()}"):
+            _synthesis(both, seed=1).run_all()
+        refused.append(True)
+
+    first.run_all()
+    assert refused and _pairs(both) == _pairs(out) and json.loads((both / "manifest.json").read_text())["seed"] == 0
+
+
+def test_synthesis_manifest_written_at_start_and_resume_is_exact(tmp_path):
+    """A run stopped after its first batch left a 'running' manifest; the rerun writes only what is missing,
+    and the set equals an uninterrupted run's, byte for byte. Growing num_samples on resume is allowed."""
+    from ignite.engine import Events as E
+
+    out = tmp_path / "s"
+    eng = _synthesis(out, num_samples=4)
+
+    @eng.on(E.ITERATION_COMPLETED)
+    def stop(engine):
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "running" and manifest["seed"] == 0 and manifest["num_samples"] == 4
+        raise KeyboardInterrupt  # as a killed run
+
+    with pytest.raises(KeyboardInterrupt):
+        eng.run_all()
+    assert len(_pairs(out)) == 4 and not (out / ".lock").exists()  # one batch of 2 pairs
+    resumed = _synthesis(out, num_samples=4)
+    resumed.run_all()
+    assert resumed.skipped == 2
+    assert _pairs(out) == _pairs_of_fresh_run(tmp_path / "fresh", seed=0)
+    grown = _synthesis(out, num_samples=6)
+    grown.run_all()
+    assert grown.skipped == 4 and len(_pairs(out)) == 12
+    with pytest.raises(ValueError, match="num_samples"):
+        _synthesis(out, num_samples=3).run_all()  # would leave pairs the datalist does not list
+
+
+def test_synthesis_refuses_pairs_without_manifest(tmp_path):
+    out = tmp_path / "s"
+    _synthesis(out).run_all()
+    (out / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="no manifest.json"):
+        _synthesis(out).run_all()
+    _synthesis(out, overwrite=True).run_all()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_every_label_source_returns_a_dict():
+    from monai_oct.recipes.sources import LabelBank, MaskSampler
+
+    gens = sample_generators([0, 1])
+    bank = LabelBank(torch.zeros(3, 1, 16, 16, dtype=torch.long))
+    assert set(bank([0, 4], gens, torch.device("cpu"))) == {"label"}
+    masks = MaskSampler(_net(cond=0), DiffusionSampler(diffusion_scheduler("ddim", 20), 2), [16, 16], 3)
+    out = masks([0, 1], gens, torch.device("cpu"))
+    assert set(out) == {"label"} and out["label"].shape == (2, 1, 16, 16)

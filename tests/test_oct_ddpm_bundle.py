@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from monai_oct.bundle import bundle_command, bundle_env
+from monai_oct.bundle import bundle_command, bundle_env, stage_configs
 from monai_oct.core.datalist import load_datalist
 from monai_oct.core.io import read_image, read_label
+from monai_oct.core.seeding import sample_seed
 from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd
 
 from conftest import BUNDLE_ENV, OCT_DDPM_BUNDLE as BUNDLE, run_stage as stage
@@ -27,7 +28,7 @@ TINY = dict(image_size=[16, 32], band_height=48, channels=[8, 16], num_res_block
 
 
 def popen(name, log, **overrides):
-    return subprocess.Popen(bundle_command(BUNDLE, ["common.yaml", f"{name}.yaml"], **overrides), env=bundle_env(BUNDLE_ENV),
+    return subprocess.Popen(bundle_command(BUNDLE, stage_configs(name), **overrides), env=bundle_env(BUNDLE_ENV),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -50,8 +51,9 @@ def check_synthetic(out: Path, n: int, size, num_classes=10):
     assert images == labels == sorted(Path(it["image"]).name for it in items)  # exactly the files written, no temp files
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(manifest["files"]) == sorted([f"images/{f}" for f in images] + [f"labels/{f}" for f in labels])
-    assert manifest["num_samples"] == n and len(manifest["seeds"]) == n
-    assert {"checkpoints", "config", "sampler", "num_inference_steps"} <= set(manifest)
+    assert manifest["num_samples"] == n and len(manifest["seeds"]) == n and manifest["status"] == "complete"
+    assert {"checkpoints", "generation", "seed", "runtime"} <= set(manifest)
+    assert {"sampler", "num_inference_steps", "checkpoint_sha256", "config"} <= set(manifest["generation"])
     for it in items:
         img, lab = read_image(it["image"]), read_label(it["label"])
         assert img.shape == lab.shape == tuple(size)
@@ -93,9 +95,11 @@ def test_all_stages_on_phantom(phantom_dir, tmp_path):
     assert manifest["checkpoints"]["mask"] == str(runs / "masks" / "model.pt")
     import hashlib
 
-    assert manifest["checkpoint_sha256"]["image"] == hashlib.sha256((runs / "ft" / "model.pt").read_bytes()).hexdigest()
-    assert manifest["sampler"] == "DDIMScheduler" and manifest["num_inference_steps"] == 3
-    assert manifest["seeds"]["synth_00004.png"] == 4
+    gen = manifest["generation"]
+    assert gen["checkpoint_sha256"]["image"] == hashlib.sha256((runs / "ft" / "model.pt").read_bytes()).hexdigest()
+    assert gen["sampler"] == "DDIMScheduler" and gen["num_inference_steps"] == 3 and gen["output_size"] == [48, 40]
+    assert gen["config"]["schedule"] == "cosine" and gen["config"]["labels"]["label_datalist"] is None
+    assert manifest["seeds"]["synth_00004.png"] == sample_seed(0, 4)
 
     # run again: nothing to do; remove one pair's image: exactly it is redone, bit for bit
     before = (out / "images" / "synth_00003.png").read_bytes()
@@ -157,6 +161,40 @@ def test_kill_during_synthesis_then_exactly_n(phantom_dir, tmp_path):
     log = stage("synthesize", **args)
     assert f"{done} of {n} pairs already" in log  # the label is written first: an image means a complete pair
     check_synthetic(out, n, (16, 32))
+
+
+def _random_image_ckpt(path: Path, **tiny) -> Path:
+    """An untrained stage-3 image UNet of the TINY geometry saved as a checkpoint (weights are not the point)."""
+    from monai_oct.networks.diffusion import conditional_diffusion_unet
+
+    torch.manual_seed(0)
+    net = conditional_diffusion_unet(1, 10, channels=tiny["channels"], num_res_blocks=tiny["num_res_blocks"])
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_synthesize_rerun_with_other_seed_stops_unless_overwrite(phantom_dir, tmp_path):
+    """Bug 7 through the bundle: a rerun with another --seed into a finished folder stops with a message naming the
+    folder and the key (before: exit 0, old pairs under a manifest claiming the new seed); --overwrite true
+    replaces the set with exactly the new seed's pairs."""
+    out = tmp_path / "synth"
+    args = dict(output_dir=out, dataset_dir=phantom_dir, label_datalist="datalist.json", num_samples=2, sampler="ddim",
+                num_inference_steps=2, image_ckpt=_random_image_ckpt(tmp_path / "img.pt", **TINY), **TINY)
+    stage("synthesize", **args)
+    first = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    res = subprocess.run(bundle_command(BUNDLE, stage_configs("synthesize"), **dict(args, seed=1)), env=bundle_env(BUNDLE_ENV),
+                         capture_output=True, text=True, timeout=180)
+    # the error line (MONAI may print its "Failed to evaluate ConfigExpression" wrapper after it)
+    msg = [l for l in (res.stdout + res.stderr).splitlines() if "was made with other settings" in l]
+    assert res.returncode != 0 and msg, (res.stdout + res.stderr)[-2000:]
+    assert str(out) in msg[-1] and "seed: 0 -> 1" in msg[-1] and "--overwrite true" in msg[-1], msg[-1]
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == first
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 0 and not (out / ".lock").exists()
+    stage("synthesize", **dict(args, seed=1, overwrite="true"))
+    manifest = check_synthetic(out, 2, (16, 32))
+    assert manifest["seed"] == 1 and manifest["seeds"]["synth_00001.png"] == sample_seed(1, 1)
+    assert not set(first.values()) & {p.read_bytes() for p in (out / "images").iterdir()}  # seeds 0 and 1 share no image
 
 
 def test_band_crop_takes_an_image_of_band_height_whole():

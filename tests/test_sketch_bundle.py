@@ -16,6 +16,7 @@ import torch
 
 from monai_oct.core.datalist import load_datalist
 from monai_oct.core.io import read_image, read_label
+from monai_oct.core.seeding import sample_seed
 from monai_oct.recipes.diffusion_pipelines import sketch_transforms
 from monai_oct.recipes.sketches import LayerThicknessStats, RandomSketchDataset
 from monai_oct.engines.writer import PairWriter
@@ -43,8 +44,10 @@ def check_sketch_synthetic(out: Path, n: int, size):
         assert sorted(p.name for p in (out / sub).iterdir()) == names  # no temp files, nothing extra
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(manifest["files"]) == sorted(f"{s}/{f}" for s in ("images", "labels", "sketches") for f in names)
-    assert manifest["num_samples"] == n and manifest["encoding"] == "sketch"
-    assert manifest["seeds"] == {f: i for i, f in enumerate(names)}
+    assert manifest["num_samples"] == n and manifest["generation"]["encoding"] == "sketch" and manifest["status"] == "complete"
+    assert manifest["seeds"] == {f: sample_seed(manifest["seed"], i) for i, f in enumerate(names)}
+    assert set(manifest["generation"]["config"]["labels"]) == {"sketch_stats", "sketch_line_width", "sketch_fluid_styles"}
+    assert set(manifest["generation"]["checkpoint_sha256"]) == {"image"}
     for it in items:
         img, lab = read_image(it["image"]), read_label(it["label"])
         sk = read_image(out / "sketches" / Path(it["image"]).name)

@@ -1,21 +1,31 @@
 """Synthesis of an annotated dataset: label maps (mask DDPM + DMC, or a datalist) -> conditioned images.
 
-:class:`SamplerEngine` is an Ignite engine whose iterations are batches of sample indices. For index
-``i`` it seeds one generator with ``seed + i``; the label source draws the label map with it (the mask
-DDPM's noise, then DMC), the image sampler continues drawing from it for the image, and the pair is
-written at once by :class:`PairWriter` (label PNG of class ids, then image PNG, each atomically). Indices
-whose pair exists are skipped, so a killed synthesis started again writes only what is missing and ends
-with exactly N pairs, each identical to what an uninterrupted run writes. At the end it writes
-``datalist.json``, ``manifest.json`` and ``grid.png``.
+:class:`SamplerEngine` is an Ignite engine whose iterations are batches of sample indices. Sample ``i`` of a
+run seeded ``seed`` draws from one generator seeded :func:`~monai_oct.core.seeding.sample_seed` ``(seed, i)``
+(never ``seed + i``, so runs with different seeds share no sample): the label source draws the label map with
+it (the mask DDPM's noise, then DMC), the image sampler continues drawing from it for the image, and the pair
+is written at once by :class:`PairWriter` (label PNG of class ids, then image PNG, each atomically).
 
-A label source may also bring the image condition itself: :class:`SketchSource` (Wu et al.) returns
-``{"label", "cond", "extras"}`` (the sketch-derived label map, the sketch, and the sketch again to be written
-to ``sketches/``), and the engine then conditions on ``cond`` instead of encoding the label map.
+A synthesis folder never holds a set the manifest does not describe:
+
+- the run holds ``output_dir/.lock`` (:class:`FolderLock`): a second run into the folder stops, naming the pid;
+- ``manifest.json`` is written at the start (``"status": "running"``, the seed, the per-sample seeds and
+  ``generation``: every setting that determines the pairs, with the checkpoints' sha256) and completed at the
+  end (``"status": "complete"``, the files, the time);
+- a rerun into a folder with a manifest compares its ``generation`` with the recorded one: equal -> only the
+  missing pairs are written (a killed run restarted loses and duplicates nothing, and each pair is identical
+  to what an uninterrupted run writes; ``num_samples`` may grow); different -> it stops, naming the differing
+  keys, unless ``overwrite``, which first removes the folder's pairs.
+
+A label source returns ``{"label": (B, 1, H, W) ids}`` and may add ``"cond"`` (its own image condition, e.g.
+the sketch of :class:`~monai_oct.recipes.sources.SketchSource`; otherwise the engine encodes the label map) and
+``"extras"`` (images written beside each pair, e.g. ``sketches/``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -28,11 +38,11 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from monai_oct.core.datalist import write_datalist
-from monai_oct.core.io import read_image, read_label, write_json, write_png
-from monai_oct.core.seeding import sample_generators
+from monai_oct.core.io import read_image, read_json, read_label, write_json, write_png
+from monai_oct.core.seeding import sample_generators, sample_seed
 from monai_oct.core.visualise import pair_grid
 from monai_oct.engines.sampler import DiffusionSampler
-from monai_oct.engines.writer import PairWriter
+from monai_oct.engines.writer import FolderLock, PairWriter
 from monai_oct.networks.diffusion import check_image_size
 from monai_oct.transforms.encoding import encode_mask
 
@@ -46,28 +56,38 @@ class SamplerEngine(Engine):
 
     Args:
         num_samples: N.
-        label_source: ``(indices, generators, device) -> (B, 1, H, W)`` ids (:class:`MaskSampler`, :class:`LabelBank`).
+        label_source: ``(indices, generators, device) -> {"label": (B, 1, H, W) ids, optional "cond", "extras"}``
+            (:class:`~monai_oct.recipes.sources.MaskSampler`, ``LabelBank``, ``SketchSource``).
         image_network: the mask-conditioned image UNet (stage 3).
         image_sampler: its sampler.
         image_size: ``[H, W]`` generated.
         num_classes: C.
-        encoding: condition encoding of the image UNet (``"onehot"`` or ``"scalar"``).
         writer: the :class:`PairWriter`.
-        batch_size: samples per iteration.
-        seed: sample ``i`` uses the generator seeded ``seed + i`` (label, then image).
+        encoding: condition encoding of the image UNet (``"onehot"`` or ``"scalar"``; a source's ``"cond"`` wins).
+        batch_size: samples per iteration (does not change the pairs).
+        seed: sample ``i`` uses the generator seeded ``sample_seed(seed, i)`` (label, then image).
         device: where to sample.
         progress: show a progress bar.
-        manifest: extra entries for ``manifest.json`` (checkpoints, resolved config, ...).
+        manifest: extra entries for ``manifest.json`` (``checkpoints``: ``{name: path}``, hashed into
+            ``generation``; anything else is recorded as it is).
+        config: the parsed config values that determine the pairs beyond what the engine reads off its parts
+            (network widths, schedule, label-source settings, ...); recorded as ``generation["config"]`` and
+            compared on a rerun.
+        runtime: settings recorded but not compared (device, threads, ...).
+        overwrite: replace a set made with other settings (its pairs are removed first) instead of stopping.
         grid_size: pairs shown in ``grid.png``.
     """
 
     def __init__(self, num_samples: int, label_source: Callable, image_network: nn.Module, image_sampler: DiffusionSampler,
                  image_size: Sequence[int], num_classes: int, writer: PairWriter, encoding: str = "onehot",
                  batch_size: int = 8, seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
-                 manifest: Mapping[str, Any] | None = None, grid_size: int = 16) -> None:
+                 manifest: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
+                 runtime: Mapping[str, Any] | None = None, overwrite: bool = False, grid_size: int = 16) -> None:
         super().__init__(self._iteration)
         if int(num_samples) < 1 or int(batch_size) < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
+        if int(seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         self.num_samples, self.batch_size, self.seed = int(num_samples), int(batch_size), int(seed)
         self.label_source, self.image_network, self.image_sampler = label_source, image_network.eval(), image_sampler
         self.image_size = [int(s) for s in image_size]
@@ -75,13 +95,90 @@ class SamplerEngine(Engine):
         self.num_classes, self.encoding, self.writer = int(num_classes), encoding, writer
         self.device = torch.device(device)
         self.extra_manifest = dict(manifest or {})
+        self.config, self.runtime = dict(config or {}), dict(runtime or {})
+        self.overwrite = bool(overwrite)
         self.grid_size = int(grid_size)
         self.skipped = 0
+        self.lock = FolderLock(writer.output_dir)
         if progress:
             from ignite.handlers import ProgressBar
 
             ProgressBar(persist=True, desc="synthesis").attach(self)
         self.add_event_handler(Events.COMPLETED, lambda _: self.finalize())
+
+    @property
+    def manifest_path(self) -> Path:
+        """``output_dir/manifest.json``."""
+        return self.writer.output_dir / "manifest.json"
+
+    def generation(self) -> dict:
+        """Every setting that determines the pairs (besides ``num_samples``), as recorded and compared.
+
+        Read off the engine's parts (seed, sizes, encoding, the sampler, the writer, the checkpoints' sha256)
+        plus ``config``; ``batch_size`` and the ``runtime`` entries are left out (they do not change the pairs).
+        """
+        s = self.image_sampler
+        ckpts = self.extra_manifest.get("checkpoints")
+        ckpts = {k: str(v) for k, v in ckpts.items() if v} if isinstance(ckpts, Mapping) else {}
+        return _jsonable({
+            "seed": self.seed,
+            "image_size": self.image_size,
+            "num_classes": self.num_classes,
+            "encoding": self.encoding,
+            "sampler": type(s.scheduler).__name__,
+            "num_train_timesteps": int(s.scheduler.num_train_timesteps),
+            "num_inference_steps": s.num_inference_steps,
+            "guidance_scale": s.guidance_scale,
+            "prediction_type": s.prediction_type,
+            **self.writer.describe(),
+            "checkpoint_sha256": {k: _sha256(v) if Path(v).is_file() else None for k, v in ckpts.items()},
+            "config": self.config,
+        })
+
+    def _check_folder(self, generation: dict) -> None:
+        """Stop (or, with ``overwrite``, clear the pairs) when the folder holds a set made otherwise.
+
+        Raises:
+            ValueError: naming the folder and the differing keys (old -> new), or pairs without a manifest.
+        """
+        out, old = self.writer.output_dir, None
+        if self.manifest_path.is_file():
+            old = read_json(self.manifest_path, "synthesis manifest")
+        have = [i for i in range(max(self.num_samples, int((old or {}).get("num_samples", 0) or 0))) if self.writer.done(i)]
+        if old is None and not have:
+            return
+        if old is None:
+            problem = f"holds {len(have)} pair(s) but no manifest.json, so the seed and config that made them are unknown"
+        elif "generation" not in old:
+            problem = "has a manifest.json without a 'generation' record (an older version's)"
+        else:
+            diff = _differences(old["generation"], generation)
+            beyond = [i for i in have if i >= self.num_samples]
+            if not diff and not beyond:
+                return
+            problem = (f"was made with other settings ({'; '.join(diff)})" if diff else
+                       f"holds {len(beyond)} pair(s) beyond --num_samples {self.num_samples} (recorded "
+                       f"num_samples {old.get('num_samples')}); a smaller set would leave them unlisted")
+        if not self.overwrite:
+            raise ValueError(f"{out} {problem}; use another --output_dir, or --overwrite true to replace its pairs")
+        recorded = (old or {}).get("generation") or {}
+        gone = self.writer.clear(recorded.get("extra_dirs") or (), recorded.get("prefix"))
+        for name in ("datalist.json", "grid.png", "manifest.json"):
+            (out / name).unlink(missing_ok=True)
+        logger.info("synthesis: --overwrite: removed %d file(s) of the set in %s (%s)", gone, out, problem)
+
+    def _write_manifest(self, generation: dict, status: str, **extra: Any) -> None:
+        manifest = {
+            "status": status,
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "seeds": {self.writer.name(i): sample_seed(self.seed, i) for i in range(self.num_samples)},
+            "generation": generation,
+            "runtime": _jsonable({"batch_size": self.batch_size, "device": str(self.device), **self.runtime}),
+            **{k: v for k, v in self.extra_manifest.items()},
+            **extra,
+        }
+        write_json(self.manifest_path, manifest)
 
     def pending(self) -> list[list[int]]:
         """Batches of the indices still to write (removes stale temporary files first)."""
@@ -91,31 +188,39 @@ class SamplerEngine(Engine):
         return [todo[k: k + self.batch_size] for k in range(0, len(todo), self.batch_size)]
 
     def _iteration(self, engine: Engine, indices: Sequence[int]) -> dict:
-        gens = sample_generators([self.seed + i for i in indices], self.device)
+        gens = sample_generators([sample_seed(self.seed, i) for i in indices], self.device)
         out = self.label_source(indices, gens, self.device)
-        if isinstance(out, Mapping):  # the source brings its own condition (sketches)
-            labels, cond, extras = out["label"], out["cond"].to(self.device), out.get("extras")
-        else:
-            labels, cond, extras = out, encode_mask(out, self.num_classes, self.encoding), None
+        labels = out["label"]
+        cond = out["cond"].to(self.device) if out.get("cond") is not None else encode_mask(labels, self.num_classes, self.encoding)
         images = self.image_sampler(self.image_network, gens, (1, *self.image_size), cond, self.device)
-        self.writer.write(indices, images, labels, extras)
+        self.writer.write(indices, images, labels, out.get("extras"))
         return {"indices": list(indices)}
 
     def run_all(self) -> Path:
-        """Write every missing pair, then the datalist, manifest and grid; returns ``datalist.json``."""
-        batches = self.pending()
-        if self.skipped:
-            logger.info("synthesis: %d of %d pairs already in %s; writing the other %d", self.skipped, self.num_samples,
-                        self.writer.output_dir, self.num_samples - self.skipped)
-        self._t0 = time.time()
-        if batches:
-            self.run(batches, max_epochs=1)
-        else:
-            self.finalize()
+        """Lock the folder, check or start its manifest, write every missing pair, then the datalist, the
+        completed manifest and the grid; returns ``datalist.json``.
+
+        Raises:
+            RuntimeError: when another live synthesis holds the folder.
+            ValueError: when the folder holds a set made with other settings (without ``overwrite``).
+        """
+        with self.lock:
+            self._generation = self.generation()
+            self._check_folder(self._generation)
+            batches = self.pending()
+            self._write_manifest(self._generation, "running")
+            if self.skipped:
+                logger.info("synthesis: %d of %d pairs already in %s; writing the other %d", self.skipped, self.num_samples,
+                            self.writer.output_dir, self.num_samples - self.skipped)
+            self._t0 = time.time()
+            if batches:
+                self.run(batches, max_epochs=1)
+            else:
+                self.finalize()
         return self.writer.output_dir / "datalist.json"
 
     def finalize(self) -> None:
-        """Write ``datalist.json`` ({"training": [...]}), ``manifest.json`` and ``grid.png`` for the N pairs.
+        """Write ``datalist.json`` ({"training": [...]}), the completed ``manifest.json`` and ``grid.png``.
 
         Raises:
             RuntimeError: when a pair is missing (names it).
@@ -126,32 +231,34 @@ class SamplerEngine(Engine):
             raise RuntimeError(f"{out}: {len(missing)} pair(s) missing after synthesis, e.g. {missing[0]}")
         pairs = [self.writer.paths(i) for i in range(self.num_samples)]
         write_datalist(out / "datalist.json", [{"image": str(im), "label": str(lab)} for im, lab in pairs], key="training")
-        manifest = {
-            "num_samples": self.num_samples,
-            "seeds": {self.writer.name(i): self.seed + i for i in range(self.num_samples)},
-            "seed": self.seed,
-            "sampler": type(self.image_sampler.scheduler).__name__,
-            "num_inference_steps": self.image_sampler.num_inference_steps,
-            "guidance_scale": self.image_sampler.guidance_scale,
-            "prediction_type": self.image_sampler.prediction_type,
-            "image_size": self.image_size,
-            "output_size": self.writer.output_size,
-            "encoding": self.encoding,
-            "files": [f"{sub}/{self.writer.name(i)}" for i in range(self.num_samples) for sub in ("images", "labels")]
-            + [f"{d}/{self.writer.name(i)}" for d in self.writer.extra_dirs for i in range(self.num_samples)],
-            "seconds": round(time.time() - getattr(self, "_t0", time.time()), 3),
-            **self.extra_manifest,
-        }
-        ckpts = manifest.get("checkpoints")
-        if isinstance(ckpts, Mapping):
-            manifest["checkpoint_sha256"] = {k: _sha256(v) for k, v in ckpts.items() if v and Path(str(v)).is_file()}
-        write_json(out / "manifest.json", manifest)
+        files = [f"{sub}/{self.writer.name(i)}" for i in range(self.num_samples) for sub in ("images", "labels")]
+        files += [f"{d}/{self.writer.name(i)}" for d in self.writer.extra_dirs for i in range(self.num_samples)]
+        self._write_manifest(getattr(self, "_generation", None) or self.generation(), "complete", files=files,
+                             seconds=round(time.time() - getattr(self, "_t0", time.time()), 3))
         k = min(self.grid_size, self.num_samples)
         imgs = torch.stack([torch.as_tensor(read_image(self.writer.paths(i)[0]), dtype=torch.float32)[None] for i in range(k)])
         labs = torch.stack([torch.as_tensor(read_label(self.writer.paths(i)[1]).astype(np.int64))[None] for i in range(k)])
         write_png(out / "grid.png", pair_grid(imgs / 127.5 - 1.0, labs, self.num_classes))
         logger.info("synthetic dataset: %d pairs in %s (datalist %s, grid %s)", self.num_samples, out, out / "datalist.json",
                     out / "grid.png")
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples as lists, devices and paths as str), so that a recorded and a
+    new value compare equal when they mean the same."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """``["key: old -> new", ...]`` for every (nested, dotted) key whose value differs."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 def _sha256(path: str | os.PathLike) -> str:

@@ -1,8 +1,11 @@
-"""Writing a synthetic dataset pair by pair: each file atomically, the label before its image."""
+"""Writing a synthetic dataset pair by pair: each file atomically, the label before its image; and the lock
+that keeps a second synthesis out of a folder being written."""
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -13,7 +16,7 @@ import torch.nn.functional as F
 from monai_oct.core.io import remove_temporaries, write_png
 from monai_oct.core.visualise import image_to_uint8
 
-__all__ = ["PairWriter"]
+__all__ = ["PairWriter", "FolderLock"]
 
 
 def _resize(x: torch.Tensor, size: Sequence[int] | None, label: bool, nearest: bool = False) -> torch.Tensor:
@@ -75,6 +78,31 @@ class PairWriter:
         """Whether every file of sample ``index`` exists."""
         return all(p.is_file() for p in self.paths(index)) and all(self.extra_path(d, index).is_file() for d in self.extra_dirs)
 
+    def describe(self) -> dict:
+        """What of the writer determines the files: ``{"output_size", "prefix", "extra_dirs"}``."""
+        return {"output_size": self.output_size, "prefix": self.prefix, "extra_dirs": list(self.extra_dirs)}
+
+    def clear(self, extra_dirs: Sequence[str] = (), prefix: str | None = None) -> int:
+        """Remove every pair file and temporary, before a synthesis that replaces the folder's set.
+
+        Only pair files go (``<prefix>*.png``, with this writer's prefix and ``prefix``, in images/, labels/, this
+        writer's extra folders and ``extra_dirs``), nothing else a user keeps in the folder.
+
+        Args:
+            extra_dirs: extra folders of the set being replaced.
+            prefix: file name prefix of the set being replaced.
+
+        Returns:
+            how many files were removed.
+        """
+        n = self.clean()
+        for sub in dict.fromkeys(("images", "labels", *self.extra_dirs, *extra_dirs)):
+            for pre in dict.fromkeys((self.prefix, prefix or self.prefix)):
+                for p in (self.output_dir / str(sub)).glob(f"{pre}*.png"):
+                    p.unlink(missing_ok=True)
+                    n += 1
+        return n
+
     def clean(self) -> int:
         """Remove temporary files a killed run left behind; returns how many."""
         return sum(remove_temporaries(self.output_dir / sub) for sub in ("", "images", "labels", *self.extra_dirs))
@@ -102,3 +130,80 @@ class PairWriter:
             img_path, lab_path = self.paths(i)
             write_png(lab_path, lab_u8[k])
             write_png(img_path, img_u8[k])
+
+
+class FolderLock:
+    """An exclusive lock on a folder: ``<folder>/.lock``, created with ``O_EXCL``, holding ``"<pid> <host>"``.
+
+    A second process that finds a live owner's lock stops with a message naming the folder and the pid; a lock
+    left by a dead process of this host (a killed run) is taken over. Written here rather than with
+    ``fcntl.flock`` so that the lock names its owner and works the same where ``flock`` is advisory-only or
+    missing (network file systems, Windows); a lock from another host is treated as live.
+
+    Args:
+        folder: the folder to lock (created).
+        name: the lock file's name.
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: str = ".lock") -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / name
+        self.held = False
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except OSError as e:
+            return e.errno == errno.EPERM  # exists, owned by someone else
+        return True
+
+    def _owner(self) -> tuple[int | None, str]:
+        try:
+            parts = self.path.read_text().split()
+        except OSError:
+            return None, ""
+        try:
+            return int(parts[0]), parts[1] if len(parts) > 1 else socket.gethostname()
+        except (IndexError, ValueError):
+            return None, ""
+
+    def acquire(self) -> "FolderLock":
+        """Take the lock (or a stale one over).
+
+        Raises:
+            RuntimeError: when a live process holds it (names the folder, the pid and the lock file).
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        took_over = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                pid, host = self._owner()
+                here = host == socket.gethostname()
+                if not took_over and pid is not None and here and pid != os.getpid() and not self._alive(pid):
+                    if self._owner() == (pid, host):  # still the dead owner's lock: take it over, once
+                        self.path.unlink(missing_ok=True)
+                    took_over = True
+                    continue
+                who = "a process" if pid is None else f"pid {pid}" + ("" if here else f" on {host}")
+                raise RuntimeError(f"{self.folder} is being written by another synthesis ({who}, lock {self.path}); "
+                                   f"wait for it to finish, or delete {self.path} if that process is not running") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        """Remove the lock if this object holds it."""
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

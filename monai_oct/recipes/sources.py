@@ -48,10 +48,10 @@ class MaskSampler:
         check_image_size(network, self.shape)
         self.dmc = dmc if dmc is not None else DiscreteMaskClustering(num_classes)
 
-    def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
-        """``(B, 1, H, W)`` int64 ids for ``indices``, drawing from their ``generators``."""
+    def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> dict:
+        """``{"label": (B, 1, H, W) int64 ids}`` for ``indices``, drawing from their ``generators``."""
         values = self.sampler(self.network, generators, self.shape, None, device)
-        return self.dmc(values).to(device)
+        return {"label": self.dmc(values).to(device)}
 
 
 
@@ -106,9 +106,9 @@ class LabelBank:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
-        """``(B, 1, H, W)`` ids of maps ``i % L`` (the generators are not used)."""
-        return self.labels[[int(i) % len(self) for i in indices]].to(device)
+    def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> dict:
+        """``{"label": (B, 1, H, W) ids}`` of maps ``i % L`` (the generators are not used)."""
+        return {"label": self.labels[[int(i) % len(self) for i in indices]].to(device)}
 
 
 
