@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from monai_oct.bundle import bundle_command
-from monai_oct.recipes.presets import load_preset, preset_file
+from monai_oct.recipes.presets import load_preset, preset_file, preset_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 DDPM = ROOT / "bundles" / "oct_ddpm" / "configs"
@@ -73,10 +73,12 @@ SCALES: dict[str, dict[str, Any]] = {
 
 
 def scale_settings(scales: dict[str, dict[str, Any]], scale: str) -> dict[str, Any]:
-    """A scale's settings: its entry of ``scales`` plus ``ddpm``, the oct_ddpm preset's shared values, and ``seg``,
-    the oct_layer_seg preset's (both as :func:`monai_oct.recipes.presets.load_preset` reads them)."""
+    """A scale's settings: its entry of ``scales`` plus ``ddpm``, the oct_ddpm preset's shared values, ``ddpm_stages``,
+    its per-stage values, and ``seg``, the oct_layer_seg preset's (as :func:`monai_oct.recipes.presets.load_preset`
+    reads them; results.json records them all)."""
     cfg = dict(scales[scale])
     cfg["ddpm"] = load_preset(DDPM.parent, cfg["preset"])
+    cfg["ddpm_stages"] = preset_stages(DDPM.parent, cfg["preset"])
     cfg["seg"] = load_preset(SEG.parent, cfg["preset"])
     return cfg
 

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from monai.bundle import ConfigParser
 
-__all__ = ["preset_file", "list_presets", "load_preset", "stage_value"]
+__all__ = ["preset_file", "list_presets", "load_preset", "preset_stages", "stage_value"]
 
 _OWN_KEYS = ("preset", "+imports", "imports")
 
@@ -64,6 +64,15 @@ def stage_value(preset: Mapping[str, Any], stage: str, key: str) -> Any:
         raise KeyError(f"preset {preset.get('name', '?')!r} has no settings for stage {stage!r} (it covers "
                        f"{sorted(stages)}); leave the preset out or give the values on the command line")
     return stages[stage].get(key)
+
+
+def preset_stages(bundle_root: str | os.PathLike, name: str) -> dict[str, dict[str, Any]]:
+    """A preset's per-stage table, ``{stage: {key: value}}`` (empty when every key is shared).
+
+    Raises:
+        FileNotFoundError: no such preset.
+    """
+    return dict(ConfigParser.load_config_file(preset_file(bundle_root, name)).get("preset", {}).get("stages", {}))
 
 
 def load_preset(bundle_root: str | os.PathLike, name: str, stage: str | None = None) -> dict[str, Any]:
