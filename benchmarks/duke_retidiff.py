@@ -38,14 +38,18 @@ from typing import Any
 import numpy as np
 
 from monai_oct.bundle import bundle_command, stage_configs
+from monai_oct.recipes.presets import load_preset, preset_file, preset_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 DDPM = ROOT / "bundles" / "oct_ddpm" / "configs"
 SEG = ROOT / "bundles" / "oct_layer_seg" / "configs"
 
-#: Settings per scale. ``mini`` fits about an hour of wall time on a 2-core CPU; the reasons are in ``why``.
+#: Scales: the bundles' preset that sizes every stage (``configs/presets/<preset>.yaml`` of oct_ddpm and
+#: oct_layer_seg: geometry, networks, epochs, counts) and what only this benchmark decides (which segmentation
+#: networks, the sampler comparison); ``why`` says what each is for (it goes into results.md).
 SCALES: dict[str, dict[str, Any]] = {
     "mini": {
+        "preset": "cpu_mini",
         "why": ("2-core CPU, about 60 min: a 224-row retina band resized to 64x128 lets a small UNet "
                 "(32,64,64,128; attention at the lowest level, 1 res block) learn the layers in ~2000 iterations; here "
                 "stage 1 runs 20 epochs of the 164 unannotated scans (~420 iterations), stage 3 100 epochs of the 66 pairs "
@@ -53,40 +57,40 @@ SCALES: dict[str, dict[str, Any]] = {
                 "v-prediction + cosine schedule and lr 1e-3 with warm-up converge far faster than the paper's "
                 "epsilon/linear/1e-5; DDIM-50 samples 8 images in ~9 s; N=200 synthetic pairs; segmentation is "
                 "a MONAI UNet only (ReLayNet doubles the segmentation time), 1500 iterations per training set"),
-        "image_size": [64, 128], "band_height": 224, "output_size": [224, 512],
-        "ddpm": {"channels": [32, 64, 64, 128], "num_res_blocks": 1, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
-                 "schedule": "cosine", "learning_rate": 1e-3, "batch_size": 8},
-        "pretrain_epochs": 20, "mask_epochs": 50, "finetune_epochs": 100,
-        "num_samples": 200, "sampler": "ddim", "steps": 50, "synth_batch": 16,
-        "compare": {"num_samples": 16, "fast_steps": 50},
-        "seg": {"networks": ["unet"], "iterations": 1500, "batch_size": 8, "samples_per_epoch": 264,
-                "image_size": [64, 128], "band_height": 224, "lr_schedule": "cosine", "warmup_steps": 50,
-                "augment": 0.5},
+        "networks": ["unet"], "compare": {"num_samples": 16, "fast_steps": 50},
     },
     "tiny": {
+        "preset": "cpu_smoke",
         "why": "smoke test of the whole chain in a few minutes (numbers meaningless)",
-        "image_size": [32, 64], "band_height": 224, "output_size": [112, 256],
-        "ddpm": {"channels": [8, 16, 16, 32], "num_res_blocks": 1, "num_train_timesteps": 100, "prediction_type": "v_prediction",
-                 "schedule": "cosine", "learning_rate": 1e-3, "batch_size": 8},
-        "pretrain_epochs": 1, "mask_epochs": 1, "finetune_epochs": 1,
-        "num_samples": 8, "sampler": "ddim", "steps": 5, "synth_batch": 8,
-        "compare": {"num_samples": 4, "fast_steps": 5},
-        "seg": {"networks": ["unet"], "iterations": 8, "batch_size": 8, "samples_per_epoch": 64,
-                "image_size": [32, 64], "band_height": 224, "lr_schedule": "cosine", "warmup_steps": 2, "augment": 0.5},
+        "networks": ["unet"], "compare": {"num_samples": 4, "fast_steps": 5},
     },
     "paper": {
+        "preset": "paper",
         "why": "RetiDiff's published settings (480x480, 1000-step DDPM, AdamW 1e-5, batch 2, N=1000) for a GPU",
-        "image_size": [480, 480], "band_height": 0, "output_size": None,
-        "ddpm": {"channels": [128, 256, 256, 512], "num_res_blocks": 2, "num_train_timesteps": 1000, "prediction_type": "epsilon",
-                 "schedule": "linear_beta", "learning_rate": 1e-5, "batch_size": 2},
-        "pretrain_epochs": 200, "mask_epochs": 1000, "finetune_epochs": 1000,
-        "num_samples": 1000, "sampler": "ddpm", "steps": 1000, "synth_batch": 16,
-        "compare": {"num_samples": 200, "fast_steps": 50},
-        "seg": {"networks": ["unet", "relaynet"], "iterations": 20000, "batch_size": 8, "samples_per_epoch": 264,
-                "image_size": [480, 480], "band_height": 0, "lr_schedule": "cosine", "warmup_steps": 200,
-                "augment": 0.5},
+        "networks": ["unet", "relaynet"], "compare": {"num_samples": 200, "fast_steps": 50},
     },
 }
+
+
+def scale_settings(scales: dict[str, dict[str, Any]], scale: str) -> dict[str, Any]:
+    """A scale's settings: its entry of ``scales`` plus ``ddpm``, the oct_ddpm preset's shared values, ``ddpm_stages``,
+    its per-stage values, and ``seg``, the oct_layer_seg preset's (as :func:`monai_oct.recipes.presets.load_preset`
+    reads them; results.json records them all)."""
+    cfg = dict(scales[scale])
+    cfg["ddpm"] = load_preset(DDPM.parent, cfg["preset"])
+    cfg["ddpm_stages"] = preset_stages(DDPM.parent, cfg["preset"])
+    cfg["seg"] = load_preset(SEG.parent, cfg["preset"])
+    return cfg
+
+
+def ddpm_configs(cfg: dict[str, Any], stage: str) -> list[Path]:
+    """The config files of an oct_ddpm stage at the scale ``cfg``: common, the stage, the preset (last, so it wins)."""
+    return [DDPM / c for c in stage_configs(stage)] + [preset_file(DDPM.parent, cfg["preset"])]
+
+
+def seg_configs(cfg: dict[str, Any], *stages: str) -> list[Path]:
+    """The config files of an oct_layer_seg run: train.yaml, the preset, then ``stages`` (e.g. ``"evaluate"``)."""
+    return [SEG / "train.yaml", preset_file(SEG.parent, cfg["preset"])] + [SEG / f"{s}.yaml" for s in stages]
 
 
 class Runner:
@@ -156,18 +160,13 @@ def unlabeled_datalist(data: Path, out: Path) -> Path:
 def seg_steps(run: Runner, cfg: dict[str, Any], sets: dict[str, tuple[list[str], list[float] | None]], test: Path,
               seed: int, network: str) -> dict[str, dict]:
     """Train one segmentation model per training set (same iterations) and score its final weights on ``test``."""
-    s = cfg["seg"]
-    epochs = max(1, round(s["iterations"] * s["batch_size"] / s["samples_per_epoch"]))
-    common = {"image_size": s["image_size"], "band_height": s["band_height"], "network": network, "seed": seed,
-              "batch_size": s["batch_size"], "lr_schedule": s["lr_schedule"], "warmup_steps": s["warmup_steps"],
-              "augment": s["augment"], "train_band_from_label": s.get("train_band_from_label", False), "progress": False}
+    common = {"network": network, "seed": seed, "progress": False}
     results = {}
     for name, (datalists, ratio) in sets.items():
         d = run.out / "seg" / f"{network}_{name}"
-        run.bundle(f"seg_{network}_{name}", d / "model_final.pt", [SEG / "train.yaml"], datalist=datalists,
-                   mix_ratio=ratio, val_datalist=str(test), output_dir=str(d), max_epochs=epochs,
-                   samples_per_epoch=s["samples_per_epoch"], val_interval=epochs + 1, **common)
-        run.bundle(f"eval_{network}_{name}", d / "eval" / "metrics.json", [SEG / "train.yaml", SEG / "evaluate.yaml"],
+        run.bundle(f"seg_{network}_{name}", d / "model_final.pt", seg_configs(cfg), datalist=datalists, mix_ratio=ratio,
+                   val_datalist=str(test), output_dir=str(d), val_interval=cfg["seg"]["max_epochs"] + 1, **common)
+        run.bundle(f"eval_{network}_{name}", d / "eval" / "metrics.json", seg_configs(cfg, "evaluate"),
                    datalist=str(test), ckpt=str(d / "model_final.pt"), output_dir=str(d / "eval"), overlays=2, **common)
         if (d / "eval" / "metrics.json").is_file():
             results[name] = json.loads((d / "eval" / "metrics.json").read_text())
@@ -205,55 +204,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare-samplers", action="store_true", help="also sample the same masks with DDPM-1000 and DDIM")
     a = p.parse_args(argv)
 
-    cfg = SCALES[a.scale]
+    cfg = scale_settings(SCALES, a.scale)
     paths = resolve_data(a)
     if paths is None:
         return 2
     data, out, duke, test = paths
-    n = a.num_samples or cfg["num_samples"]
+    n = a.num_samples or cfg["ddpm"]["num_samples"]
     out.mkdir(parents=True, exist_ok=True)
     run = Runner(out, a.device, a.dry_run, a.threads)
     t_start = time.time()
 
-    geo = {"image_size": cfg["image_size"], "band_height": cfg["band_height"], "seed": a.seed, "progress": False, **cfg["ddpm"]}
-    ddpm = lambda stage: [DDPM / c for c in stage_configs(stage)]  # noqa: E731
+    geo = {"seed": a.seed, "progress": False}
+    ddpm = lambda stage: ddpm_configs(cfg, stage)  # noqa: E731
     s1, s2, s3 = out / "stage1_pretrain", out / "stage2_masks", out / "stage3_finetune"
     run.bundle("stage1_pretrain", s1 / "model.pt", ddpm("pretrain"), datalist=str(unlabeled_datalist(data, out)),
-               dataset_dir=str(data), output_dir=str(s1), max_epochs=cfg["pretrain_epochs"], **geo)
+               dataset_dir=str(data), output_dir=str(s1), **geo)
     run.bundle("stage2_masks", s2 / "model.pt", ddpm("train_masks"), dataset_dir=str(duke),
-               datalist=str(duke / "datalist_train.json"), output_dir=str(s2), max_epochs=cfg["mask_epochs"], **geo)
+               datalist=str(duke / "datalist_train.json"), output_dir=str(s2), **geo)
     run.bundle("stage3_finetune", s3 / "model.pt", ddpm("finetune"), dataset_dir=str(duke),
-               datalist=str(duke / "datalist_train.json"), pretrained_ckpt=str(s1 / "model.pt"), output_dir=str(s3),
-               max_epochs=cfg["finetune_epochs"], **geo)
+               datalist=str(duke / "datalist_train.json"), pretrained_ckpt=str(s1 / "model.pt"), output_dir=str(s3), **geo)
 
-    synth = {"image_ckpt": str(s3 / "model.pt"), "output_size": cfg["output_size"], "batch_size": cfg["synth_batch"],
-             **{k: v for k, v in geo.items() if k != "batch_size"}}
+    synth = {"image_ckpt": str(s3 / "model.pt"), **geo}
     sN, s66 = out / "synth_N", out / "synth_66"
     run.bundle("synthesize_N", sN / "datalist.json", ddpm("synthesize"), mask_ckpt=str(s2 / "model.pt"), num_samples=n,
-               sampler=cfg["sampler"], num_inference_steps=cfg["steps"], output_dir=str(sN), **synth)
+               output_dir=str(sN), **synth)
     run.bundle("synthesize_66", s66 / "datalist.json", ddpm("synthesize"), label_datalist=str(duke / "datalist_train.json"),
-               num_samples=66, sampler=cfg["sampler"], num_inference_steps=cfg["steps"], output_dir=str(s66), **synth)
+               num_samples=66, output_dir=str(s66), **synth)
 
     real = str(duke / "datalist_train.json")
     ratio = None if a.mix_ratio.lower() == "none" else [float(x) for x in a.mix_ratio.split(",")]
     sets = {"R66_S0": ([real], None), "R0_S66": ([str(s66 / "datalist.json")], None), "R0_SN": ([str(sN / "datalist.json")], None),
             "R66_SN": ([real, str(sN / "datalist.json")], ratio)}
     results: dict[str, dict] = {}
-    for net in cfg["seg"]["networks"]:
+    for net in cfg["networks"]:
         results[net] = seg_steps(run, cfg, sets, test, a.seed, net)
         teacher = out / "seg" / f"{net}_R66_S0" / "model_final.pt"
         pseudo = out / f"synth_N_pseudo_{net}"
-        s = cfg["seg"]
-        run.bundle(f"pseudo_label_{net}", pseudo / "datalist.json", [SEG / "train.yaml", SEG / "pseudo_label.yaml"],
+        run.bundle(f"pseudo_label_{net}", pseudo / "datalist.json", seg_configs(cfg, "pseudo_label"),
                    dataset_dir=str(sN), ckpt=str(teacher), output_dir=str(pseudo), network=net,
-                   image_size=s["image_size"], band_height=0, progress=False)  # synthetic bands are taken whole
+                   band_height=0, progress=False)  # synthetic bands are taken whole
         results[net].update(seg_steps(run, cfg, {"R66_SN_pseudo": ([real, str(pseudo / "datalist.json")], ratio)}, test, a.seed, net))
 
     compare = {}
     if a.compare_samplers:
         compare = sampler_comparison(run, cfg, a, out, ddpm, synth, s2, real, ratio, test)
 
-    quality = quality_report(run, out, cfg, sN, duke, teacher=out / "seg" / f"{cfg['seg']['networks'][0]}_R66_S0" / "model_final.pt")
+    quality = quality_report(run, out, cfg, sN, duke, teacher=out / "seg" / f"{cfg['networks'][0]}_R66_S0" / "model_final.pt")
     if a.dry_run:
         return 0
     write_results(out, a, cfg, n, test, results, compare, quality, time.time() - t_start, run.log)
@@ -274,7 +270,7 @@ def sampler_comparison(run: Runner, cfg: dict, a: argparse.Namespace, out: Path,
         run.bundle(f"compare_{name}", d / "datalist.json", ddpm("synthesize"), label_datalist=str(sub), num_samples=c["num_samples"],
                    sampler=sampler, num_inference_steps=steps, output_dir=str(d), **synth)
         seg = seg_steps(run, cfg, {f"R66_S{c['num_samples']}_{name}": ([real, str(d / "datalist.json")], ratio)}, test, a.seed,
-                        cfg["seg"]["networks"][0])
+                        cfg["networks"][0])
         res[name] = {"seconds_per_image": run.log.get(f"compare_{name}", float("nan")) / c["num_samples"], "steps": steps,
                      "metrics": next(iter(seg.values()), None)}
     return res
@@ -308,12 +304,13 @@ def quality_report(run: Runner, out: Path, cfg: dict, synth: Path, duke: Path, t
     reference, the 66/0 segmentation model as the adherence teacher."""
     q = out / "quality"
     if not (q / "report.json").is_file() and not run.dry_run:
-        size = cfg["output_size"] or cfg["image_size"]
-        real = band_dataset(duke / "datalist_train.json", out / "real_bands" / "train", cfg["band_height"], size)
-        ref = band_dataset(duke / "datalist_val.json", out / "real_bands" / "val", cfg["band_height"], size)
+        g = cfg["ddpm"]
+        size = g["output_size"] or g["image_size"]
+        real = band_dataset(duke / "datalist_train.json", out / "real_bands" / "train", g["band_height"], size)
+        ref = band_dataset(duke / "datalist_val.json", out / "real_bands" / "val", g["band_height"], size)
         s = cfg["seg"]
         cmd = [sys.executable, "-m", "monai_oct", "evaluate", "--real", str(real), "--reference", str(ref),
-               "--synthetic", str(synth / "datalist.json"), "--teacher", str(teacher), "--teacher-network", s["networks"][0],
+               "--synthetic", str(synth / "datalist.json"), "--teacher", str(teacher), "--teacher-network", cfg["networks"][0],
                "--teacher-image-size", *map(str, s["image_size"]), "--image-size", *map(str, size), "--out", str(q)]
         run.step("quality", q / "report.json", cmd, required=False)  # a missing report leaves the other results
     return json.loads((q / "report.json").read_text()) if (q / "report.json").is_file() else None

@@ -28,35 +28,33 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from monai_oct.bundle import stage_configs  # noqa: E402
-from duke_retidiff import DDPM, SEG, Runner, _versions, benchmark_parser, resolve_data, seg_steps, seg_tables  # noqa: E402
+from duke_retidiff import (  # noqa: E402
+    Runner,
+    _versions,
+    benchmark_parser,
+    ddpm_configs,
+    resolve_data,
+    scale_settings,
+    seg_configs,
+    seg_steps,
+    seg_tables,
+)
 
-#: Settings per scale; ``why`` says what each is for.
+#: Scales: the bundles' preset that sizes every stage (``configs/presets/<preset>.yaml`` of oct_ddpm and
+#: oct_layer_seg) and which segmentation networks to train; ``why`` says what each is for.
 SCALES: dict[str, dict[str, Any]] = {
     "mini": {
+        "preset": "cpu_mini",
         "why": ("2-core CPU, about an hour: the oct_ddpm small CPU recipe (224-row band -> 64x128, UNet 32-64-64-128, "
                 "v-prediction, cosine schedule, lr 1e-3 with warm-up, batch 8), 160 epochs of the 66 Duke train pairs "
                 "(~1440 iterations, ~1 s each on one thread of a loaded CPU), N=200 DDIM-50 samples written as 224x512 bands; MONAI UNet segmentation, "
                 "1500 iterations per training set"),
-        "image_size": [64, 128], "band_height": 224, "output_size": [224, 512],
-        "ddpm": {"channels": [32, 64, 64, 128], "num_res_blocks": 1, "num_train_timesteps": 1000,
-                 "prediction_type": "v_prediction", "schedule": "cosine", "learning_rate": 1e-3, "warmup_steps": 100,
-                 "ema_decay": 0.999, "batch_size": 8, "sample_interval": 32},
-        "sketch": {"sketch_line_width": [1.0, 2.0]},
-        "sketch_epochs": 160, "num_samples": 200, "sampler": "ddim", "steps": 50, "synth_batch": 16,
-        "seg": {"networks": ["unet"], "iterations": 1500, "batch_size": 8, "samples_per_epoch": 264,
-                "image_size": [64, 128], "band_height": 224, "lr_schedule": "cosine", "warmup_steps": 50, "augment": 0.5},
+        "networks": ["unet"],
     },
     "tiny": {
+        "preset": "cpu_smoke",
         "why": "smoke test of the whole chain in a few minutes (numbers meaningless)",
-        "image_size": [32, 64], "band_height": 224, "output_size": [112, 256],
-        "ddpm": {"channels": [8, 16, 16, 32], "num_res_blocks": 1, "num_train_timesteps": 100,
-                 "prediction_type": "v_prediction", "schedule": "cosine", "learning_rate": 1e-3, "batch_size": 8,
-                 "sample_interval": 0},
-        "sketch": {"sketch_line_width": [1.0, 1.5]},
-        "sketch_epochs": 1, "num_samples": 8, "sampler": "ddim", "steps": 5, "synth_batch": 8,
-        "seg": {"networks": ["unet"], "iterations": 8, "batch_size": 8, "samples_per_epoch": 64,
-                "image_size": [32, 64], "band_height": 224, "lr_schedule": "cosine", "warmup_steps": 2, "augment": 0.5},
+        "networks": ["unet"],
     },
 }
 
@@ -72,13 +70,14 @@ ROWS: list[tuple[str, str, str]] = [
 def main(argv: list[str] | None = None) -> int:
     a = benchmark_parser(__doc__, SCALES, "runs/bench_wu").parse_args(argv)
 
-    cfg = SCALES[a.scale]
+    cfg = scale_settings(SCALES, a.scale)
+    g = cfg["ddpm"]
     paths = resolve_data(a)
     if paths is None:
         return 2
     data, out, duke, test = paths
     real = str(duke / "datalist_train.json")
-    n = a.num_samples or cfg["num_samples"]
+    n = a.num_samples or g["num_samples"]
     out.mkdir(parents=True, exist_ok=True)
     run = Runner(out, a.device, a.dry_run, a.threads)
     t_start = time.time()
@@ -86,29 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     # 1. sketch statistics at the DDPM's geometry (the band the network sees)
     stats = out / "sketch_stats.json"
     run.step("sketch_stats", stats, [sys.executable, "-m", "monai_oct", "sketch-stats", real, "--out", str(stats),
-                                        "--band-height", str(cfg["band_height"]), "--size", *map(str, cfg["image_size"])])
+                                        "--band-height", str(g["band_height"]), "--size", *map(str, g["image_size"])])
 
     # 2-3. sketch DDPM and synthesis
-    geo = {"image_size": cfg["image_size"], "band_height": cfg["band_height"], "seed": a.seed, "progress": False, **cfg["ddpm"]}
-    ddpm = lambda stage: [DDPM / c for c in stage_configs(stage)]  # noqa: E731
+    geo = {"seed": a.seed, "progress": False}
     sk, syn = out / "sketch_ddpm", out / "synth_sketch"
-    run.bundle("train_sketch", sk / "model.pt", ddpm("train_sketch"), dataset_dir=str(duke), datalist=real,
-               output_dir=str(sk), max_epochs=cfg["sketch_epochs"], **geo, **cfg["sketch"])
-    synth_geo = {k: v for k, v in geo.items() if k not in ("batch_size", "warmup_steps", "ema_decay", "learning_rate", "sample_interval")}
-    run.bundle("synthesize_sketch", syn / "datalist.json", ddpm("synthesize_sketch"), image_ckpt=str(sk / "model.pt"),
-               num_samples=n, sampler=cfg["sampler"], num_inference_steps=cfg["steps"], output_size=cfg["output_size"],
-               batch_size=cfg["synth_batch"], sketch_stats=str(stats), output_dir=str(syn), **synth_geo, **cfg["sketch"])
+    run.bundle("train_sketch", sk / "model.pt", ddpm_configs(cfg, "train_sketch"), dataset_dir=str(duke), datalist=real,
+               output_dir=str(sk), **geo)
+    run.bundle("synthesize_sketch", syn / "datalist.json", ddpm_configs(cfg, "synthesize_sketch"), image_ckpt=str(sk / "model.pt"),
+               num_samples=n, sketch_stats=str(stats), output_dir=str(syn), **geo)
 
     # 4-6. teacher on real, distilled labels, the four training sets
     ratio = None if a.mix_ratio.lower() == "none" else [float(x) for x in a.mix_ratio.split(",")]
     results: dict[str, dict] = {}
-    for net in cfg["seg"]["networks"]:
+    for net in cfg["networks"]:
         results[net] = seg_steps(run, cfg, {"real": ([real], None)}, test, a.seed, net)
         teacher = out / "seg" / f"{net}_real" / "model_final.pt"
         distilled = out / f"synth_distilled_{net}"
-        run.bundle(f"pseudo_label_{net}", distilled / "datalist.json", [SEG / "train.yaml", SEG / "pseudo_label.yaml"],
+        run.bundle(f"pseudo_label_{net}", distilled / "datalist.json", seg_configs(cfg, "pseudo_label"),
                    dataset_dir=str(syn), ckpt=str(teacher), output_dir=str(distilled), network=net,
-                   image_size=cfg["seg"]["image_size"], band_height=0, progress=False)  # synthetic bands are taken whole
+                   band_height=0, progress=False)  # synthetic bands are taken whole
         sets = {"synth_sketch": ([str(syn / "datalist.json")], None),
                 "synth_distilled": ([str(distilled / "datalist.json")], None),
                 "real_synth": ([real, str(distilled / "datalist.json")], ratio)}

@@ -226,24 +226,20 @@ def test_stages_on_duke(duke_dir, tmp_path):
 
 def test_stage_items_and_chains(phantom_dir, tmp_path):
     from monai_oct.core.io import DataError
-    from monai_oct.recipes.diffusion_pipelines import (
-        diffusion_items,
-        finetune_transforms,
-        mask_transforms,
-        pretrain_transforms,
-    )
+    from monai_oct.recipes.diffusion_pipelines import finetune_transforms, mask_transforms, pretrain_transforms
+    from monai_oct.recipes.items import resolve_items
     from monai_oct.phantoms.oct import write_phantom_dataset
 
-    labelled = diffusion_items(phantom_dir, require_label=True)
+    labelled = resolve_items(phantom_dir, require_label=True)
     assert len(labelled) == 9 and all("label" in it for it in labelled)
     write_phantom_dataset(tmp_path / "u", num=4, size=(64, 64), seed=5)
     (tmp_path / "u" / "datalist.json").unlink()
-    folder = diffusion_items(tmp_path / "u")  # no datalist: every image of images/
+    folder = resolve_items(tmp_path / "u", fields=["image"])  # no datalist: every image of images/
     assert len(folder) == 4 and all(set(it) == {"image"} for it in folder)
-    mixed = diffusion_items(tmp_path, datalist=[str(phantom_dir / "datalist.json"), "u/images"])
+    mixed = resolve_items([str(phantom_dir / "datalist.json"), "u/images"], dataset_dir=tmp_path)
     assert len(mixed) == 13
     with pytest.raises(DataError, match="have no 'label'"):
-        diffusion_items(tmp_path, datalist=[str(phantom_dir / "datalist.json"), "u/images"], require_label=True)
+        resolve_items([str(phantom_dir / "datalist.json"), "u/images"], dataset_dir=tmp_path, require_label=True)
     pre = pretrain_transforms([16, 32], band_height=48)
     a, b = pre(labelled[0]), pre(folder[0])
     assert set(a) == set(b) == {"image"} and a["image"].shape == b["image"].shape == (1, 16, 32)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from monai_oct.core.io import DataError
-from monai_oct.recipes.mixing import RatioSampler, concat_sources, find_datalist, quotas, read_datalists
+from monai_oct.recipes.items import find_datalist, resolve_items
+from monai_oct.recipes.mixing import RatioSampler, quotas
 
 
 def _datalist(path, n, prefix, key="train"):
@@ -28,21 +29,15 @@ def test_quotas():
         quotas(5, [0, 0])
 
 
-def test_read_datalists_tags_sources(tmp_path):
+def test_datalists_to_mix_are_tagged_by_source(tmp_path):
     real = _datalist(tmp_path / "real" / "datalist.json", 4, "r")
-    syn = _datalist(tmp_path / "synth" / "dl.json", 12, "s", key="synthetic")
-    srcs = read_datalists([str(real), "synth/dl.json"], key=["train", "synthetic"], dataset_dir=tmp_path)
-    assert [len(s) for s in srcs] == [4, 12]
-    assert {it["source"] for it in srcs[1]} == {1}
-    assert srcs[1][0]["image"] == str(tmp_path / "synth" / "s0.png")  # relative to the datalist's folder
-    assert len(concat_sources(srcs)) == 16
+    _datalist(tmp_path / "synth" / "dl.json", 12, "s", key="synthetic")
+    data = resolve_items([str(real), "synth/dl.json"], key=["train", "synthetic"], dataset_dir=tmp_path)
+    assert Counter(it["source"] for it in data) == {0: 4, 1: 12}
+    assert data[4]["image"] == str(tmp_path / "synth" / "s0.png")  # relative to the datalist's folder
     assert find_datalist(tmp_path / "real") == str(real)
     with pytest.raises(DataError, match="nope.json"):
-        read_datalists("nope.json", dataset_dir=tmp_path)
-    (tmp_path / "two.json").write_text(json.dumps({"a": [{"image": "x"}], "b": [{"image": "y"}]}))
-    with pytest.raises(DataError, match="none of the lists"):
-        read_datalists(tmp_path / "two.json", key=["train"])
-    assert syn.is_file()
+        resolve_items("nope.json", dataset_dir=tmp_path)
 
 
 def test_relative_datalists_resolve_like_a_shell_user_means(tmp_path, monkeypatch):
@@ -52,14 +47,13 @@ def test_relative_datalists_resolve_like_a_shell_user_means(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     found = find_datalist("data/real", "train")
     assert found == str(real)
-    srcs = read_datalists([found, "runs/synth/datalist.json"], dataset_dir="data/real")
-    assert [len(s) for s in srcs] == [3, 2]
-    assert srcs[1][0]["image"] == str(tmp_path / "runs" / "synth" / "s0.png")
+    data = resolve_items([found, "runs/synth/datalist.json"], dataset_dir="data/real")
+    assert Counter(it["source"] for it in data) == {0: 3, 1: 2}
+    assert data[3]["image"] == str(tmp_path / "runs" / "synth" / "s0.png")
 
 
 def test_sampler_draws_sources_in_the_set_ratio(tmp_path):
-    srcs = read_datalists([_datalist(tmp_path / "r.json", 6, "r"), _datalist(tmp_path / "s.json", 40, "s")])
-    data = concat_sources(srcs)
+    data = resolve_items([_datalist(tmp_path / "r.json", 6, "r"), _datalist(tmp_path / "s.json", 40, "s")])
     sampler = RatioSampler(data, weights=[1, 3], num_samples=40, seed=1)
     for _ in range(3):  # every epoch keeps the ratio exactly
         idx = list(sampler)
@@ -101,7 +95,7 @@ def test_mixed_sources_with_different_fields_collate(phantom_dir, tmp_path):
     items = json.loads((phantom_dir / "datalist.json").read_text())["train"]
     extra = [{**it, "condition": it["label"]} for it in items]
     (phantom_dir / "pseudo.json").write_text(json.dumps({"train": extra}))
-    data = concat_sources(read_datalists([phantom_dir / "datalist.json", phantom_dir / "pseudo.json"]))
+    data = resolve_items([phantom_dir / "datalist.json", phantom_dir / "pseudo.json"])
     ds = Dataset(data, transform=seg_train_transforms([32, 32], flip=0.0))
     batch = next(iter(DataLoader(ds, batch_size=len(data), shuffle=False)))
     assert set(batch) == {"image", "label", "source"} and batch["image"].shape[0] == len(data)

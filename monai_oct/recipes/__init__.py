@@ -4,14 +4,14 @@ Bundles, the command line and the benchmarks call these; the building blocks bel
 """
 
 from monai_oct.recipes.diffusion_pipelines import (
-    diffusion_items,
     finetune_transforms,
     mask_transforms,
     pretrain_transforms,
     sketch_transforms,
 )
-from monai_oct.recipes.image_sets import ImageSet, load_image_set, resolve_items
-from monai_oct.recipes.mixing import RatioSampler, concat_sources, find_datalist, quotas, read_datalists
+from monai_oct.recipes.image_sets import ImageSet, load_image_set
+from monai_oct.recipes.items import find_datalist, resolve_items
+from monai_oct.recipes.mixing import RatioSampler, quotas
 from monai_oct.recipes.pipelines import bscan_transforms, png_reader
 from monai_oct.recipes.pseudo_label import PseudoLabeller
 from monai_oct.recipes.quality import evaluate_synthesis, quality_figure, write_report

@@ -1,4 +1,4 @@
-"""Training data of the three RetiDiff stages: which items, and the transform chain of each stage.
+"""The transform chain of each RetiDiff training stage (the items come from :func:`monai_oct.recipes.items.resolve_items`).
 
 All chains start from :func:`monai_oct.recipes.pipelines.bscan_transforms` (load, retina band, resize, images
 to [-1, 1]) and end with dicts the :class:`~monai_oct.engines.diffusion.DiffusionTrainer` reads:
@@ -18,74 +18,17 @@ The deterministic part of each chain comes first (``CacheDataset`` caches it), t
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
 from monai.transforms import Compose, RandFlipd, SelectItemsd, Transform
 
-from monai_oct.core.datalist import image_folder_datalist
-from monai_oct.core.io import IMAGE_EXTENSIONS, DataError
 from monai_oct.core.labels import LabelTable
-from monai_oct.recipes.mixing import concat_sources, find_datalist, read_datalists
 from monai_oct.recipes.pipelines import bscan_transforms
 from monai_oct.transforms.drm import RandDynamicRegionMaskd
 from monai_oct.transforms.encoding import MaskEncoded
 from monai_oct.transforms.sketch import LayerSketchd
 
-__all__ = ["diffusion_items", "pretrain_transforms", "mask_transforms", "finetune_transforms", "sketch_transforms"]
-
-
-def diffusion_items(dataset_dir: str | os.PathLike | None = None, datalist: str | Sequence[str] | None = None,
-                    key: str | Sequence[str] | None = ("train", "training"), require_label: bool = False) -> list[dict[str, Any]]:
-    """The training items of a stage.
-
-    Args:
-        dataset_dir: a dataset folder: its ``datalist_train.json`` / ``datalist.json`` is used, or, when it has
-            none, every image in it (or in its ``images/`` subfolder), unlabelled.
-        datalist: one datalist path or a list of them (relative to ``dataset_dir``); overrides the folder scan.
-            An entry that is a folder contributes its images, unlabelled (e.g. Duke's train datalist plus
-            ``hcms_unlabeled/`` for stage 1).
-        key: list name(s) to read in each datalist.
-        require_label: every item must have a ``label`` (stages 2 and 3).
-
-    Returns:
-        items with absolute ``image`` (and ``label``) paths.
-
-    Raises:
-        DataError: nothing to train on, or an item without label when one is required (names the datalist/file).
-    """
-    keys = list(key) if isinstance(key, (list, tuple)) else key
-    if datalist:
-        items = []
-        for entry in [datalist] if isinstance(datalist, (str, os.PathLike)) else list(datalist):
-            p = Path(entry)
-            if not p.is_absolute() and dataset_dir is not None:
-                p = Path(dataset_dir) / p
-            if p.is_dir():  # a folder of images: unlabelled items
-                items += image_folder_datalist(p, IMAGE_EXTENSIONS)
-            else:
-                items += concat_sources(read_datalists(str(p), key=keys))
-        where = str(datalist)
-    else:
-        if dataset_dir is None:
-            raise DataError("give --dataset_dir or --datalist")
-        d = Path(dataset_dir)
-        dl = Path(find_datalist(d, "train"))
-        if dl.is_file():
-            items = concat_sources(read_datalists(str(dl), key=keys))
-            where = str(dl)
-        else:
-            folder = d / "images" if (d / "images").is_dir() else d
-            if not folder.is_dir():
-                raise DataError(f"{d}: dataset folder not found")
-            items, where = image_folder_datalist(folder, IMAGE_EXTENSIONS), str(folder)
-    items = [{k: v for k, v in it.items() if k in ("image", "label")} for it in items]
-    if require_label:
-        missing = [it["image"] for it in items if "label" not in it]
-        if missing:
-            raise DataError(f"{where}: {len(missing)} item(s) have no 'label' (this stage needs label maps), e.g. {missing[0]}")
-    return items
+__all__ = ["pretrain_transforms", "mask_transforms", "finetune_transforms", "sketch_transforms"]
 
 
 class _ImageWithOptionalLabel(Transform):

@@ -17,12 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monai_oct.core.datalist import image_folder_datalist
 from monai_oct.core.io import DataError, read_image, read_label
 from monai_oct.core.labels import LabelTable
-from monai_oct.recipes.mixing import concat_sources, read_datalists
+from monai_oct.recipes.items import resolve_items
 
-__all__ = ["ImageSet", "resolve_items", "load_image_set"]
+__all__ = ["ImageSet", "load_image_set"]
 
 
 @dataclass
@@ -60,46 +59,6 @@ class ImageSet:
                         [self.original_sizes[i] for i in il] if self.original_sizes else [])
 
 
-def resolve_items(source: str | os.PathLike | Sequence[dict[str, Any]], key: str | Sequence[str] | None = None
-                  ) -> list[dict[str, Any]]:
-    """Datalist items from a datalist JSON, an image folder (with an optional ``labels/`` twin) or a list.
-
-    Args:
-        source: a Decathlon-style JSON file, a folder of images, a folder holding ``datalist.json`` or
-            ``images/`` (+ ``labels/`` with the same file names), or a list of ``{"image", "label"}`` dicts.
-        key: list(s) of the datalist to read; the first one present is used (default: ``"train"`` or the
-            only list).
-
-    Returns:
-        items with absolute paths.
-
-    Raises:
-        DataError: when the source does not exist, holds no images, or has none of the keys.
-    """
-    if not isinstance(source, (str, os.PathLike)):
-        items = [dict(i) if isinstance(i, dict) else {"image": str(i)} for i in source]
-        if not items:
-            raise DataError("the list of items to evaluate is empty")
-        return items
-    path = Path(source)
-    if path.is_dir():
-        if (path / "datalist.json").is_file():
-            path = path / "datalist.json"
-        else:
-            img_dir = path / "images" if (path / "images").is_dir() else path
-            items = image_folder_datalist(img_dir)
-            lab_dir = path / "labels"
-            if img_dir != path and lab_dir.is_dir():
-                for it in items:
-                    lp = lab_dir / Path(it["image"]).name
-                    if lp.is_file():
-                        it["label"] = str(lp)
-            return items
-    if not path.is_file():
-        raise DataError(f"{path}: no datalist or image folder here")
-    return concat_sources(read_datalists(path, key))  # candidate keys resolved as for training data
-
-
 def _to_grey(arr: np.ndarray, where: str) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[..., :3].astype(np.float64).mean(-1)
@@ -129,7 +88,8 @@ def load_image_set(source: str | os.PathLike | Sequence[dict[str, Any]], key: st
     """Read a dataset into an :class:`ImageSet`.
 
     Args:
-        source: see :func:`resolve_items`.
+        source: a datalist, a list of them, a dataset folder (``images/`` + ``labels/``), an image or a list of
+            item dicts (see :func:`~monai_oct.recipes.items.resolve_items`).
         key: datalist list(s) to read.
         image_size: ``(H, W)`` every image (and label) is resized to (bilinear with antialiasing / nearest).
             None (or 0, ``"native"``) keeps the files' size, which must then be the same for all of them.
@@ -145,7 +105,7 @@ def load_image_set(source: str | os.PathLike | Sequence[dict[str, Any]], key: st
         DataError: unreadable files, sizes that differ when ``image_size`` is None (naming two files),
             some items with labels and some without, or bad label ids.
     """
-    items = resolve_items(source, key)
+    items = resolve_items(source, key, fields=["image", "label"])
     if limit is not None and 0 < limit < len(items):
         g = torch.Generator().manual_seed(int(seed))
         keep = sorted(torch.randperm(len(items), generator=g)[:limit].tolist())

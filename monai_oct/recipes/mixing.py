@@ -1,7 +1,7 @@
 """Train from one datalist or a weighted mix of several (e.g. real + synthetic in a set ratio).
 
-:func:`read_datalists` loads each datalist and tags its items with ``"source": k`` (the datalist's
-position); the items are concatenated into one dataset. :class:`RatioSampler` then draws each epoch's
+:func:`~monai_oct.recipes.items.resolve_items` loads a list of datalists into one dataset and tags each item
+with ``"source": k`` (its datalist's position). :class:`RatioSampler` then draws each epoch's
 indices so that source k supplies ``round(num_samples * w_k)`` of them (largest-remainder rounding),
 walking through each source in a fresh random order (repeating a source when its quota exceeds its
 size). Items without a ``"source"`` field (e.g. a list MONAI Label passes in) all count as source 0.
@@ -9,83 +9,12 @@ size). Items without a ``"source"`` field (e.g. a list MONAI Label passes in) al
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
 
-from monai_oct.core.datalist import load_datalist
-from monai_oct.core.io import DataError, read_json
-
-__all__ = ["find_datalist", "read_datalists", "concat_sources", "RatioSampler", "quotas"]
-
-
-def _candidates(path: Path, keys: str | Sequence[str] | None) -> str | None:
-    """The first of ``keys`` that names a list in the JSON at ``path`` (None: load_datalist's default)."""
-    if keys is None or isinstance(keys, str):
-        return keys
-    data = read_json(path, "datalist")
-    if not isinstance(data, dict):
-        return None
-    lists = [k for k, v in data.items() if isinstance(v, list)]
-    for k in keys:
-        if k in lists:
-            return k
-    if len(lists) == 1:
-        return lists[0]
-    raise DataError(f"{path}: none of the lists {list(keys)} found (has {sorted(lists)}); choose one with a key override")
-
-
-def find_datalist(dataset_dir: str | os.PathLike, split: str = "train") -> str:
-    """``dataset_dir/datalist_<split>.json`` if present (the Duke layout), else ``dataset_dir/datalist.json``
-    (the phantom / synthetic layout); when neither exists, the first (so the error names it). The path is
-    absolute, so it does not depend on how a later step resolves relative paths."""
-    d = Path(dataset_dir).absolute()
-    for name in (f"datalist_{split}.json", "datalist.json"):
-        if (d / name).is_file():
-            return str(d / name)
-    return str(d / f"datalist_{split}.json")
-
-
-def read_datalists(datalist: str | os.PathLike | Sequence[str | os.PathLike], key: str | Sequence[str] | None = None,
-                   dataset_dir: str | os.PathLike | None = None) -> list[list[dict[str, Any]]]:
-    """Load one datalist or several, one list of items per datalist, each item tagged ``"source": k``.
-
-    Args:
-        datalist: a path or a list of paths; a relative path is looked up under ``dataset_dir`` first,
-            then in the working directory.
-        key: the list to read in each file: a name, a list of candidate names (the first present wins; a
-            file holding a single list uses it), or None (``"train"`` or the only list).
-        dataset_dir: folder relative datalist paths start from (default: the working directory).
-            Item paths inside a datalist are relative to that datalist's folder.
-
-    Returns:
-        ``[[item, ...], ...]`` with absolute ``image``/``label`` paths.
-
-    Raises:
-        DataError: a missing/invalid datalist, naming the file.
-    """
-    paths = [datalist] if isinstance(datalist, (str, os.PathLike)) else list(datalist)
-    if not paths:
-        raise DataError("no datalist given")
-    out = []
-    for k, p in enumerate(paths):
-        p = Path(p)
-        if not p.is_absolute() and dataset_dir is not None and (Path(dataset_dir) / p).is_file():
-            p = Path(dataset_dir) / p  # else: relative to the working directory, as a shell user means it
-        if not p.is_file():
-            raise DataError(f"{p}: datalist not found")
-        p = p.absolute()
-        items = load_datalist(p, key=_candidates(p, key))
-        out.append([{**it, "source": k} for it in items])
-    return out
-
-
-def concat_sources(sources: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Concatenate the per-source item lists of :func:`read_datalists` into one list."""
-    return [it for src in sources for it in src]
+__all__ = ["RatioSampler", "quotas"]
 
 
 def quotas(num_samples: int, weights: Sequence[float]) -> list[int]:

@@ -15,12 +15,11 @@ import torch
 from monai.transforms import Compose, Resized
 from torch import nn
 
-from monai_oct.core.io import DataError
 from monai_oct.core.labels import LabelTable
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.networks.checkpoint import load_weights
 from monai_oct.networks.diffusion import check_image_size
-from monai_oct.recipes.mixing import concat_sources, read_datalists
+from monai_oct.recipes.items import resolve_items
 from monai_oct.recipes.sketches import LayerThicknessStats, RandomSketchDataset
 from monai_oct.transforms.band import RetinaBandCropd
 from monai_oct.transforms.dmc import DiscreteMaskClustering
@@ -87,10 +86,7 @@ class LabelBank:
         Raises:
             DataError: a missing datalist or label file, or an item without ``label``.
         """
-        items = concat_sources(read_datalists(datalist, key=list(key) if isinstance(key, (list, tuple)) else key, dataset_dir=dataset_dir))
-        missing = [it["image"] for it in items if "label" not in it]
-        if missing:
-            raise DataError(f"{datalist}: {len(missing)} item(s) without 'label', e.g. {missing[0]}")
+        items = resolve_items(datalist, key, dataset_dir, require_label=True)
         t = [LoadBScand(["label"], label_keys=["label"], table=table)]
         if band_height:
             t.append(RetinaBandCropd(["label"], band_height=int(band_height), label_key="label"))
