@@ -129,7 +129,7 @@ class SamplerEngine(Engine):
             "num_train_timesteps": int(s.scheduler.num_train_timesteps),
             "num_inference_steps": s.num_inference_steps,
             "guidance_scale": s.guidance_scale,
-            "prediction_type": s.prediction_type,
+            "prediction_type": str(s.scheduler.prediction_type),
             **self.writer.describe(),
             "checkpoint_sha256": {k: _sha256(v) if Path(v).is_file() else None for k, v in ckpts.items()},
             "config": self.config,
