@@ -26,6 +26,9 @@ __all__ = [
     "remove_temporaries",
     "read_image",
     "read_label",
+    "read_grey",
+    "to_grey",
+    "check_same_size",
     "write_png",
     "read_json",
     "write_json",
@@ -106,6 +109,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: cannot read image (empty file, 0 bytes)")
     try:
         with Image.open(path) as im:
             if im.mode not in ("L", "RGB", "P", "I", "I;16"):
@@ -133,6 +138,46 @@ def read_label(path: str | os.PathLike, table: LabelTable | None = None) -> np.n
         except ValueError as e:
             raise DataError(str(e)) from None
     return arr.astype(np.uint8)
+
+
+def to_grey(arr: np.ndarray) -> np.ndarray:
+    """An ``H x W`` image from an ``H x W`` grey or ``H x W x C`` colour array: the mean of the first three channels.
+
+    A B-scan saved as RGB holds the same value in each channel, so the mean is exact for it; for a colour
+    picture it is a plain average (no luminance weights), as the quality metrics read images too.
+
+    Returns:
+        ``arr`` unchanged when it is 2D, else a float64 ``H x W`` array.
+    """
+    arr = np.asarray(arr)
+    return arr if arr.ndim == 2 else arr[..., :3].astype(np.float64).mean(-1)
+
+
+def read_grey(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``H x W`` grey (:func:`read_image`, RGB averaged by :func:`to_grey`).
+
+    Raises:
+        DataError: when the file is missing or cannot be decoded.
+    """
+    return to_grey(read_image(path))
+
+
+def check_same_size(image: str | os.PathLike, image_shape: tuple[int, ...], label: str | os.PathLike,
+                    label_shape: tuple[int, ...]) -> None:
+    """Check that an image and its label map have the same ``(H, W)``.
+
+    Args:
+        image: the image file (for the message).
+        image_shape: its shape; only the last two entries are compared (channels first or ``H x W``).
+        label: the label file.
+        label_shape: its shape.
+
+    Raises:
+        DataError: naming both files and both sizes.
+    """
+    hw_image, hw_label = tuple(int(s) for s in image_shape[-2:]), tuple(int(s) for s in label_shape[-2:])
+    if hw_image != hw_label:
+        raise DataError(f"{label}: label size {hw_label} differs from image {image} size {hw_image}")
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:

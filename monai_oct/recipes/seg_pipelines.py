@@ -20,9 +20,7 @@ from monai.transforms import (
     AsDiscreted,
     CastToTyped,
     Compose,
-    EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     RandAdjustContrastd,
     RandGaussianNoised,
@@ -32,8 +30,10 @@ from monai.transforms import (
     SelectItemsd,
 )
 
-from monai_oct.recipes.pipelines import bscan_transforms, png_reader
+from monai_oct.core.labels import LabelTable
+from monai_oct.recipes.pipelines import bscan_transforms
 from monai_oct.transforms.band import RetinaBandCropd
+from monai_oct.transforms.io import LoadBScand
 from monai_oct.transforms.restore import RecordShaped, RestoreBScand
 
 __all__ = ["KeepPathd", "seg_train_transforms", "seg_augment", "seg_eval_transforms", "seg_post_transforms"]
@@ -114,8 +114,11 @@ def seg_train_transforms(image_size: Sequence[int] | None, band_height: int | No
 
 def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | None = None, with_label: bool = True,
                         image_key: str = "image", label_key: str = "label", path_key: str = "image_path",
-                        band_from_label: bool = False) -> Compose:
+                        band_from_label: bool = False, table: LabelTable | str | None = "duke_dme") -> Compose:
     """Preprocessing for evaluation and inference (the label never locates or resizes anything).
+
+    Files are read as in training (:class:`~monai_oct.transforms.io.LoadBScand`): RGB images as grey, label ids
+    checked against ``table`` and image and label sizes compared, each failure a ``DataError`` naming the file.
 
     Args:
         image_size: ``[H, W]`` the network sees (None: keep the size).
@@ -126,6 +129,7 @@ def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | Non
         path_key: where the image's path is kept (for output names and overlays).
         band_from_label: locate the band from the label. Only for synthetic data whose label is the
             generating condition (pseudo-labelling); never for evaluation.
+        table: label table the label ids are checked against at load time (None: no check).
 
     Returns:
         a ``Compose``: ``image`` float ``(1, h, w)`` in [-1, 1], ``label`` int64 ``(1, H, W)``,
@@ -134,8 +138,7 @@ def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | Non
     keys = [image_key] + ([label_key] if with_label else [])
     t = [
         KeepPathd([image_key], path_key=path_key),
-        LoadImaged(keys, reader=png_reader(), image_only=True),
-        EnsureChannelFirstd(keys),
+        LoadBScand(keys, label_keys=[label_key], table=table),
         RecordShaped([image_key]),
     ]
     if band_height:
