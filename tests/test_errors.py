@@ -52,6 +52,15 @@ def _shrink_label(item: dict) -> None:
     Image.fromarray(lab[:, :-8]).save(item["label"])
 
 
+def _data_error(fn, *args) -> DataError:
+    """The DataError that ``fn(*args)`` raises, found behind MONAI's "applying transform" wrapper."""
+    with pytest.raises(Exception) as e:
+        fn(*args)
+    err = root_cause(e.value)
+    assert isinstance(err, DataError), repr(err)
+    return err
+
+
 def _run(bundle: Path, configs: list[str], timeout: float = 240, **overrides) -> tuple[int, str, str]:
     """Run a stage as ``python -m monai.bundle run``; ``(exit code, last non-empty stderr line, stderr)``."""
     try:
@@ -75,9 +84,7 @@ def test_size_mismatch_is_a_data_error_naming_both_files(data, chain):
     item = _items(data)[1]
     _shrink_label(item)
     t = bscan_transforms([32, 32]) if chain == "diffusion" else seg_train_transforms([32, 32])
-    with pytest.raises(DataError) as e:
-        t(item)
-    msg = str(e.value)
+    msg = str(_data_error(t, item))
     assert item["image"] in msg and item["label"] in msg and "(64, 64)" in msg and "(64, 56)" in msg
     assert not check_dataset([item]).ok  # check-data and training agree
 
@@ -145,8 +152,8 @@ def test_eval_transforms_check_label_ids_naming_the_file(data):
     lab = np.array(Image.open(item["label"]))
     lab[0, 0] = 12
     Image.fromarray(lab).save(item["label"])
-    with pytest.raises(DataError, match=r"phantom_0003\.png: label ids \[12\]"):
-        seg_eval_transforms([32, 32])(dict(item))
+    msg = str(_data_error(seg_eval_transforms([32, 32]), dict(item)))
+    assert msg.startswith(item["label"]) and "label ids [12]" in msg
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])
@@ -166,7 +173,7 @@ def test_seg_training_with_zero_byte_png_exits_1_naming_the_file(data, tmp_path)
     Path(item["image"]).write_bytes(b"")
     rc, last, err = _seg(data, tmp_path)
     assert rc == 1, err[-3000:]
-    assert last.startswith("DataError: ") and item["image"] in last and "cannot read image" in last, err[-3000:]
+    assert last.startswith("DataError: ") and item["image"] in last and "empty file" in last, err[-3000:]
     assert "Failed to" in err  # the traceback is still printed above it
 
 
@@ -245,5 +252,4 @@ def test_check_data_and_training_agree_on_the_real_data(duke_dir, tmp_path):
     Image.fromarray(np.array(Image.open(items[0]["label"]))[:-1]).save(item["label"])
     rep = check_dataset([item])
     assert not rep.ok and item["label"] in rep.errors[0]
-    with pytest.raises(DataError, match="differs from image"):
-        bscan_transforms([64, 128], band_height=224)(item)
+    assert "differs from image" in str(_data_error(bscan_transforms([64, 128], band_height=224), item))
