@@ -125,8 +125,9 @@ def test_rgb_images_are_read_as_grey_by_training_and_evaluation(data):
     for t in (bscan_transforms([32, 32]), seg_train_transforms([32, 32], flip=0.0)):
         out = t(dict(item))["image"]
         assert out.shape == (1, 32, 32) and torch.allclose(out, grey)
-    ev = seg_eval_transforms([32, 32])(dict(item))
-    assert ev["image"].shape == (1, 32, 32) and torch.allclose(ev["image"], grey)
+    for with_label in (True, False):  # evaluation (LoadBScand) and inference (MONAI's LoadImaged, grey reader)
+        ev = seg_eval_transforms([32, 32], with_label=with_label)(dict(item))
+        assert ev["image"].shape == (1, 32, 32) and torch.allclose(ev["image"], grey)
 
 
 def test_rgb_image_averaged_to_grey(data):
@@ -135,6 +136,8 @@ def test_rgb_image_averaged_to_grey(data):
     out = bscan_transforms(None, keys=["image"])({"image": item["image"]})["image"]
     expect = torch.from_numpy(rgb.astype(np.float32).mean(-1) / 255.0 * 2 - 1)
     assert torch.allclose(out[0], expect, atol=1e-5)
+    inferred = seg_eval_transforms(None, with_label=False)({"image": item["image"]})["image"]
+    assert torch.allclose(inferred, out, atol=1e-5)
 
 
 def test_seg_training_on_rgb_images_succeeds(data, tmp_path):

@@ -27,6 +27,7 @@ __all__ = [
     "read_image",
     "read_label",
     "read_grey",
+    "pil_array",
     "to_grey",
     "check_same_size",
     "write_png",
@@ -98,6 +99,15 @@ class DataError(ValueError):
     """Bad input data: the message names the file and what is wrong with it."""
 
 
+#: PIL modes whose pixels are read as they are; any other mode (RGBA, LA, CMYK, ...) is converted to RGB first.
+_KEPT_MODES = ("L", "RGB", "P", "I", "I;16")
+
+
+def pil_array(im: Any) -> np.ndarray:
+    """The pixels of an open PIL image as :func:`read_image` returns them (``H x W`` or ``H x W x 3``)."""
+    return np.array(im if im.mode in _KEPT_MODES else im.convert("RGB"))
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a 2D image file into a numpy array (``H x W`` grey or ``H x W x 3`` RGB).
 
@@ -113,9 +123,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: cannot read image (empty file, 0 bytes)")
     try:
         with Image.open(path) as im:
-            if im.mode not in ("L", "RGB", "P", "I", "I;16"):
-                im = im.convert("RGB")
-            arr = np.array(im)
+            arr = pil_array(im)
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from e
     if arr.ndim not in (2, 3):

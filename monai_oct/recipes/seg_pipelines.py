@@ -20,7 +20,9 @@ from monai.transforms import (
     AsDiscreted,
     CastToTyped,
     Compose,
+    EnsureChannelFirstd,
     EnsureTyped,
+    LoadImaged,
     MapTransform,
     RandAdjustContrastd,
     RandGaussianNoised,
@@ -31,7 +33,7 @@ from monai.transforms import (
 )
 
 from monai_oct.core.labels import LabelTable
-from monai_oct.recipes.pipelines import bscan_transforms
+from monai_oct.recipes.pipelines import bscan_transforms, png_reader
 from monai_oct.transforms.band import RetinaBandCropd
 from monai_oct.transforms.io import LoadBScand
 from monai_oct.transforms.restore import RecordShaped, RestoreBScand
@@ -117,8 +119,10 @@ def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | Non
                         band_from_label: bool = False, table: LabelTable | str | None = "duke_dme") -> Compose:
     """Preprocessing for evaluation and inference (the label never locates or resizes anything).
 
-    Files are read as in training (:class:`~monai_oct.transforms.io.LoadBScand`): RGB images as grey, label ids
-    checked against ``table`` and image and label sizes compared, each failure a ``DataError`` naming the file.
+    RGB images are read as grey, as in training. With a label, both files are read as in training
+    (:class:`~monai_oct.transforms.io.LoadBScand`: label ids checked against ``table``, image and label sizes
+    compared, each failure a ``DataError`` naming the file); without one (inference) the image is read by MONAI's
+    ``LoadImaged``, which MONAI Label swaps for its own loader.
 
     Args:
         image_size: ``[H, W]`` the network sees (None: keep the size).
@@ -138,7 +142,8 @@ def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | Non
     keys = [image_key] + ([label_key] if with_label else [])
     t = [
         KeepPathd([image_key], path_key=path_key),
-        LoadBScand(keys, label_keys=[label_key], table=table),
+        *([LoadBScand(keys, label_keys=[label_key], table=table)] if with_label else
+          [LoadImaged(keys, reader=png_reader(grey=True), image_only=True), EnsureChannelFirstd(keys)]),
         RecordShaped([image_key]),
     ]
     if band_height:
