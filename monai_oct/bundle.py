@@ -159,12 +159,12 @@ def _raised_by_us(exc: BaseException) -> bool:
 def root_cause(exc: BaseException) -> BaseException:
     """The exception a user needs to read in a chain of wrappers (MONAI's "Failed to evaluate ...", "applying transform ...").
 
-    That is the innermost exception raised by this package's code (its messages name the file or value), else the
-    innermost exception of the chain.
+    That is the outermost exception raised by this package's code (its messages name the file or value, and one
+    that wraps a library error adds the context), else the innermost exception of the chain.
     """
     chain = _chain(exc)
     ours = [e for e in chain if _raised_by_us(e)]
-    return ours[-1] if ours else chain[-1]
+    return ours[0] if ours else chain[-1]
 
 
 def error_summary(exc: BaseException) -> str:

@@ -247,6 +247,19 @@ def test_error_summary_is_the_root_cause_in_one_line():
     assert error_summary(KeyError("image")) == "KeyError: 'image'"
 
 
+def test_root_cause_prefers_our_message_to_the_library_error_it_wraps(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 3).state_dict(), path)
+    try:
+        try:
+            load_weights(torch.nn.Linear(2, 2), path)  # DataError raised from torch's size-mismatch RuntimeError
+        except DataError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from e
+    except RuntimeError as outer:
+        assert isinstance(outer.__cause__.__cause__, RuntimeError)  # torch's, innermost
+        assert error_summary(outer).startswith(f"DataError: {path}: checkpoint does not fit Linear")
+
+
 def test_check_data_and_training_agree_on_the_real_data(duke_dir, tmp_path):
     """A real pair with its label cut by one row is rejected by both, naming both files."""
     items = load_datalist(duke_dir / "datalist_train.json")[:1]
