@@ -137,7 +137,7 @@ def test_rgb_image_averaged_to_grey(data):
     expect = torch.from_numpy(rgb.astype(np.float32).mean(-1) / 255.0 * 2 - 1)
     assert torch.allclose(out[0], expect, atol=1e-5)
     inferred = seg_eval_transforms(None, with_label=False)({"image": item["image"]})["image"]
-    assert torch.allclose(inferred, out, atol=1e-5)
+    assert torch.allclose(inferred, out, atol=1.01 / 255)  # inference rounds the mean to 8 bits
 
 
 def test_seg_training_on_rgb_images_succeeds(data, tmp_path):

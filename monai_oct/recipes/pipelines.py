@@ -29,12 +29,13 @@ __all__ = ["bscan_transforms", "png_reader"]
 
 
 def _grey_image(im: Any) -> Any:
-    """``PILReader`` converter: a colour image becomes its channel mean (float, PIL mode ``F``), as
-    :class:`~monai_oct.transforms.io.LoadBScan` reads it; grey images pass unchanged."""
+    """``PILReader`` converter: a colour image becomes its channel mean, as :class:`~monai_oct.transforms.io.LoadBScan`
+    reads it, rounded to 8 bits (PIL mode ``L``; a float ``F`` image would reach torch as a read-only array);
+    grey images pass unchanged."""
     from PIL import Image
 
     arr = pil_array(im)
-    return im if arr.ndim == 2 else Image.fromarray(to_grey(arr).astype(np.float32))
+    return im if arr.ndim == 2 else Image.fromarray(np.round(to_grey(arr)).astype(np.uint8))
 
 
 def png_reader(grey: bool = False) -> PILReader:
