@@ -3,18 +3,33 @@
 ``run_bundle("bundles/oct_ddpm", ["common.yaml", "pretrain.yaml"], dataset_dir=..., max_epochs=2)`` is the
 same as ``python -m monai.bundle run --config_file "['bundles/oct_ddpm/configs/common.yaml', ...]"
 --dataset_dir ... --max_epochs 2`` (with the bundle's metadata.json and logging.conf).
+
+Every config's ``initialize:`` starts with :func:`install_error_handler`, so that a failed stage ends with the
+cause as its last line (not MONAI's "Failed to evaluate ConfigExpression" wrapper) and exit code 1.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Sequence
 
-__all__ = ["as_bool", "bundle_command", "bundle_dir", "bundle_env", "run_bundle", "stage_configs"]
+import torch
 
+__all__ = ["as_bool", "bundle_command", "bundle_dir", "bundle_env", "run_bundle", "check_device", "root_cause",
+           "error_summary", "install_error_handler", "stage_configs"]
+
+#: the package's folder: an exception raised by code under it is "one of ours" (its message names the file or value).
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+#: what torch says when a CUDA device is asked for on a machine (or a torch build) without one.
+_NO_CUDA = ("not compiled with cuda", "no nvidia driver", "no cuda gpus are available", "cuda driver initialization failed")
+#: the advice appended to those messages.
+NO_CUDA_ADVICE = "no CUDA device; use --device cpu"
 #: the config files of the oct_ddpm stages that extend another stage (after ``common.yaml``): the sketch
 #: synthesis is an overlay of ``synthesize.yaml``; every other stage is ``common.yaml`` + ``<stage>.yaml``.
 STAGE_CONFIGS = {"synthesize_sketch": ("synthesize.yaml", "synthesize_sketch.yaml")}
@@ -120,3 +135,110 @@ def run_bundle(bundle_dir: str | os.PathLike, configs: Sequence[str], in_process
     if res.returncode != 0:
         raise subprocess.CalledProcessError(res.returncode, res.args, res.stdout, res.stderr)
     return res
+
+
+def check_device(device: str | torch.device | None) -> None:
+    """Check that ``device`` can be used here: a CUDA device needs one.
+
+    Args:
+        device: what ``--device`` gave (``"cpu"``, ``"cuda:0"``, a ``torch.device``); None passes.
+
+    Raises:
+        ValueError: ``"--device cuda:0: no CUDA device; use --device cpu"`` when CUDA is asked for and absent.
+    """
+    if device is None:
+        return
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: {NO_CUDA_ADVICE}")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from (``__cause__``, or ``__context__`` unless suppressed), outer first."""
+    out: list[BaseException] = []
+    while exc is not None and all(exc is not e for e in out):
+        out.append(exc)
+        exc = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
+    return out
+
+
+def _raised_by_us(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception a user needs to read in a chain of wrappers (MONAI's "Failed to evaluate ...", "applying transform ...").
+
+    That is the outermost exception raised by this package's code (its messages name the file or value, and one
+    that wraps a library error adds the context), else the innermost exception of the chain.
+    """
+    chain = _chain(exc)
+    ours = [e for e in chain if _raised_by_us(e)]
+    return ours[0] if ours else chain[-1]
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line for the end of a failed run: ``"<type>: <message>"`` of :func:`root_cause`, on one line.
+
+    torch's messages for a missing CUDA device get ``"no CUDA device; use --device cpu"`` appended.
+    """
+    root = root_cause(exc)
+    msg = " ".join(line.strip() for line in str(root).splitlines() if line.strip())
+    line = f"{type(root).__name__}: {msg}" if msg else type(root).__name__
+    if any(k in msg.lower() for k in _NO_CUDA):
+        line += f" -> {NO_CUDA_ADVICE}"
+    return line
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """Print the traceback, then :func:`error_summary` as the last line, and leave with exit code 1.
+
+    ``os._exit`` skips the interpreter's shutdown, where native threads left by a failed run (data loading, torch's
+    pools) can abort the process with "terminate called without an active exception" (exit code 134).
+    """
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: Python's own handling
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    try:
+        sys.stdout.flush()
+        traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
+        print(error_summary(exc), file=sys.stderr)
+        logging.shutdown()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed stream must not change the exit code
+                pass
+        os._exit(1)
+
+
+def _is_command_line() -> bool:
+    """Whether this process is ``python -m monai.bundle ...`` (or ``python -m monai_oct ...``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return bool(spec) and str(spec.name).startswith(("monai.bundle", "monai_oct"))
+
+
+def install_error_handler(device: str | torch.device | None = None, force: bool = False) -> None:
+    """Make a failed bundle run end with its cause as the last line of stderr and exit code 1; check ``device``.
+
+    MONAI's config machinery wraps every exception of a stage in ``RuntimeError("Failed to evaluate ...")``
+    chains, so the message that names the bad file sits mid-traceback. This sets ``sys.excepthook`` to print
+    the traceback as usual and then :func:`error_summary` (the root cause, one line) before exiting with
+    ``os._exit(1)`` (:func:`_excepthook`). Only a command-line run (``python -m monai.bundle``) is changed, unless
+    ``force``: a notebook or test that runs a bundle in-process keeps its own handling. Called first in every
+    config's ``initialize:`` list.
+
+    Args:
+        device: the stage's ``@device``, checked with :func:`check_device` (after the handler is set, so the
+            message is the last line).
+        force: install in any process.
+
+    Raises:
+        ValueError: for a CUDA device on a machine without one.
+    """
+    if force or _is_command_line():
+        sys.excepthook = _excepthook
+    check_device(device)

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from monai_oct.core.io import IMAGE_EXTENSIONS, DataError, read_image, read_json, read_label, write_json
+from monai_oct.core.io import IMAGE_EXTENSIONS, DataError, check_same_size, read_image, read_json, read_label, write_json
 from monai_oct.core.labels import DUKE_DME, UNANNOTATED, LabelTable
 
 __all__ = [
@@ -137,6 +137,8 @@ def check_dataset(
 ) -> DatasetReport:
     """Validate a dataset: every file exists and loads, image and label sizes match, label ids are known.
 
+    RGB images pass: training and evaluation read them as grey (the mean of the channels, :func:`~monai_oct.core.io.to_grey`).
+
     Args:
         items: datalist items with absolute ``image`` (and optional ``label``) paths.
         table: label table the ids must belong to.
@@ -169,8 +171,11 @@ def check_dataset(
         except DataError as e:
             rep.errors.append(str(e))
             continue
-        if img is not None and img.shape[:2] != lab.shape:
-            rep.errors.append(f"{item['label']}: label size {lab.shape} differs from image {item['image']} size {img.shape[:2]}")
+        try:
+            if img is not None:
+                check_same_size(item["image"], img.shape[:2], item["label"], lab.shape)
+        except DataError as e:
+            rep.errors.append(str(e))
             continue
         ids, counts = np.unique(lab, return_counts=True)
         for i, n in zip(ids.tolist(), counts.tolist()):

@@ -26,6 +26,10 @@ __all__ = [
     "remove_temporaries",
     "read_image",
     "read_label",
+    "read_grey",
+    "pil_array",
+    "to_grey",
+    "check_same_size",
     "write_png",
     "read_json",
     "write_json",
@@ -95,6 +99,15 @@ class DataError(ValueError):
     """Bad input data: the message names the file and what is wrong with it."""
 
 
+#: PIL modes whose pixels are read as they are; any other mode (RGBA, LA, CMYK, ...) is converted to RGB first.
+_KEPT_MODES = ("L", "RGB", "P", "I", "I;16")
+
+
+def pil_array(im: Any) -> np.ndarray:
+    """The pixels of an open PIL image as :func:`read_image` returns them (``H x W`` or ``H x W x 3``)."""
+    return np.array(im if im.mode in _KEPT_MODES else im.convert("RGB"))
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a 2D image file into a numpy array (``H x W`` grey or ``H x W x 3`` RGB).
 
@@ -106,11 +119,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: cannot read image (empty file, 0 bytes)")
     try:
         with Image.open(path) as im:
-            if im.mode not in ("L", "RGB", "P", "I", "I;16"):
-                im = im.convert("RGB")
-            arr = np.array(im)
+            arr = pil_array(im)
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from e
     if arr.ndim not in (2, 3):
@@ -133,6 +146,46 @@ def read_label(path: str | os.PathLike, table: LabelTable | None = None) -> np.n
         except ValueError as e:
             raise DataError(str(e)) from None
     return arr.astype(np.uint8)
+
+
+def to_grey(arr: np.ndarray) -> np.ndarray:
+    """An ``H x W`` image from an ``H x W`` grey or ``H x W x C`` colour array: the mean of the first three channels.
+
+    A B-scan saved as RGB holds the same value in each channel, so the mean is exact for it; for a colour
+    picture it is a plain average (no luminance weights), as the quality metrics read images too.
+
+    Returns:
+        ``arr`` unchanged when it is 2D, else a float64 ``H x W`` array.
+    """
+    arr = np.asarray(arr)
+    return arr if arr.ndim == 2 else arr[..., :3].astype(np.float64).mean(-1)
+
+
+def read_grey(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``H x W`` grey (:func:`read_image`, RGB averaged by :func:`to_grey`).
+
+    Raises:
+        DataError: when the file is missing or cannot be decoded.
+    """
+    return to_grey(read_image(path))
+
+
+def check_same_size(image: str | os.PathLike, image_shape: tuple[int, ...], label: str | os.PathLike,
+                    label_shape: tuple[int, ...]) -> None:
+    """Check that an image and its label map have the same ``(H, W)``.
+
+    Args:
+        image: the image file (for the message).
+        image_shape: its shape; only the last two entries are compared (channels first or ``H x W``).
+        label: the label file.
+        label_shape: its shape.
+
+    Raises:
+        DataError: naming both files and both sizes.
+    """
+    hw_image, hw_label = tuple(int(s) for s in image_shape[-2:]), tuple(int(s) for s in label_shape[-2:])
+    if hw_image != hw_label:
+        raise DataError(f"{label}: label size {hw_label} differs from image {image} size {hw_image}")
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:

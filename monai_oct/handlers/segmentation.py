@@ -9,8 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from monai.utils import convert_to_numpy
 
-from monai_oct.core.io import atomic_path, read_image, write_png
+from monai_oct.core.io import atomic_path, read_grey, write_png
 from monai_oct.core.labels import DUKE_DME, LabelTable
 from monai_oct.core.visualise import label_overlay
 from monai_oct.metrics.segmentation import (
@@ -21,11 +22,6 @@ from monai_oct.metrics.segmentation import (
 )
 
 __all__ = ["SegmentationReportHandler"]
-
-
-def _np2d(x) -> np.ndarray:
-    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    return a[0] if a.ndim == 3 else a
 
 
 class SegmentationReportHandler:
@@ -94,12 +90,10 @@ class SegmentationReportHandler:
             row["pa_all"] = p[-1]
             self.rows.append(row)
             if len(self.rows) <= self.overlays and self.path_key in item:
-                self._overlay(path, _np2d(item[self.label_key]), _np2d(item[self.pred_key]))
+                self._overlay(path, convert_to_numpy(label[0, 0]), convert_to_numpy(pred[0, 0]))
 
     def _overlay(self, path: str, label: np.ndarray, pred: np.ndarray) -> None:
-        img = read_image(path)
-        if img.ndim == 3:
-            img = img.mean(-1).astype(np.uint8)
+        img = read_grey(path).astype(np.uint8)
         if img.shape != label.shape:
             return
         sep = np.full((img.shape[0], 4, 3), 255, np.uint8)

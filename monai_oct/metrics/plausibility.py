@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from monai.utils import convert_to_numpy
 
 from monai_oct.core.labels import DUKE_DME, UNANNOTATED, LabelTable
 
@@ -30,7 +31,7 @@ __all__ = ["column_validity", "label_plausibility", "plausibility_report"]
 
 
 def _as_2d(label: np.ndarray | torch.Tensor) -> np.ndarray:
-    arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+    arr = convert_to_numpy(label)
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from monai_oct.core.io import atomic_path
+from monai_oct.core.io import DataError, atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -38,20 +40,36 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _pickled_objects(message: str) -> list[str]:
+    """The classes/functions named in torch's ``weights_only`` refusal ("Unsupported global: GLOBAL x.Y ...")."""
+    return sorted(set(re.findall(r"GLOBAL ([\w.]+)", message)))
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Read a checkpoint with ``weights_only=True``.
 
+    A file that holds pickled Python objects (a whole ``nn.Module`` saved with ``torch.save(model, ...)``, an
+    optimizer object, ...) is refused with what it holds and how to write a state dict instead; torch's own
+    advice to load it with ``weights_only=False`` (which runs the file's code) is not repeated.
+
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the file cannot be read (names the file).
+        DataError: when the file cannot be read or is not a plain state dict (names the file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle / zip errors come in many types
-        raise ValueError(f"{path}: cannot read checkpoint ({e})") from e
+    except pickle.UnpicklingError as e:
+        held = _pickled_objects(str(e))
+        what = f"pickled Python objects ({', '.join(held)})" if held else "pickled Python objects"
+        raise DataError(f"{path}: not a plain state dict: it holds {what}, which this toolkit does not unpickle; "
+                        f"write the weights as a state dict, e.g. torch.save(model.state_dict(), path) or "
+                        f"torch.save({{'model': model.state_dict()}}, path), and load that") from None
+    except Exception as e:  # zip / truncation errors come in many types
+        raise DataError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        f"is it a torch.save file, completely written?") from None
 
 
 def adapt_input_channels(state: dict, network: nn.Module, keep: int | None = None) -> list[str]:
@@ -106,14 +124,14 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model"
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the file is not a state dict or does not fit the network (names the file).
+        DataError: (a ``ValueError``) when the file is not a state dict or does not fit the network (names the file).
     """
     path = Path(path)
     ckpt = load_checkpoint(path, map_location)
     if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
         ckpt = ckpt[key]
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
+        raise DataError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
     if adapt_input:
         ckpt = dict(ckpt)
         adapted = adapt_input_channels(ckpt, network, keep=keep_input_channels)
@@ -123,7 +141,7 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model"
     try:
         network.load_state_dict(ckpt, strict=strict)
     except RuntimeError as e:
-        raise ValueError(f"{path}: checkpoint does not fit {type(network).__name__} (wrong --network or channels?): {e}") from e
+        raise DataError(f"{path}: checkpoint does not fit {type(network).__name__} (wrong --network or channels?): {e}") from e
     return network
 
 
@@ -134,7 +152,7 @@ def maybe_load_weights(network: nn.Module, path: str | os.PathLike | None, key: 
     (how an optional checkpoint looks when it comes from a command line).
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`load_weights`.
+        FileNotFoundError, DataError: as :func:`load_weights`.
     """
     if path is None or str(path).strip().lower() in ("", "none", "null"):
         return network

@@ -2,17 +2,55 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from monai_oct.networks.checkpoint import load_weights  # re-exported: the one loader lives in checkpoint.py
 from monai_oct.networks.relaynet import ReLayNet
 
-__all__ = ["SEGMENTATION_NETWORKS", "segmentation_network", "resolve_network", "load_weights"]
+__all__ = ["SEGMENTATION_NETWORKS", "segmentation_network", "resolve_network", "load_weights", "size_factor",
+           "check_segmentation_size"]
 
 #: names accepted by :func:`segmentation_network`.
 SEGMENTATION_NETWORKS = ("unet", "basicunet", "relaynet")
+
+
+def size_factor(network: nn.Module) -> int:
+    """What the sides of an input must divide by for ``network``: the product of a MONAI ``UNet``'s strides; 1 for
+    networks that take any size (``BasicUNet`` pads odd sides, ``ReLayNet`` unpools to each level's exact size)."""
+    from monai.networks.nets import UNet
+
+    if isinstance(network, UNet):
+        return math.prod(int(s) if not isinstance(s, Sequence) else int(s[0]) for s in network.strides)
+    return 1
+
+
+def check_segmentation_size(network: nn.Module, size: Sequence[int]) -> None:
+    """Check that ``network`` can take images of ``size`` ``(..., H, W)``: the segmentation twin of
+    :func:`monai_oct.networks.diffusion.check_image_size`.
+
+    Raises:
+        ValueError: naming the size, the factor it must divide by and the nearest sizes that work.
+    """
+    f = size_factor(network)
+    h, w = (int(s) for s in tuple(size)[-2:])
+    if h % f or w % f:
+        ok = [max(f, round(x / f) * f) for x in (h, w)]
+        raise ValueError(f"image size {[h, w]} does not divide by {f} (the {type(network).__name__} down-samples "
+                         f"{int(math.log2(f))} times); use e.g. --image_size \"{ok}\"")
+
+
+class _SizeCheck:
+    """Forward pre-hook running :func:`check_segmentation_size` on the input, so that a wrong ``--image_size`` stops
+    at the first batch with the size named, not deep inside the decoder with a tensor-size error. A hook because
+    MONAI's trainers and evaluators call the network themselves (a class, not a closure, so the network deep-copies)."""
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
+            check_segmentation_size(module, args[0].shape)
 
 
 def segmentation_network(name: str = "unet", in_channels: int = 1, out_channels: int = 10,
@@ -31,7 +69,7 @@ def segmentation_network(name: str = "unet", in_channels: int = 1, out_channels:
         kwargs: passed to the network's constructor (e.g. ``num_res_units``, ``depth``, ``dense``).
 
     Returns:
-        the network (untrained).
+        the network (untrained); a ``unet`` checks its input size first (:func:`check_segmentation_size`).
 
     Raises:
         ValueError: for an unknown name, naming the known ones.
@@ -42,8 +80,10 @@ def segmentation_network(name: str = "unet", in_channels: int = 1, out_channels:
 
         ch = tuple(channels) if channels else (16, 32, 64, 128, 256)
         kwargs.setdefault("num_res_units", 2)
-        return UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=ch,
-                    strides=(2,) * (len(ch) - 1), dropout=dropout, **kwargs)
+        net = UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=ch,
+                   strides=(2,) * (len(ch) - 1), dropout=dropout, **kwargs)
+        net.register_forward_pre_hook(_SizeCheck())
+        return net
     if key == "basicunet":
         from monai.networks.nets import BasicUNet
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monai_oct.core.io import DataError, read_image, read_label
+from monai_oct.core.io import DataError, check_same_size, read_grey, read_label
 from monai_oct.core.labels import LabelTable
 from monai_oct.recipes.items import resolve_items
 
@@ -59,9 +59,8 @@ class ImageSet:
                         [self.original_sizes[i] for i in il] if self.original_sizes else [])
 
 
-def _to_grey(arr: np.ndarray, where: str) -> np.ndarray:
-    if arr.ndim == 3:
-        arr = arr[..., :3].astype(np.float64).mean(-1)
+def _scale(arr: np.ndarray, where: str) -> np.ndarray:
+    """An 8- or 16-bit grey image in [-1, 1]."""
     arr = arr.astype(np.float32)
     top = 65535.0 if arr.max() > 255 else 255.0
     if arr.min() < 0:
@@ -118,14 +117,13 @@ def load_image_set(source: str | os.PathLike | Sequence[dict[str, Any]], key: st
     size = _size(image_size)
     imgs, labs, sizes, first = [], [], [], None
     for it in items:
-        arr = _to_grey(read_image(it["image"]), it["image"])
+        arr = _scale(read_grey(it["image"]), it["image"])
         sizes.append(tuple(arr.shape))
         t = torch.from_numpy(arr)[None, None]
         lab = None
         if use_labels:
             la = read_label(it["label"], table)
-            if la.shape != arr.shape:
-                raise DataError(f"{it['label']}: label size {la.shape} differs from image {it['image']} size {arr.shape}")
+            check_same_size(it["image"], arr.shape, it["label"], la.shape)
             lab = torch.from_numpy(la.astype(np.int64))[None, None]
         if size is not None and tuple(arr.shape) != size:
             t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)

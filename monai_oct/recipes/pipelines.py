@@ -6,8 +6,9 @@ neighbour. The same chain serves training, synthesis and evaluation; only its op
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from monai.data import PILReader
 from monai.transforms import (
@@ -19,6 +20,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
+from monai_oct.core.io import pil_array, to_grey
 from monai_oct.core.labels import LabelTable
 from monai_oct.transforms.band import RetinaBandCropd
 from monai_oct.transforms.io import LoadBScand
@@ -26,9 +28,23 @@ from monai_oct.transforms.io import LoadBScand
 __all__ = ["bscan_transforms", "png_reader"]
 
 
-def png_reader() -> PILReader:
-    """The reader for PNG B-scans: rows first (``H x W``), as the files are stored."""
-    return PILReader(reverse_indexing=False)
+def _grey_image(im: Any) -> Any:
+    """``PILReader`` converter: a colour image becomes its channel mean, as :class:`~monai_oct.transforms.io.LoadBScan`
+    reads it, rounded to 8 bits (PIL mode ``L``; a float ``F`` image would reach torch as a read-only array);
+    grey images pass unchanged."""
+    from PIL import Image
+
+    arr = pil_array(im)
+    return im if arr.ndim == 2 else Image.fromarray(np.round(to_grey(arr)).astype(np.uint8))
+
+
+def png_reader(grey: bool = False) -> PILReader:
+    """The reader for PNG B-scans: rows first (``H x W``), as the files are stored.
+
+    Args:
+        grey: read colour files as the mean of their channels (one channel, as training reads them).
+    """
+    return PILReader(reverse_indexing=False, converter=_grey_image if grey else None)
 
 
 def bscan_transforms(

@@ -32,7 +32,7 @@ from torch import nn
 
 from monai_oct.core.io import atomic_path, write_json
 from monai_oct.core.labels import DUKE_DME, LabelTable, get_label_table
-from monai_oct.core.visualise import label_overlay
+from monai_oct.core.visualise import image_to_uint8, label_overlay
 from monai_oct.metrics.adherence import adherence_report, load_teacher
 from monai_oct.metrics.diversity import diversity_report
 from monai_oct.metrics.fid import extract_features, frechet_summary, get_extractor
@@ -65,14 +65,10 @@ def write_report(report: dict[str, Any], output_dir: str | os.PathLike, name: st
     return write_json(Path(output_dir) / name, _json_safe(report))
 
 
-def _u8(img: torch.Tensor) -> np.ndarray:
-    return ((img[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-
-
 def _tile(img: torch.Tensor, label: torch.Tensor | None, h: int) -> "Any":
     from PIL import Image
 
-    a = _u8(img)
+    a = image_to_uint8(img[0])
     rgb = label_overlay(a, label[0].numpy()) if label is not None else np.repeat(a[..., None], 3, -1)
     im = Image.fromarray(rgb)
     w = max(1, round(im.width * h / im.height))

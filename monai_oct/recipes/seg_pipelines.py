@@ -32,8 +32,10 @@ from monai.transforms import (
     SelectItemsd,
 )
 
+from monai_oct.core.labels import LabelTable
 from monai_oct.recipes.pipelines import bscan_transforms, png_reader
 from monai_oct.transforms.band import RetinaBandCropd
+from monai_oct.transforms.io import LoadBScand
 from monai_oct.transforms.restore import RecordShaped, RestoreBScand
 
 __all__ = ["KeepPathd", "seg_train_transforms", "seg_augment", "seg_eval_transforms", "seg_post_transforms"]
@@ -114,8 +116,13 @@ def seg_train_transforms(image_size: Sequence[int] | None, band_height: int | No
 
 def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | None = None, with_label: bool = True,
                         image_key: str = "image", label_key: str = "label", path_key: str = "image_path",
-                        band_from_label: bool = False) -> Compose:
+                        band_from_label: bool = False, table: LabelTable | str | None = "duke_dme") -> Compose:
     """Preprocessing for evaluation and inference (the label never locates or resizes anything).
+
+    RGB images are read as grey, as in training. With a label, both files are read as in training
+    (:class:`~monai_oct.transforms.io.LoadBScand`: label ids checked against ``table``, image and label sizes
+    compared, each failure a ``DataError`` naming the file); without one (inference) the image is read by MONAI's
+    ``LoadImaged``, which MONAI Label swaps for its own loader.
 
     Args:
         image_size: ``[H, W]`` the network sees (None: keep the size).
@@ -126,6 +133,7 @@ def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | Non
         path_key: where the image's path is kept (for output names and overlays).
         band_from_label: locate the band from the label. Only for synthetic data whose label is the
             generating condition (pseudo-labelling); never for evaluation.
+        table: label table the label ids are checked against at load time (None: no check).
 
     Returns:
         a ``Compose``: ``image`` float ``(1, h, w)`` in [-1, 1], ``label`` int64 ``(1, H, W)``,
@@ -134,8 +142,8 @@ def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | Non
     keys = [image_key] + ([label_key] if with_label else [])
     t = [
         KeepPathd([image_key], path_key=path_key),
-        LoadImaged(keys, reader=png_reader(), image_only=True),
-        EnsureChannelFirstd(keys),
+        *([LoadBScand(keys, label_keys=[label_key], table=table)] if with_label else
+          [LoadImaged(keys, reader=png_reader(grey=True), image_only=True), EnsureChannelFirstd(keys)]),
         RecordShaped([image_key]),
     ]
     if band_height:

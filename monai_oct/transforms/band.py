@@ -14,14 +14,11 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
+from monai.utils import convert_to_numpy
 
 from monai_oct.core.labels import DUKE_DME, UNANNOTATED
 
 __all__ = ["locate_retina_rows", "RetinaBandCrop", "RetinaBandCropd"]
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def locate_retina_rows(image=None, label=None, retina_ids: Sequence[int] = DUKE_DME.foreground) -> int:
@@ -42,7 +39,7 @@ def locate_retina_rows(image=None, label=None, retina_ids: Sequence[int] = DUKE_
         ValueError: when neither is given.
     """
     if label is not None:
-        lab = _np(label)[0]
+        lab = convert_to_numpy(label)[0]
         inside = np.isin(lab, list(retina_ids)) & (lab != UNANNOTATED)
         rows = np.flatnonzero(inside.any(axis=1))
         if rows.size:
@@ -50,7 +47,7 @@ def locate_retina_rows(image=None, label=None, retina_ids: Sequence[int] = DUKE_
         return lab.shape[0] // 2
     if image is None:
         raise ValueError("locate_retina_rows needs an image or a label")
-    img = _np(image).astype(np.float64).mean(axis=0)
+    img = convert_to_numpy(image, dtype=np.float64).mean(axis=0)
     img = np.where(img >= 0.98 * img.max(), img.min(), img)  # saturated export wedges are not retina
     profile = np.convolve(np.median(img, axis=1), np.ones(9) / 9, mode="same")
     weight = np.clip(profile - np.percentile(profile, 75), 0, None)

@@ -1,8 +1,9 @@
 """Loading B-scans and label maps with errors that name the file.
 
 MONAI's ``LoadImaged`` wraps a failure in "applying transform ..."; these loaders raise
-:class:`monai_oct.core.io.DataError` with the path and the problem, and check label ids
-against a :class:`~monai_oct.core.labels.LabelTable` at load time.
+:class:`monai_oct.core.io.DataError` with the path and the problem, read images as grey (RGB files are
+averaged, as ``check-data`` accepts them), check label ids against a :class:`~monai_oct.core.labels.LabelTable`
+and check that an image and its label have the same size, all at load time.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from monai_oct.core.io import read_image, read_label
+from monai_oct.core.io import check_same_size, read_grey, read_label
 from monai_oct.core.labels import LabelTable, get_label_table
 
 __all__ = ["LoadBScan", "LoadBScand"]
 
 
 class LoadBScan(Transform):
-    """Load an image or label file into a channel-first float32 tensor ``(C, H, W)``.
+    """Load an image or label file into a channel-first float32 tensor ``(1, H, W)``.
+
+    Images are grey B-scans: an RGB file is read as the mean of its channels
+    (:func:`~monai_oct.core.io.read_grey`), so every network of the project sees one channel.
 
     Args:
         is_label: read as a single-channel label map and validate its ids against ``table``.
@@ -36,19 +40,24 @@ class LoadBScan(Transform):
         self.table = get_label_table(table) if table is not None else None
 
     def __call__(self, path: str) -> torch.Tensor:
-        arr = read_label(path, self.table) if self.is_label else read_image(path)
-        arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-        return torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32))
+        arr = read_label(path, self.table) if self.is_label else read_grey(path)
+        return torch.from_numpy(np.ascontiguousarray(arr[None], dtype=np.float32))
 
 
 class LoadBScand(MapTransform):
-    """Dictionary twin of :class:`LoadBScan`.
+    """Dictionary twin of :class:`LoadBScan`, which also checks that the loaded images and labels have one size.
+
+    A label map is the per-pixel annotation of its image; resizing the two separately would train on
+    misplaced boundaries without any error, so a mismatch stops the load.
 
     Args:
         keys: keys holding file paths.
         label_keys: which of ``keys`` are label maps (checked against ``table``).
         table: label table for the id check (None skips it).
         allow_missing_keys: don't raise for missing keys.
+
+    Raises:
+        DataError: as :class:`LoadBScan`, or naming both files and sizes when an image and a label differ in size.
     """
 
     def __init__(self, keys: KeysCollection, label_keys: Sequence[str] = ("label",), table: LabelTable | str | None = "duke_dme",
@@ -60,6 +69,12 @@ class LoadBScand(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
+        first = None  # every array is compared with the first one loaded, naming the image first
         for key in self.key_iterator(d):
             d[key] = (self.label_loader if key in self.label_keys else self.image_loader)(d[key])
+            if first is None:
+                first = key
+                continue
+            img, lab = (first, key) if key in self.label_keys else (key, first)
+            check_same_size(data[img], d[img].shape, data[lab], d[lab].shape)
         return d

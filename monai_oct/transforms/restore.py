@@ -11,28 +11,18 @@ from __future__ import annotations
 
 from typing import Hashable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
+from monai.utils import convert_to_dst_type, convert_to_numpy, convert_to_tensor
 
 __all__ = ["RecordShaped", "RestoreBScan", "RestoreBScand"]
 
 
-def _as_int(x) -> int:
-    if isinstance(x, torch.Tensor):
-        return int(x.reshape(-1)[0].item())
-    if isinstance(x, np.ndarray):
-        return int(x.reshape(-1)[0])
-    return int(x)
-
-
 def _as_shape(x) -> tuple[int, int]:
-    if isinstance(x, (torch.Tensor, np.ndarray)):
-        vals = [int(v) for v in np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x).reshape(-1)]
-    else:
-        vals = [_as_int(v) for v in x]
+    """``(H, W)`` from a shape as collated by a DataLoader: a tensor, an array, or a list of 1-element tensors."""
+    vals = [int(v) for v in convert_to_numpy(x, wrap_sequence=True).reshape(-1)]
     if len(vals) != 2:
         raise ValueError(f"expected an original shape (H, W), got {vals}")
     return vals[0], vals[1]
@@ -103,15 +93,14 @@ class RestoreBScan(Transform):
 
     def __call__(self, pred, original_shape, band_offset=None):
         """Restore ``pred`` to ``original_shape`` (H, W); ``band_offset`` is the band's first row."""
-        is_np = isinstance(pred, np.ndarray)
-        x = torch.as_tensor(pred)
+        x = convert_to_tensor(pred, track_meta=False)
         if x.ndim != 3:
             raise ValueError(f"RestoreBScan expects a channel-first (C, h, w) prediction, got shape {tuple(x.shape)}")
         h, w = _as_shape(original_shape)
         if self.band_height is None or band_offset is None:
             out = self._resize(x, (h, w))
         else:
-            top = _as_int(band_offset)
+            top = int(convert_to_numpy(band_offset, wrap_sequence=True).reshape(-1)[0])
             band = self._resize(x, (self.band_height, w))
             keep = max(0, min(self.band_height, h - top))
             c = x.shape[0]
@@ -120,7 +109,7 @@ class RestoreBScan(Transform):
             if h - top - keep > 0:
                 parts.append(self._fill(c, h - top - keep, w, self.fill_below, band))
             out = torch.cat(parts, dim=1)
-        return out.cpu().numpy() if is_np else out
+        return convert_to_dst_type(out, pred)[0]
 
 
 class RestoreBScand(MapTransform):

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
-import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
+from monai.utils import convert_to_numpy
 
 from monai_oct.core.io import atomic_path, write_png
 
@@ -44,7 +44,7 @@ class SaveLabelMap(Transform):
         self.output_dir, self.formats, self.postfix = Path(output_dir), formats, postfix
 
     def __call__(self, label, name: str) -> list[str]:
-        arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+        arr = convert_to_numpy(label)
         if arr.ndim == 3:
             if arr.shape[0] != 1:
                 raise ValueError(f"{name}: expected a single-channel label map, got shape {arr.shape}")
