@@ -150,20 +150,32 @@ def test_nan_loss_names_iteration_and_epoch():
 
 
 def test_ema_math_and_state_dict():
+    from ignite.engine import Engine
+    from ignite.handlers import EMAHandler
+
     lin = nn.Linear(2, 1, bias=False)
     nn.init.constant_(lin.weight, 1.0)
     ema = EMA(lin, decay=0.9, warmup=False)
+    assert isinstance(ema, EMAHandler)  # ignite's handler does the averaging
     with torch.no_grad():
         lin.weight.fill_(3.0)
-    ema.update()
+    engine = Engine(lambda e, b: None)
+    ema.attach(engine)
+    engine.run([0], max_epochs=1)
     assert torch.allclose(ema.ema_model.weight, torch.full((1, 2), 0.9 * 1.0 + 0.1 * 3.0))
-    ema.update()
+    engine.run([0], max_epochs=2)  # one more iteration
     assert torch.allclose(ema.ema_model.weight, torch.full((1, 2), 0.9 * 1.2 + 0.1 * 3.0))
+    assert ema.num_updates == 2 and engine.state.ema_momentum == pytest.approx(0.1)
     warm = EMA(lin, decay=0.999)
     assert warm.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
     other = EMA(nn.Linear(2, 1, bias=False), decay=0.9)
     other.load_state_dict(ema.state_dict())
     assert torch.equal(other.ema_model.weight, ema.ema_model.weight) and other.num_updates == 2
+    every = EMA(lin, decay=0.9, update_every=2)
+    eng = Engine(lambda e, b: None)
+    every.attach(eng)
+    eng.run([0, 1, 2], max_epochs=1)
+    assert every.num_updates == 1
     with pytest.raises(ValueError):
         EMA(lin, decay=1.0)
 
