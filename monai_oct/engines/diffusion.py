@@ -26,6 +26,7 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 from torch.optim import Optimizer
 
+from monai_oct.engines.guard import check_finite_loss
 from monai_oct.networks.diffusion import PREDICTION_TYPES, check_image_size
 
 __all__ = ["DiffusionTrainer", "diffusion_target"]
@@ -141,10 +142,7 @@ class DiffusionTrainer(SupervisedTrainer):
                                   condition=cond, mode=mode)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         loss = engine.loss_function(pred.float(), target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"diffusion loss is {loss.item()} at iteration {engine.state.iteration}, epoch {engine.state.epoch}: "
-                "lower --learning_rate, keep gradient clipping on, or check the data for NaN/inf")
+        check_finite_loss(loss, engine, "diffusion loss")
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         scaler = engine.scaler if use_amp and images.device.type == "cuda" and not bf16 else None
         (scaler.scale(loss) if scaler is not None else loss).backward()
