@@ -239,7 +239,7 @@ def _resumable(out, max_epochs, kill_at=None, lr=1e-3, weight_decay=0.0, batch_s
                             raw_model=net, iteration_interval=1,
                             hyperparameters={"learning_rate": lr, "weight_decay": weight_decay, "batch_size": batch_size,
                                              "max_epochs": max_epochs})
-    handlers = [ema, LrScheduleHandler(sched, epoch_level=False, print_lr=False), ck]
+    handlers = [ck, ema, LrScheduleHandler(sched, epoch_level=False, print_lr=False)]  # last.pt still after both
     tr = DiffusionTrainer("cpu", max_epochs, _batches(n=n, b=batch_size), net, opt, diffusion_scheduler("ddpm", 20), 2,
                           train_handlers=handlers)
     if kill_at:
@@ -257,14 +257,14 @@ def test_mid_epoch_resume_ends_at_the_same_iteration_and_lr(tmp_path):
     assert ref.state.iteration == 12 and ref_ema.num_updates == 12
 
     out = tmp_path / "killed"
-    tr, _, _, _ = _resumable(out, 4, kill_at=5)  # iteration 5 = the 2nd of epoch 2's 3
+    tr, _, _, _ = _resumable(out, 4, kill_at=5)  # crashes in iteration 5, before saving it
     with pytest.raises(Killed):
         tr.run()
-    assert torch.load(out / "last.pt", weights_only=True)["trainer"]["iteration"] == 5
+    assert torch.load(out / "last.pt", weights_only=True)["trainer"]["iteration"] == 4  # the 1st of epoch 2's 3
     assert not (out / "model.pt").exists() and not (out / "model_raw.pt").exists()  # a crash writes no final weights
     tr2, opt2, ema2, ck2 = _resumable(out, 4)
     tr2.run()
-    assert ck2.resumed_from == {"epoch": 1, "iteration": 5}
+    assert ck2.resumed_from == {"epoch": 1, "iteration": 4}
     assert tr2.state.iteration == ref.state.iteration == 12 and tr2.state.epoch == 4
     assert ema2.num_updates == 12
     assert opt2.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], abs=1e-15)  # the schedule completed

@@ -198,9 +198,9 @@ def test_failed_training_writes_no_final_model_and_resumes_mid_epoch(phantom_dir
 
     out = tmp_path / "run"
     with pytest.raises(Killed):
-        _seg_trainer(phantom_dir, out, kill_at=4).run()  # the 1st iteration of epoch 2, after epoch 1's validation
+        _seg_trainer(phantom_dir, out, kill_at=5).run()  # crashes in iteration 5, before saving it
     assert not (out / "model_final.pt").exists()
-    assert torch.load(out / "last.pt", weights_only=True)["trainer"]["iteration"] == 4
+    assert torch.load(out / "last.pt", weights_only=True)["trainer"]["iteration"] == 4  # the 1st of epoch 2
     resumed = _seg_trainer(phantom_dir, out)
     resumed.run()
     assert resumed.state.iteration == ref.state.iteration and resumed.state.epoch == 2

@@ -144,6 +144,7 @@ class TrainingCheckpoint:
         self.resumed_from: dict[str, int] | None = None
         self.checkpoint: Checkpoint | None = None
         self._saved_iteration = -1
+        self._saves_attached = False
 
     @property
     def last_path(self) -> Path:
@@ -158,11 +159,20 @@ class TrainingCheckpoint:
         self.checkpoint = Checkpoint(to_save, AtomicSaver(self.output_dir), filename_pattern=self.last_path.name,
                                      n_saved=1, global_step_transform=lambda e, _: e.state.iteration)
         engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.STARTED, self._attach_saves)
+        engine.add_event_handler(Events.COMPLETED, self.finalize)
+
+    def _attach_saves(self, engine: Engine) -> None:
+        """Register the interval saves when the run starts, after every other handler: ignite calls handlers in
+        the order they were added, and ``last.pt`` must hold the state *after* the iteration's LR-scheduler step
+        and EMA update, or a resumed run would be one step behind."""
+        if self._saves_attached:
+            return
+        self._saves_attached = True
         if self.epoch_interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.epoch_interval), self.save)
         if self.iteration_interval > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.iteration_interval), self.save)
-        engine.add_event_handler(Events.COMPLETED, self.finalize)
 
     def __call__(self, engine: Engine) -> None:
         """Attach to ``engine`` (MONAI handler convention)."""
