@@ -215,6 +215,9 @@ def test_changed_batch_size_on_resume_stops_naming_it(phantom_dir, tmp_path):
         _seg_trainer(phantom_dir, out, kill_at=2).run()
     with pytest.raises(ValueError, match="batch_size 4 -> 3"):
         _seg_trainer(phantom_dir, out, batch_size=3).run()
+    fresh = _seg_trainer(phantom_dir, out, batch_size=3, resume="false")  # as it comes from the command line
+    fresh.run()
+    assert fresh.state.iteration == 6 and torch.load(out / "last.pt", weights_only=True)["hyperparameters"]["batch_size"] == 3
 
 
 def test_nan_loss_stops_with_a_message_and_no_model(phantom_dir, tmp_path):
