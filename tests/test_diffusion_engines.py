@@ -152,20 +152,32 @@ def test_nan_loss_names_iteration_and_epoch():
 
 
 def test_ema_math_and_state_dict():
+    from ignite.engine import Engine
+    from ignite.handlers import EMAHandler
+
     lin = nn.Linear(2, 1, bias=False)
     nn.init.constant_(lin.weight, 1.0)
     ema = EMA(lin, decay=0.9, warmup=False)
+    assert isinstance(ema, EMAHandler)  # ignite's handler does the averaging
     with torch.no_grad():
         lin.weight.fill_(3.0)
-    ema.update()
+    engine = Engine(lambda e, b: None)
+    ema.attach(engine)
+    engine.run([0], max_epochs=1)
     assert torch.allclose(ema.ema_model.weight, torch.full((1, 2), 0.9 * 1.0 + 0.1 * 3.0))
-    ema.update()
+    engine.run([0], max_epochs=2)  # one more iteration
     assert torch.allclose(ema.ema_model.weight, torch.full((1, 2), 0.9 * 1.2 + 0.1 * 3.0))
+    assert ema.num_updates == 2 and engine.state.ema_momentum == pytest.approx(0.1)
     warm = EMA(lin, decay=0.999)
     assert warm.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
     other = EMA(nn.Linear(2, 1, bias=False), decay=0.9)
     other.load_state_dict(ema.state_dict())
     assert torch.equal(other.ema_model.weight, ema.ema_model.weight) and other.num_updates == 2
+    every = EMA(lin, decay=0.9, update_every=2)
+    eng = Engine(lambda e, b: None)
+    every.attach(eng)
+    eng.run([0, 1, 2], max_epochs=1)
+    assert every.num_updates == 1
     with pytest.raises(ValueError):
         EMA(lin, decay=1.0)
 
@@ -188,7 +200,7 @@ def test_checkpoint_resume_and_final_weights(tmp_path):
     tr, net, ema, ck = build(2)
     tr.run()
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert saved["trainer"] == {"epoch": 2, "iteration": 4}
+    assert saved["trainer"] == {"iteration": 4, "epoch_length": 2, "max_epochs": 2}  # ignite's Engine.state_dict
     assert saved["ema"]["num_updates"] == 4 and saved["lr_scheduler"]["last_epoch"] == 4
     final = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(torch.equal(final[k], v) for k, v in ema.ema_model.state_dict().items())
@@ -213,8 +225,93 @@ def test_checkpoint_resume_and_final_weights(tmp_path):
     assert all(torch.equal(raw.state_dict()[k], v) for k, v in net2.state_dict().items())
 
 
+class Killed(Exception):
+    """What the test's kill handler raises: the run ends there, as a crash would."""
+
+
+def _resumable(out, max_epochs, kill_at=None, lr=1e-3, weight_decay=0.0, batch_size=4, n=3):
+    """A diffusion trainer with EMA, warm-up + cosine LR and ``last.pt`` every iteration; ``kill_at``: crash then."""
+    from monai.handlers import LrScheduleHandler
+
+    net = _net()
+    opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=weight_decay)
+    sched = make_lr_scheduler(opt, total_steps=max_epochs * n, warmup_steps=2, schedule="cosine")
+    ema = EMA(net, 0.9)
+    ck = TrainingCheckpoint(out, {"model": net, "ema": ema, "optimizer": opt, "lr_scheduler": sched}, final_model=ema.ema_model,
+                            raw_model=net, iteration_interval=1,
+                            hyperparameters={"learning_rate": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+                                             "max_epochs": max_epochs})
+    handlers = [ck, ema, LrScheduleHandler(sched, epoch_level=False, print_lr=False)]  # last.pt still after both
+    tr = DiffusionTrainer("cpu", max_epochs, _batches(n=n, b=batch_size), net, opt, diffusion_scheduler("ddpm", 20), 2,
+                          train_handlers=handlers)
+    if kill_at:
+        def kill(engine):
+            raise Killed(engine.state.iteration)
+
+        tr.add_event_handler(Events.ITERATION_COMPLETED(once=kill_at), kill)
+    return tr, opt, ema, ck
+
+
+def test_mid_epoch_resume_ends_at_the_same_iteration_and_lr(tmp_path):
+    """Bug 3: a run killed inside an epoch restored the epoch in progress as done and lost its remaining iterations."""
+    ref, ref_opt, ref_ema, _ = _resumable(tmp_path / "ref", 4)
+    ref.run()
+    assert ref.state.iteration == 12 and ref_ema.num_updates == 12
+
+    out = tmp_path / "killed"
+    tr, _, _, _ = _resumable(out, 4, kill_at=5)  # crashes in iteration 5, before saving it
+    with pytest.raises(Killed):
+        tr.run()
+    assert torch.load(out / "last.pt", weights_only=True)["trainer"]["iteration"] == 4  # the 1st of epoch 2's 3
+    assert not (out / "model.pt").exists() and not (out / "model_raw.pt").exists()  # a crash writes no final weights
+    tr2, opt2, ema2, ck2 = _resumable(out, 4)
+    tr2.run()
+    assert ck2.resumed_from == {"epoch": 1, "iteration": 4}
+    assert tr2.state.iteration == ref.state.iteration == 12 and tr2.state.epoch == 4
+    assert ema2.num_updates == 12
+    assert opt2.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], abs=1e-15)  # the schedule completed
+    assert (out / "model.pt").is_file() and (out / "model_raw.pt").is_file()
+
+
+def test_resume_applies_a_changed_learning_rate_and_logs_it(tmp_path, caplog):
+    """Bug 6: --learning_rate on resume was silently replaced by the checkpoint's optimizer state."""
+    out = tmp_path / "run"
+    tr, _, _, _ = _resumable(out, 4, kill_at=4)
+    with pytest.raises(Killed):
+        tr.run()
+    ref, ref_opt, _, _ = _resumable(tmp_path / "ref", 4, lr=2e-3)  # what the schedule at 2e-3 ends at
+    ref.run()
+    tr2, opt2, _, ck2 = _resumable(out, 4, lr=2e-3, weight_decay=0.01)
+    with caplog.at_level("INFO"):
+        tr2.run()
+    assert "learning_rate changed on resume: 0.001 -> 0.002 (applied)" in caplog.text
+    assert "weight_decay changed on resume: 0.0 -> 0.01 (applied)" in caplog.text
+    assert opt2.param_groups[0]["weight_decay"] == 0.01
+    assert opt2.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], abs=1e-15)
+    saved = torch.load(out / "last.pt", weights_only=True)["hyperparameters"]
+    assert saved["learning_rate"] == 2e-3  # the checkpoint now records what was applied
+    resume = [l for l in (out / "training_log.jsonl").read_text().splitlines() if '"resume"' in l]
+    assert '"learning_rate": [0.001, 0.002]' in resume[0]
+
+
+def test_resume_stops_on_a_hyperparameter_that_cannot_change(tmp_path):
+    """Bug 6: a changed batch size (other iterations per epoch, another schedule) stops the run, naming it."""
+    out = tmp_path / "run"
+    tr, _, _, _ = _resumable(out, 2, kill_at=2)
+    with pytest.raises(Killed):
+        tr.run()
+    before = (out / "last.pt").read_bytes()
+    tr2, _, _, _ = _resumable(out, 2, batch_size=2)
+    with pytest.raises(ValueError, match=r"last.pt: changed since this checkpoint was written: batch_size 4 -> 2"):
+        tr2.run()
+    assert (out / "last.pt").read_bytes() == before  # nothing restored, nothing overwritten
+    tr3, _, _, _ = _resumable(out, 2, n=4)  # the data changed: 4 iterations per epoch instead of 3
+    with pytest.raises(ValueError, match="written with 3 iterations per epoch, this run has 4"):
+        tr3.run()
+
+
 def test_checkpoint_refuses_a_mismatched_last_pt(tmp_path):
-    save_checkpoint({"model": {}, "trainer": {"epoch": 1, "iteration": 1}}, tmp_path / "last.pt")
+    save_checkpoint({"model": {}, "trainer": {"iteration": 1, "epoch_length": 1, "max_epochs": 2}}, tmp_path / "last.pt")
     net = _net()
     opt = torch.optim.SGD(net.parameters(), 0.1)
     ck = TrainingCheckpoint(tmp_path, {"model": net, "optimizer": opt})

@@ -97,7 +97,7 @@ def test_all_stages_on_phantom(phantom_dir, tmp_path):
 
     gen = manifest["generation"]
     assert gen["checkpoint_sha256"]["image"] == hashlib.sha256((runs / "ft" / "model.pt").read_bytes()).hexdigest()
-    assert gen["sampler"] == "DDIMScheduler" and gen["num_inference_steps"] == 3 and gen["output_size"] == [48, 40]
+    assert gen["sampler"] == "PerSampleDDIMScheduler" and gen["num_inference_steps"] == 3 and gen["output_size"] == [48, 40]
     assert gen["config"]["schedule"] == "cosine" and gen["config"]["labels"]["label_datalist"] is None
     assert manifest["seeds"]["synth_00004.png"] == sample_seed(0, 4)
 
@@ -120,26 +120,62 @@ def test_all_stages_on_phantom(phantom_dir, tmp_path):
     assert np.array_equal(mirror, first[:, ::-1])
 
 
+def freeze_mid_epoch(proc, last):
+    """Stop ``proc`` (SIGSTOP) at a moment when ``last`` (last.pt, written every iteration) is inside an epoch."""
+    while True:
+        wait_for(last.is_file, proc)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        trainer = torch.load(last, weights_only=True)["trainer"]
+        if trainer["iteration"] % trainer["epoch_length"]:
+            return trainer
+        os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
-def test_kill_during_training_then_resume(phantom_dir, tmp_path):
+def test_kill_mid_epoch_then_resume_to_the_same_iteration_and_lr(phantom_dir, tmp_path):
+    """Bug 3: a resume from a mid-epoch last.pt (--checkpoint_iterations) lost the rest of that epoch's iterations."""
+    args = dict(TINY, sample_interval=0, batch_size=2, max_epochs=3, lr_schedule="cosine", warmup_steps=2,
+                checkpoint_iterations=1, dataset_dir=phantom_dir)
+    stage("pretrain", output_dir=tmp_path / "ref", **args)
+    ref = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)
+    length = ref["trainer"]["epoch_length"]
+    assert ref["trainer"]["iteration"] == 3 * length
+
     out = tmp_path / "pre"
-    proc = popen("pretrain", tmp_path / "log1.txt", dataset_dir=phantom_dir, output_dir=out, max_epochs=500,
-                 **dict(TINY, sample_interval=0))
-    wait_for(lambda: (out / "last.pt").is_file(), proc)
-    time.sleep(0.3)
+    proc = popen("pretrain", tmp_path / "log1.txt", output_dir=out, **args)
+    saved = freeze_mid_epoch(proc, out / "last.pt")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "model.pt").exists()
-    saved = torch.load(out / "last.pt", weights_only=True)["trainer"]
-    assert 1 <= saved["epoch"] < 500
-    log = stage("pretrain", dataset_dir=phantom_dir, output_dir=out, max_epochs=saved["epoch"] + 2, **dict(TINY, sample_interval=0))
-    assert f"resumed from {out / 'last.pt'} at epoch {saved['epoch']}" in log
+    log = stage("pretrain", output_dir=out, **args)
+    epoch, done = divmod(saved["iteration"], length)
+    assert f"resumed from {out / 'last.pt'} at epoch {epoch} + {done} of {length} iterations" in log
     final = torch.load(out / "last.pt", weights_only=True)
-    assert final["trainer"]["epoch"] == saved["epoch"] + 2
-    assert final["trainer"]["iteration"] == saved["iteration"] + 2 * (saved["iteration"] // saved["epoch"])
+    assert final["trainer"]["iteration"] == ref["trainer"]["iteration"]
+    assert final["ema"]["num_updates"] == ref["ema"]["num_updates"]
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(ref["optimizer"]["param_groups"][0]["lr"], abs=1e-15)
     assert (out / "model.pt").is_file() and not list(out.glob(".*.tmp"))
     events = [json.loads(l)["event"] for l in (out / "training_log.jsonl").read_text().splitlines()]
     assert events.count("resume") == 1 and events[-1] == "completed"
+
+
+@pytest.mark.slow
+def test_resume_with_another_learning_rate_applies_it(phantom_dir, tmp_path):
+    """Bug 6: --learning_rate on resume was silently replaced by the checkpoint's; now applied and logged, while a
+    changed --ema_decay stops the run naming it."""
+    out = tmp_path / "pre"
+    args = dict(TINY, sample_interval=0, dataset_dir=phantom_dir, output_dir=out)
+    stage("pretrain", max_epochs=1, **args)
+    args["learning_rate"] = 5e-4
+    log = stage("pretrain", max_epochs=2, **args)
+    assert "learning_rate changed on resume: 0.001 -> 0.0005 (applied)" in log
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
+    assert last["hyperparameters"]["learning_rate"] == 5e-4 and last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]
+    res = subprocess.run(bundle_command(BUNDLE, ["common.yaml", "pretrain.yaml"], max_epochs=3, ema_decay=0.5, **args),
+                         env=bundle_env(BUNDLE_ENV), capture_output=True, text=True, timeout=180)
+    assert res.returncode != 0 and "changed since this checkpoint was written: ema_decay 0.9999 -> 0.5" in res.stdout + res.stderr
 
 
 @pytest.mark.slow

@@ -22,15 +22,20 @@ CONFIGS = ROOT / "bundles" / "oct_layer_seg" / "configs"
 TINY = ["--image_size", "[64,64]", "--band_height", "0", "--channels", "[8,16,32]", "--progress", "False"]
 
 
-def run_bundle(configs, *args, timeout=300):
+def bundle_run(configs, *args, timeout=300):
+    """Run ``python -m monai.bundle run`` on the seg configs; returns ``(return code, stdout + stderr)``."""
     files = [str(CONFIGS / c) for c in configs]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files), *map(str, args)]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    out = res.stdout + res.stderr
-    if res.returncode != 0:
+    return res.returncode, res.stdout + res.stderr
+
+
+def run_bundle(configs, *args, timeout=300):
+    rc, out = bundle_run(configs, *args, timeout=timeout)
+    if rc != 0:
         hint = "\n(`python -m monai.bundle` needs the `fire` package)" if "No module named 'fire'" in out else ""
-        pytest.fail(f"bundle run failed ({res.returncode}): {' '.join(cmd)}\n{out[-4000:]}{hint}")
+        pytest.fail(f"bundle run failed ({rc}): {configs} {args}\n{out[-4000:]}{hint}")
     return out
 
 
@@ -157,3 +162,70 @@ def test_pseudo_labeller_uses_teacher_and_resumes(phantom_dir, tmp_path):
     assert os.path.getmtime(new[0]["label"]) == stamp
     with pytest.raises(ValueError, match="keep_condition_below"):
         PseudoLabeller(teacher, tmp_path, (64, 64), keep_condition_below=2)
+
+
+class Killed(Exception):
+    """What the tests' kill handler raises: the run ends there, as a crash would."""
+
+
+def _seg_trainer(phantom_dir, out, kill_at=None, **overrides):
+    """train.yaml parsed in-process at tiny size (3 iterations per epoch, warm-up + cosine LR); ``kill_at``: crash then."""
+    from ignite.engine import Events
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    parser.update({"dataset_dir": str(phantom_dir), "output_dir": str(out), "image_size": [64, 64], "band_height": 0,
+                   "channels": [8, 16, 32], "progress": False, "device": "$torch.device('cpu')", "amp": False,
+                   "max_epochs": 2, "batch_size": 4, "lr_schedule": "cosine", "warmup_steps": 1, "checkpoint_iterations": 1,
+                   **overrides})
+    parser.parse()
+    parser.get_parsed_content("initialize")
+    trainer = parser.get_parsed_content("train#trainer")
+    if kill_at:
+        def kill(engine):
+            raise Killed(engine.state.iteration)
+
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=kill_at), kill)
+    return trainer
+
+
+def test_failed_training_writes_no_final_model_and_resumes_mid_epoch(phantom_dir, tmp_path):
+    """Bug 4: a failed run left model_final.pt under its final name (MONAI's CheckpointSaver saves on exception);
+    bug 3 for this bundle: a resume from a mid-epoch last.pt runs exactly the iterations left and completes its LR schedule."""
+    ref = _seg_trainer(phantom_dir, tmp_path / "ref")
+    ref.run()
+    assert ref.state.iteration == 6 and (tmp_path / "ref" / "model_final.pt").is_file()
+
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        _seg_trainer(phantom_dir, out, kill_at=5).run()  # crashes in iteration 5, before saving it
+    assert not (out / "model_final.pt").exists()
+    assert torch.load(out / "last.pt", weights_only=True)["trainer"]["iteration"] == 4  # the 1st of epoch 2
+    resumed = _seg_trainer(phantom_dir, out)
+    resumed.run()
+    assert resumed.state.iteration == ref.state.iteration and resumed.state.epoch == 2
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(ref.optimizer.param_groups[0]["lr"], abs=1e-15)
+    assert (out / "model_final.pt").is_file()
+
+
+def test_changed_batch_size_on_resume_stops_naming_it(phantom_dir, tmp_path):
+    """Bug 6: a hyper-parameter that cannot change on resume stops the run with old -> new instead of being ignored."""
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        _seg_trainer(phantom_dir, out, kill_at=2).run()
+    with pytest.raises(ValueError, match="batch_size 4 -> 3"):
+        _seg_trainer(phantom_dir, out, batch_size=3).run()
+    fresh = _seg_trainer(phantom_dir, out, batch_size=3, resume="false")  # as it comes from the command line
+    fresh.run()
+    assert fresh.state.iteration == 6 and torch.load(out / "last.pt", weights_only=True)["hyperparameters"]["batch_size"] == 3
+
+
+def test_nan_loss_stops_with_a_message_and_no_model(phantom_dir, tmp_path):
+    """Bug 2: --learning_rate 1e6 exited 0 with all-non-finite model.pt / model_final.pt."""
+    run = tmp_path / "run"
+    rc, out = bundle_run(["train.yaml"], "--dataset_dir", phantom_dir, "--output_dir", run, "--max_epochs", 3,
+                         "--batch_size", 2, "--learning_rate", 1e6, "--device", "cpu", *TINY)
+    assert rc != 0, out[-2000:]
+    # the guard's message (the last line is MONAI's ConfigExpression wrapper until the run lines report errors)
+    assert "FloatingPointError: segmentation loss is nan at iteration 3, epoch 1" in out, out[-2000:]
+    assert not (run / "model_final.pt").exists() and not (run / "model.pt").exists()  # stopped before any validation

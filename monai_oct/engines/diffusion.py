@@ -27,6 +27,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from monai_oct.engines.amp import autocast_dtype
+from monai_oct.engines.guard import check_finite_loss
 from monai_oct.networks.diffusion import check_image_size
 from monai_oct.schedulers import PREDICTION_TYPES
 
@@ -153,10 +154,7 @@ class DiffusionTrainer(SupervisedTrainer):
                                   condition=cond, mode=mode)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         loss = engine.loss_function(pred.float(), target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"diffusion loss is {loss.item()} at iteration {engine.state.iteration}, epoch {engine.state.epoch}: "
-                "lower --learning_rate, keep gradient clipping on, or check the data for NaN/inf")
+        check_finite_loss(loss, engine, "diffusion loss")
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         scaler = engine.scaler if self.amp_dtype == torch.float16 else None  # bf16 needs no loss scaling
         (scaler.scale(loss) if scaler is not None else loss).backward()

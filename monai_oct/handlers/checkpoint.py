@@ -1,11 +1,16 @@
-"""Crash-safe training: an atomic ``last.pt`` every epoch (or K iterations), resumed on start; final weights.
+"""Crash-safe training for both bundles, on ignite's ``Checkpoint``: ``last.pt`` to resume, final weights on success.
 
 ``last.pt`` holds the state dict of every object handed in (model, EMA, optimizer, LR scheduler, grad
-scaler) and the trainer's ``epoch``/``iteration``. When a run starts and ``output_dir/last.pt`` exists,
-everything is restored and training continues from the saved epoch up to ``max_epochs``: a run killed
-with ``kill -9`` and started again with the same command picks up where its last checkpoint left it.
-At the end ``model.pt`` holds the weights to sample with (the EMA weights when an EMA is given) and
-``model_raw.pt`` the raw weights. Every write goes to a temporary file renamed into place.
+scaler), the trainer's own state (ignite's ``Engine.state_dict``: iteration, epoch length, max epochs) and the
+run's hyper-parameters. It is written by ignite's :class:`~ignite.handlers.Checkpoint` every epoch (and every K
+iterations) through :class:`AtomicSaver` and read back with ``weights_only=True``. When a run starts and
+``output_dir/last.pt`` exists, everything is restored with ``Checkpoint.load_objects`` and training continues
+from the saved *iteration* (a mid-epoch checkpoint resumes inside its epoch) up to ``max_epochs``.
+Hyper-parameters that changed since ``last.pt`` was written are applied and logged (``learning_rate``,
+``weight_decay``, ``max_epochs``) or stop the run with a message naming them (all others).
+
+The final weights (``model.pt``, and ``model_raw.pt`` when asked) are written only when training completes:
+a run that fails leaves ``last.pt`` to resume from and no final model.
 """
 
 from __future__ import annotations
@@ -19,12 +24,20 @@ from typing import Any, Mapping
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
+from torch.optim.lr_scheduler import LRScheduler
 
+from monai_oct.core.io import remove_temporaries
 from monai_oct.networks.checkpoint import load_checkpoint, save_checkpoint
+from monai_oct.optim import scale_base_lr
 
-__all__ = ["TrainingCheckpoint", "TrainingLog"]
+__all__ = ["AtomicSaver", "TrainingCheckpoint", "TrainingLog", "APPLIED_ON_RESUME"]
 
 logger = logging.getLogger(__name__)
+
+#: hyper-parameters a resumed run may change: they take effect (and the log says so).
+APPLIED_ON_RESUME = ("learning_rate", "weight_decay", "max_epochs")
 
 
 def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
@@ -35,19 +48,78 @@ def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-class TrainingCheckpoint:
-    """Save ``last.pt`` atomically during training, resume from it on start, write the final weights.
+def _plain(value: Any) -> Any:
+    """``value`` as numbers, strings, lists and dicts (what ``weights_only=True`` reads back and ``==`` compares)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+class AtomicSaver(BaseSaveHandler):
+    """Ignite save handler writing ``dirname/filename`` through the project's atomic write (``save_checkpoint``).
+
+    Ignite's ``DiskSaver(atomic=True)`` also writes a temporary file first, but under ``tempfile``'s random
+    ``tmpXXXX`` names, which :func:`monai_oct.core.io.remove_temporaries` does not recognise, so a killed
+    run's leftovers would stay in the output folder. :meth:`remove` does nothing: the checkpoint uses one fixed
+    name (``last.pt``), which ignite removes before writing it again; the atomic replace makes that removal
+    unneeded, and skipping it means there is never a moment without a complete ``last.pt``.
 
     Args:
-        output_dir: folder of ``last.pt``, ``model.pt`` and ``model_raw.pt``.
+        dirname: the folder written to (created when missing).
+    """
+
+    def __init__(self, dirname: str | os.PathLike) -> None:
+        self.dirname = Path(dirname)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        """Write ``checkpoint`` to ``dirname/filename`` atomically."""
+        save_checkpoint(dict(checkpoint), self.dirname / filename)
+
+    def remove(self, filename: str) -> None:
+        """Keep the file: the next save replaces it atomically (see the class docstring)."""
+
+
+class _Hyperparameters:
+    """The run's hyper-parameters as an object with a state dict (what ignite's ``Checkpoint`` saves)."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = _plain(dict(values))
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # compared by TrainingCheckpoint, never loaded
+        pass
+
+
+class TrainingCheckpoint:
+    """Save ``last.pt`` during training, resume from it on start, write the final weights when training completes.
+
+    Ignite's ``Checkpoint`` does the saving (``last.pt``, one file kept) and the restoring (``load_objects``,
+    the trainer included, so ignite resumes at the saved iteration). This class adds what the bundles need
+    around it: resume only when ``last.pt`` exists, compare the stored hyper-parameters, write the final
+    weights on ``COMPLETED`` only (MONAI's ``CheckpointSaver(save_final=True)`` also writes them when the run
+    fails, so a failed run would look finished) and log the events.
+
+    Args:
+        output_dir: folder of ``last.pt`` and the final weights.
         save_dict: name -> object with ``state_dict``/``load_state_dict`` (None values are skipped), e.g.
-            ``{"model": net, "ema": ema, "optimizer": opt, "lr_scheduler": sched, "scaler": scaler}``.
-        final_model: module whose weights become ``model.pt`` (e.g. ``ema.ema_model``); None: ``save_dict["model"]``.
-        raw_model: module whose weights become ``model_raw.pt``; None: none written.
+            ``{"model": net, "ema": ema, "optimizer": opt, "lr_scheduler": sched}``; the trainer's
+            ``GradScaler`` (``engine.scaler`` under AMP) joins as ``"scaler"``, the trainer as ``"trainer"``.
+        final_model: module whose weights become ``final_filename`` (e.g. ``ema.ema_model``); None: ``save_dict["model"]``.
+        raw_model: module whose weights become ``raw_filename``; None: none written.
         epoch_interval: save every this many epochs (0: never at epoch ends).
         iteration_interval: also save every this many iterations (0: never).
         resume: restore from ``last.pt`` when it exists.
         log_file: JSON-lines file the resume/save events are appended to (None: ``output_dir/training_log.jsonl``).
+        hyperparameters: name -> value stored in ``last.pt`` and compared on resume; a changed value of
+            :data:`APPLIED_ON_RESUME` is applied and logged (old -> new), any other change stops the run.
+        final_filename: the final weights' file name.
+        raw_filename: the raw weights' file name.
 
     Raises:
         ValueError: when ``save_dict`` has no ``"model"`` and no ``final_model`` is given.
@@ -55,7 +127,9 @@ class TrainingCheckpoint:
 
     def __init__(self, output_dir: str | os.PathLike, save_dict: Mapping[str, Any], final_model: torch.nn.Module | None = None,
                  raw_model: torch.nn.Module | None = None, epoch_interval: int = 1, iteration_interval: int = 0,
-                 resume: bool = True, log_file: str | os.PathLike | None = None) -> None:
+                 resume: bool = True, log_file: str | os.PathLike | None = None,
+                 hyperparameters: Mapping[str, Any] | None = None, final_filename: str = "model.pt",
+                 raw_filename: str = "model_raw.pt") -> None:
         self.output_dir = Path(output_dir)
         self.save_dict = {k: v for k, v in save_dict.items() if v is not None}
         if final_model is None and "model" not in self.save_dict:
@@ -65,7 +139,12 @@ class TrainingCheckpoint:
         self.epoch_interval, self.iteration_interval = int(epoch_interval), int(iteration_interval)
         self.resume = bool(resume)
         self.log_file = Path(log_file) if log_file else self.output_dir / "training_log.jsonl"
+        self.hyperparameters = _Hyperparameters(hyperparameters or {})
+        self.final_filename, self.raw_filename = final_filename, raw_filename
         self.resumed_from: dict[str, int] | None = None
+        self.checkpoint: Checkpoint | None = None
+        self._saved_iteration = -1
+        self._saves_attached = False
 
     @property
     def last_path(self) -> Path:
@@ -73,66 +152,120 @@ class TrainingCheckpoint:
         return self.output_dir / "last.pt"
 
     def attach(self, engine: Engine) -> None:
-        """Resume on ``STARTED``, save on epoch/iteration intervals, write the final weights on ``COMPLETED``.
-
-        The engine's ``GradScaler`` (``engine.scaler``, MONAI trainers under AMP) joins ``save_dict`` as ``"scaler"``.
-        """
+        """Resume on ``STARTED``, save on epoch/iteration intervals, write the final weights on ``COMPLETED``."""
         if getattr(engine, "scaler", None) is not None and "scaler" not in self.save_dict:
             self.save_dict["scaler"] = engine.scaler
+        to_save = dict(self.save_dict, trainer=engine, hyperparameters=self.hyperparameters)
+        self.checkpoint = Checkpoint(to_save, AtomicSaver(self.output_dir), filename_pattern=self.last_path.name,
+                                     n_saved=1, global_step_transform=lambda e, _: e.state.iteration)
         engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.STARTED, self._attach_saves)
+        engine.add_event_handler(Events.COMPLETED, self.finalize)
+
+    def _attach_saves(self, engine: Engine) -> None:
+        """Register the interval saves when the run starts, after every other handler: ignite calls handlers in
+        the order they were added, and ``last.pt`` must hold the state *after* the iteration's LR-scheduler step
+        and EMA update, or a resumed run would be one step behind."""
+        if self._saves_attached:
+            return
+        self._saves_attached = True
         if self.epoch_interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.epoch_interval), self.save)
         if self.iteration_interval > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.iteration_interval), self.save)
-        engine.add_event_handler(Events.COMPLETED, self.finalize)
 
     def __call__(self, engine: Engine) -> None:
         """Attach to ``engine`` (MONAI handler convention)."""
         self.attach(engine)
 
-    def state(self, engine: Engine) -> dict[str, Any]:
-        """What ``last.pt`` holds: each object's state dict and ``{"trainer": {"epoch", "iteration"}}``."""
-        out: dict[str, Any] = {k: v.state_dict() for k, v in self.save_dict.items()}
-        out["trainer"] = {"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration)}
-        return out
-
     def save(self, engine: Engine) -> None:
-        """Write ``last.pt`` atomically."""
-        save_checkpoint(self.state(engine), self.last_path)
+        """Write ``last.pt`` atomically (once per iteration: an epoch end that is also an interval saves once)."""
+        if self.checkpoint is None:
+            raise RuntimeError("TrainingCheckpoint.save before attach")
+        if engine.state.iteration == self._saved_iteration:
+            return
+        self.checkpoint(engine)
+        self._saved_iteration = engine.state.iteration
         _append_jsonl(self.log_file, {"event": "checkpoint", "epoch": engine.state.epoch,
                                       "iteration": engine.state.iteration, "time": time.time()})
 
+    def _check_hyperparameters(self, saved: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The changed hyper-parameters that apply; raises for those that cannot change."""
+        now = self.hyperparameters.values
+        changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+        frozen = {k: v for k, v in changed.items() if k not in APPLIED_ON_RESUME}
+        if frozen:
+            names = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in frozen.items())
+            raise ValueError(f"{self.last_path}: changed since this checkpoint was written: {names}; these cannot change "
+                             "on resume: put them back, or use another --output_dir (or delete last.pt) to start afresh")
+        return changed
+
+    def _apply(self, changed: Mapping[str, tuple[Any, Any]]) -> None:
+        """Apply a changed learning rate / weight decay to the restored optimizer (and LR scheduler)."""
+        optimizer = self.save_dict.get("optimizer")
+        scheduler = next((v for v in self.save_dict.values() if isinstance(v, LRScheduler)), None)
+        if optimizer is None:
+            return
+        if "learning_rate" in changed:
+            old, new = changed["learning_rate"]
+            scale_base_lr(optimizer, scheduler, float(new) / float(old))
+        if "weight_decay" in changed:
+            for group in optimizer.param_groups:
+                group["weight_decay"] = float(changed["weight_decay"][1])
+
     def load(self, engine: Engine) -> None:
-        """Restore every object and the trainer's epoch/iteration from ``last.pt`` when it exists.
+        """Restore every object and the trainer's iteration from ``last.pt`` when it exists.
 
         Raises:
-            ValueError: when ``last.pt`` cannot be read or misses an object (names the file and the key).
+            ValueError: when ``last.pt`` cannot be read, misses an object, does not fit, was written with other
+                iterations per epoch or beyond ``max_epochs``, or with other hyper-parameters that cannot change
+                (names the file, the key and the values).
         """
+        remove_temporaries(self.output_dir)
         if not (self.resume and self.last_path.is_file()):
             return
-        ckpt = load_checkpoint(self.last_path, map_location=engine.state.device if hasattr(engine.state, "device") else "cpu")
+        device = getattr(engine.state, "device", None) or "cpu"
+        ckpt = load_checkpoint(self.last_path, map_location=device)
         missing = [k for k in list(self.save_dict) + ["trainer"] if k not in ckpt]
         if missing:
             raise ValueError(f"{self.last_path}: checkpoint lacks {missing}; delete it to start afresh")
-        for k, obj in self.save_dict.items():
-            try:
-                obj.load_state_dict(ckpt[k])
-            except (RuntimeError, ValueError, KeyError) as e:
-                raise ValueError(f"{self.last_path}: cannot restore {k!r} (config changed since it was written?): {e}") from e
-        epoch, iteration = int(ckpt["trainer"]["epoch"]), int(ckpt["trainer"]["iteration"])
-        engine.state.epoch, engine.state.iteration = epoch, iteration
+        saved_trainer = dict(ckpt["trainer"])
+        length, max_epochs = engine.state.epoch_length, engine.state.max_epochs
+        saved_trainer.pop("epoch", None)  # written before ignite kept the trainer's state: the iteration says all
+        saved_trainer.setdefault("epoch_length", length)
+        saved_trainer.setdefault("max_epochs", max_epochs)
+        if saved_trainer["epoch_length"] != length:
+            raise ValueError(f"{self.last_path}: written with {saved_trainer['epoch_length']} iterations per epoch, "
+                             f"this run has {length} (batch_size or the data changed); put them back, or use another "
+                             "--output_dir (or delete last.pt) to start afresh")
+        iteration = int(saved_trainer["iteration"])
+        if max_epochs is not None and iteration > max_epochs * length:
+            raise ValueError(f"{self.last_path}: already trained {iteration} iterations ({iteration / length:g} epochs), "
+                             f"more than --max_epochs {max_epochs}; raise --max_epochs to continue")
+        changed = self._check_hyperparameters(ckpt.get("hyperparameters", {}))
+        to_load = dict(self.save_dict, trainer=engine)
+        try:
+            Checkpoint.load_objects(to_load=to_load, checkpoint=dict(ckpt, trainer=saved_trainer))
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{self.last_path}: cannot restore it (config changed since it was written?): {e}") from e
+        engine.state.max_epochs = max_epochs  # a grown --max_epochs continues further
+        self._apply(changed)
+        self._saved_iteration = iteration
+        epoch, done = divmod(iteration, length)
         self.resumed_from = {"epoch": epoch, "iteration": iteration}
-        msg = f"resumed from {self.last_path} at epoch {epoch} (iteration {iteration}); continuing to epoch {engine.state.max_epochs}"
-        logger.info(msg)
-        print(msg, flush=True)
-        _append_jsonl(self.log_file, {"event": "resume", "epoch": epoch, "iteration": iteration, "time": time.time()})
+        where = f"epoch {epoch}" if not done else f"epoch {epoch} + {done} of {length} iterations"
+        logger.info("resumed from %s at %s (iteration %d); continuing to epoch %s", self.last_path, where, iteration, max_epochs)
+        for k, (old, new) in changed.items():
+            logger.warning("%s: %s changed on resume: %r -> %r (applied)", self.last_path, k, old, new)
+        _append_jsonl(self.log_file, {"event": "resume", "epoch": epoch, "iteration": iteration, "time": time.time(),
+                                      "changed": {k: [old, new] for k, (old, new) in changed.items()}})
 
     def finalize(self, engine: Engine) -> None:
-        """Save ``last.pt`` and write ``model.pt`` (+ ``model_raw.pt``)."""
+        """Save ``last.pt`` and write the final (and raw) weights: only a completed run gets here."""
         self.save(engine)
-        save_checkpoint(self.final_model.state_dict(), self.output_dir / "model.pt")
+        save_checkpoint(self.final_model.state_dict(), self.output_dir / self.final_filename)
         if self.raw_model is not None:
-            save_checkpoint(self.raw_model.state_dict(), self.output_dir / "model_raw.pt")
+            save_checkpoint(self.raw_model.state_dict(), self.output_dir / self.raw_filename)
         _append_jsonl(self.log_file, {"event": "completed", "epoch": engine.state.epoch,
                                       "iteration": engine.state.iteration, "time": time.time()})
 

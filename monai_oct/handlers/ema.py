@@ -1,27 +1,35 @@
-"""Exponential moving average (EMA) of a network's weights, updated after every training iteration."""
+"""Exponential moving average (EMA) of a network's weights: ignite's ``EMAHandler`` with a resumable state."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Mapping
 
-import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
 from torch import nn
 
 __all__ = ["EMA"]
 
 
-class EMA:
-    """Keep ``ema_model``, an EMA copy of ``network``: ``ema = d * ema + (1 - d) * weights`` per update.
+class EMA(EMAHandler):
+    """Ignite's :class:`~ignite.handlers.EMAHandler` (``ema = d * ema + (1 - d) * weights``) that a checkpoint can restore.
 
-    With ``warmup`` the decay of update ``n`` (counted from 0) is ``min(decay, (1 + n) / (10 + n))``, so
-    the first updates follow the fast-changing weights closely instead of dragging the random initial
-    weights along for thousands of steps. Buffers (none in the diffusion UNet's GroupNorm) are copied.
+    Ignite's handler does the averaging and keeps ``ema_model``; this subclass adds what it lacks for this
+    project, and only that:
+
+    - ``state_dict``/``load_state_dict`` (EMA weights and the update count), so ``last.pt`` holds the EMA and a
+      resumed run continues it exactly; ignite's handler has no state of its own to save.
+    - a warm-up decay that depends on the number of updates, ``min(decay, (1 + n) / (10 + n))``, so the first
+      updates follow the fast-changing weights instead of dragging the random initial weights along for
+      thousands of steps. Ignite's warm-up (``momentum_warmup``) is a linear ramp over a fixed number of
+      iterations whose counter lives in a scheduler created at ``attach`` and is not saved, so it restarts on
+      resume.
+
+    Buffers are copied from the network (ignite's ``handle_buffers="copy"``; the diffusion UNet's GroupNorm has none).
 
     Args:
         network: the trained network.
-        decay: the EMA decay ``d`` in [0, 1).
+        decay: the EMA decay ``d`` in [0, 1) (ignite's ``momentum`` is ``1 - d``).
         warmup: use the warm-up decay above.
         update_every: update every this many iterations.
 
@@ -40,8 +48,9 @@ class EMA:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         if int(update_every) < 1:
             raise ValueError(f"update_every must be >= 1, got {update_every}")
+        # ignite wants 0 < momentum < 1 here; every update sets the momentum from current_decay() anyway
+        super().__init__(network, momentum=min(max(1.0 - float(decay), 1e-6), 1.0 - 1e-6), handle_buffers="copy")
         self.network, self.decay, self.warmup, self.update_every = network, float(decay), bool(warmup), int(update_every)
-        self.ema_model = copy.deepcopy(network).eval()
         self.ema_model.requires_grad_(False)
         self.num_updates = 0
 
@@ -51,21 +60,17 @@ class EMA:
             return self.decay
         return min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
 
-    @torch.no_grad()
-    def update(self) -> None:
-        """One EMA step towards the network's current weights."""
-        d = self.current_decay()
-        ema_p = [p for p in self.ema_model.parameters()]
-        net_p = [p.detach() for p in self.network.parameters()]
-        if ema_p:
-            torch._foreach_lerp_(ema_p, net_p, 1.0 - d)
-        for be, bn in zip(self.ema_model.buffers(), self.network.buffers()):
-            be.copy_(bn)
+    def _update_ema_model(self, engine: Engine, name: str) -> None:
+        """Set ``engine.state.<name>`` (ignite's momentum) from :meth:`current_decay`, then ignite's update."""
+        setattr(engine.state, name, 1.0 - self.current_decay())
+        super()._update_ema_model(engine, name)
         self.num_updates += 1
 
-    def attach(self, engine: Engine) -> None:
-        """Update after every ``update_every``-th iteration of ``engine``."""
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.update_every), lambda _: self.update())
+    def attach(self, engine: Engine, name: str = "ema_momentum", warn_if_exists: bool = False,
+               event: Any = None) -> None:
+        """Update after every ``update_every``-th iteration of ``engine`` (``event`` overrides it)."""
+        super().attach(engine, name=name, warn_if_exists=warn_if_exists,
+                       event=event if event is not None else Events.ITERATION_COMPLETED(every=self.update_every))
 
     def __call__(self, engine: Engine) -> None:
         """Attach to ``engine`` (MONAI handler convention)."""
