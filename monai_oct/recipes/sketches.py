@@ -200,10 +200,10 @@ class LayerThicknessStats:
         Raises:
             ValueError: for a band height without built-in statistics.
         """
-        if not band_height:
-            return cls(**_DUKE_FIT)
-        if int(band_height) == 224:
-            return cls(**_DUKE_BAND224_FIT)
+        band = int(band_height or 0)
+        if band in _DUKE_BANDS:
+            k = _DUKE_BANDS.index(band)
+            return cls(**_DUKE_COMMON, **{f: v[k] for f, v in _DUKE_GEOMETRY.items()})
         raise ValueError(f"no built-in sketch statistics for a {band_height}-row band (built in: full frame, 224); fit them "
                          f"with `monai-oct sketch-stats DATALIST --band-height {band_height} --out stats.json`")
 
@@ -376,33 +376,23 @@ _DUKE_COMMON: dict[str, Any] = {
     "num_images": 66,
 }
 
-#: Full 496-row frames.
-_DUKE_FIT: dict[str, Any] = {
-    **_DUKE_COMMON,
-    "thickness_mean": [0.0203, 0.03686, 0.01854, 0.01596, 0.0559, 0.01689, 0.01378],
-    "thickness_std": [0.00669, 0.00925, 0.00407, 0.00274, 0.01739, 0.00274, 0.00163],
-    "scale_std": 0.12295,
-    "top_mean": 0.2754,
-    "top_std": 0.06507,
-    "tilt": 0.07829,
-    "curvature": [-0.4077, -0.06084],
-    "pit_depth": -0.03098,
-    "source": "built-in: Duke DME train (66 B-scans, 496 rows), monai-oct sketch-stats",
+#: The fields that depend on the rows the fractions count: (full 496-row frames, the 224-row retina band of
+#: ``monai-oct sketch-stats ... --band-height 224``), keyed by the band height (0: full frame).
+_DUKE_GEOMETRY: dict[str, tuple[Any, Any]] = {
+    "thickness_mean": ([0.0203, 0.03686, 0.01854, 0.01596, 0.0559, 0.01689, 0.01378],
+                       [0.04495, 0.08161, 0.04106, 0.03534, 0.12378, 0.03734, 0.03037]),
+    "thickness_std": ([0.00669, 0.00925, 0.00407, 0.00274, 0.01739, 0.00274, 0.00163],
+                      [0.01482, 0.02049, 0.009, 0.00606, 0.03852, 0.00615, 0.00374]),
+    "scale_std": (0.12295, 0.12291),
+    "top_mean": (0.2754, 0.33364),
+    "top_std": (0.06507, 0.05284),
+    "tilt": (0.07829, 0.17336),
+    "curvature": ([-0.4077, -0.06084], [-0.90277, -0.13472]),
+    "pit_depth": (-0.03098, -0.0686),
+    "source": ("built-in: Duke DME train (66 B-scans, 496 rows), monai-oct sketch-stats",
+               "built-in: Duke DME train (66 B-scans), 224-row retina band, monai-oct sketch-stats --band-height 224"),
 }
-
-#: The same 66 B-scans through the 224-row retina band (``monai-oct sketch-stats ... --band-height 224``).
-_DUKE_BAND224_FIT: dict[str, Any] = {
-    **_DUKE_COMMON,
-    "thickness_mean": [0.04495, 0.08161, 0.04106, 0.03534, 0.12378, 0.03734, 0.03037],
-    "thickness_std": [0.01482, 0.02049, 0.009, 0.00606, 0.03852, 0.00615, 0.00374],
-    "scale_std": 0.12291,
-    "top_mean": 0.33364,
-    "top_std": 0.05284,
-    "tilt": 0.17336,
-    "curvature": [-0.90277, -0.13472],
-    "pit_depth": -0.0686,
-    "source": "built-in: Duke DME train (66 B-scans), 224-row retina band, monai-oct sketch-stats --band-height 224",
-}
+_DUKE_BANDS = (0, 224)
 
 
 def generate_sketch(stats: LayerThicknessStats | None = None, size: Sequence[int] = (256, 256),
