@@ -1,5 +1,6 @@
+"""Metrics: segmentation Dice / pixel accuracy and the quality of a synthetic set (distances, diversity, memorisation,
+mask adherence, anatomical plausibility)."""
 
-# synthesis quality (issue 5)
 from monai_oct.metrics.adherence import SegmentationTeacher, adherence_report, load_teacher
 from monai_oct.metrics.diversity import diversity_report, ms_ssim_settings, pairwise_ms_ssim
 from monai_oct.metrics.fid import (
