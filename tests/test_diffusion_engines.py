@@ -229,7 +229,7 @@ class Killed(Exception):
     """What the test's kill handler raises: the run ends there, as a crash would."""
 
 
-def _resumable(out, max_epochs, kill_at=None, lr=1e-3, weight_decay=0.0, batch_size=4, n=3):
+def _resumable(out, max_epochs, kill_at=None, lr=1e-3, weight_decay=0.0, batch_size=4, n=3, resume=True, lr_schedule=None):
     """A diffusion trainer with EMA, warm-up + cosine LR and ``last.pt`` every iteration; ``kill_at``: crash then."""
     from monai.handlers import LrScheduleHandler
 
@@ -238,9 +238,9 @@ def _resumable(out, max_epochs, kill_at=None, lr=1e-3, weight_decay=0.0, batch_s
     sched = make_lr_scheduler(opt, total_steps=max_epochs * n, warmup_steps=2, schedule="cosine")
     ema = EMA(net, 0.9)
     ck = TrainingCheckpoint(out, {"model": net, "ema": ema, "optimizer": opt, "lr_scheduler": sched}, final_model=ema.ema_model,
-                            raw_model=net, iteration_interval=1,
+                            raw_model=net, iteration_interval=1, resume=resume,
                             hyperparameters={"learning_rate": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-                                             "max_epochs": max_epochs})
+                                             "max_epochs": max_epochs, "lr_schedule": lr_schedule})
     handlers = [ck, ema, LrScheduleHandler(sched, epoch_level=False, print_lr=False)]  # last.pt still after both
     tr = DiffusionTrainer("cpu", max_epochs, _batches(n=n, b=batch_size), net, opt, diffusion_scheduler("ddpm", 20), 2,
                           train_handlers=handlers)
@@ -308,6 +308,36 @@ def test_resume_stops_on_a_hyperparameter_that_cannot_change(tmp_path):
     tr3, _, _, _ = _resumable(out, 2, n=4)  # the data changed: 4 iterations per epoch instead of 3
     with pytest.raises(ValueError, match="written with 3 iterations per epoch, this run has 4"):
         tr3.run()
+
+
+def test_resume_refuses_a_longer_run_under_a_decaying_schedule(tmp_path):
+    """A grown --max_epochs kept the restored cosine schedule's old length: the added epochs restarted the cosine
+    (or ran at lr 0 under a linear schedule). It now stops naming max_epochs; with a constant schedule it continues."""
+    out = tmp_path / "cosine"
+    _resumable(out, 2, lr_schedule="cosine")[0].run()
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"max_epochs 2 -> 4 would change the length of the 'cosine' learning-rate schedule"):
+        _resumable(out, 4, lr_schedule="cosine")[0].run()
+    assert (out / "last.pt").read_bytes() == before
+    out = tmp_path / "constant"
+    _resumable(out, 2, lr_schedule="constant")[0].run()
+    tr, _, _, ck = _resumable(out, 4, lr_schedule="constant")
+    tr.run()
+    assert ck.resumed_from == {"epoch": 2, "iteration": 6} and tr.state.iteration == 12
+
+
+def test_fresh_start_removes_the_earlier_runs_results(tmp_path):
+    """A run started afresh (resume off) into a finished folder that then failed left the earlier run's final
+    weights, so they looked like its result; they are removed when it starts."""
+    out = tmp_path / "run"
+    _resumable(out, 2)[0].run()
+    assert (out / "model.pt").is_file() and (out / "model_raw.pt").is_file()
+    tr, _, _, _ = _resumable(out, 2, kill_at=2, resume=False)
+    with pytest.raises(Killed):
+        tr.run()
+    assert not (out / "model.pt").exists() and not (out / "model_raw.pt").exists()
+    assert torch.load(out / "last.pt", weights_only=True)["trainer"]["iteration"] == 1  # the new run's, not the old one
+    assert '"fresh_start"' in (out / "training_log.jsonl").read_text()
 
 
 def test_checkpoint_refuses_a_mismatched_last_pt(tmp_path):

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from ignite.engine import Engine, Events
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: hyper-parameters a resumed run may change: they take effect (and the log says so).
 APPLIED_ON_RESUME = ("learning_rate", "weight_decay", "max_epochs")
+#: ``lr_schedule`` values whose curve does not depend on the run's length (so ``max_epochs`` may grow on resume).
+_LENGTH_FREE_SCHEDULES = (None, "", "none", "null", "constant")
 
 
 def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
@@ -120,6 +122,8 @@ class TrainingCheckpoint:
             :data:`APPLIED_ON_RESUME` is applied and logged (old -> new), any other change stops the run.
         final_filename: the final weights' file name.
         raw_filename: the raw weights' file name.
+        stale_files: other files of an earlier run removed when this one starts afresh (e.g. the best-validation
+            ``model.pt`` another handler writes), besides ``last.pt`` and the final and raw weights.
 
     Raises:
         ValueError: when ``save_dict`` has no ``"model"`` and no ``final_model`` is given.
@@ -129,7 +133,7 @@ class TrainingCheckpoint:
                  raw_model: torch.nn.Module | None = None, epoch_interval: int = 1, iteration_interval: int = 0,
                  resume: bool = True, log_file: str | os.PathLike | None = None,
                  hyperparameters: Mapping[str, Any] | None = None, final_filename: str = "model.pt",
-                 raw_filename: str = "model_raw.pt") -> None:
+                 raw_filename: str = "model_raw.pt", stale_files: Sequence[str] = ()) -> None:
         self.output_dir = Path(output_dir)
         self.save_dict = {k: v for k, v in save_dict.items() if v is not None}
         if final_model is None and "model" not in self.save_dict:
@@ -141,6 +145,7 @@ class TrainingCheckpoint:
         self.log_file = Path(log_file) if log_file else self.output_dir / "training_log.jsonl"
         self.hyperparameters = _Hyperparameters(hyperparameters or {})
         self.final_filename, self.raw_filename = final_filename, raw_filename
+        self.stale_files = tuple(str(f) for f in stale_files or ())
         self.resumed_from: dict[str, int] | None = None
         self.checkpoint: Checkpoint | None = None
         self._saved_iteration = -1
@@ -194,6 +199,13 @@ class TrainingCheckpoint:
         now = self.hyperparameters.values
         changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
         frozen = {k: v for k, v in changed.items() if k not in APPLIED_ON_RESUME}
+        schedule = now.get("lr_schedule")
+        if "max_epochs" in changed and str(schedule).lower() not in map(str, _LENGTH_FREE_SCHEDULES):
+            old, new = changed["max_epochs"]
+            raise ValueError(f"{self.last_path}: max_epochs {old!r} -> {new!r} would change the length of the "
+                             f"{schedule!r} learning-rate schedule it was written with (it decays to its end at epoch "
+                             f"{old}); keep --max_epochs {old}, or use another --output_dir (or --resume false) to train "
+                             "the longer run from the start")
         if frozen:
             names = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in frozen.items())
             raise ValueError(f"{self.last_path}: changed since this checkpoint was written: {names}; these cannot change "
@@ -213,6 +225,18 @@ class TrainingCheckpoint:
             for group in optimizer.param_groups:
                 group["weight_decay"] = float(changed["weight_decay"][1])
 
+    def _remove_stale_results(self) -> None:
+        """A run that starts afresh removes the final weights and ``last.pt`` an earlier run left in ``output_dir``,
+        so that, should it fail, no earlier model is taken for its result."""
+        names = (self.final_filename, self.raw_filename, self.last_path.name, *self.stale_files)
+        stale = [self.output_dir / n for n in dict.fromkeys(names)]
+        removed = [p.name for p in stale if p.is_file()]
+        for name in removed:
+            (self.output_dir / name).unlink()
+        if removed:
+            logger.warning("%s: starting afresh; removed the earlier run's %s", self.output_dir, ", ".join(removed))
+            _append_jsonl(self.log_file, {"event": "fresh_start", "removed": removed, "time": time.time()})
+
     def load(self, engine: Engine) -> None:
         """Restore every object and the trainer's iteration from ``last.pt`` when it exists.
 
@@ -223,6 +247,7 @@ class TrainingCheckpoint:
         """
         remove_temporaries(self.output_dir)
         if not (self.resume and self.last_path.is_file()):
+            self._remove_stale_results()
             return
         device = getattr(engine.state, "device", None) or "cpu"
         ckpt = load_checkpoint(self.last_path, map_location=device)
