@@ -14,6 +14,7 @@ from pathlib import Path
 
 from monai_oct.bundle import bundle_dir, run_bundle, stage_configs
 from monai_oct.core.datalist import check_dataset, load_datalist
+from monai_oct.core.labels import DUKE_DME
 from monai_oct.phantoms.oct import write_phantom_dataset
 from monai_oct.recipes.presets import load_preset
 
@@ -43,7 +44,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     data = out / "phantom"
     dl = write_phantom_dataset(data, num=cfg["num_images"], size=cfg["phantom_size"], seed=0)
     report = check_dataset(load_datalist(dl))
-    print(report.summary())
+    print(report.summary(DUKE_DME))
     if not report.ok:
         return 1
     unlabelled = out / "unlabelled"
@@ -71,7 +72,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
                mask_ckpt=str(runs / "train_masks" / "model.pt"), image_ckpt=str(runs / "finetune" / "model.pt"), **common)
     print(f"synthesis: {time.time() - t:.1f} s", flush=True)
     rep = check_dataset(load_datalist(synth / "datalist.json", key="training"))
-    print(rep.summary())
+    print(rep.summary(DUKE_DME))
     if not rep.ok or rep.num_labelled != num_samples:
         return 1
     print(f"\nsynthetic dataset: {synth} (datalist {synth / 'datalist.json'})\ngrid of (label, image) pairs: "
