@@ -91,6 +91,24 @@ def test_overlay_panel_is_image_truth_prediction_and_legend():
         overlay_panel(img, [truth[:-1]])
 
 
+def test_quality_figure_has_the_legend_when_synthetic_labels_are_drawn(tmp_path):
+    import torch
+
+    from monai_oct.core.io import read_image
+    from monai_oct.recipes.image_sets import ImageSet
+    from monai_oct.recipes.quality import quality_figure
+
+    images = torch.zeros(2, 1, 32, 48)
+    labels = torch.zeros(2, 1, 32, 48, dtype=torch.int64)
+    labels[:, :, 10:20] = 3
+    for with_labels in (False, True):
+        path = quality_figure(ImageSet(images), ImageSet(images, labels if with_labels else None), {},
+                              tmp_path / f"fig_{with_labels}.png")
+        bottom = {tuple(p) for p in read_image(path)[-40:].reshape(-1, 3)}
+        swatches = [i for i in range(1, DUKE_DME.num_classes) if tuple(PALETTE[i]) in bottom]
+        assert swatches == (list(range(1, DUKE_DME.num_classes)) if with_labels else [])
+
+
 # ---- console pieces -----------------------------------------------------------------------------------------------
 
 class _Stream(io.StringIO):
