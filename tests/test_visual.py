@@ -225,5 +225,7 @@ def test_ddpm_training_and_synthesis_console_and_tensorboard(phantom_dir, tmp_pa
 
     # the synthesis engine's bar follows the same rule (labels from the datalist: no mask model needed)
     log = _run(bundle_command(bundle, stage_configs("synthesize"), output_dir=tmp_path / "syn", label_datalist="datalist.json",
-                              image_ckpt=pre / "model.pt", num_samples=2, sampler="ddim", num_inference_steps=2, **tiny))
-    assert "\r" not in log and "synthetic dataset: 2 pairs" in log
+                              image_ckpt=pre / "model.pt", num_samples=6, sampler="ddim", num_inference_steps=2, log_interval=1,
+                              **dict(tiny, batch_size=3)))
+    assert "\r" not in log and "synthetic dataset: 6 pairs" in log
+    assert "Iter: 1/2 -- last_sample: 2" in log and "Iter: 2/2 -- last_sample: 5" in log  # a line per batch
