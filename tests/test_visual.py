@@ -91,6 +91,37 @@ def test_overlay_panel_is_image_truth_prediction_and_legend():
         overlay_panel(img, [truth[:-1]])
 
 
+def test_sample_grid_draws_labels_in_colour_with_the_legend_in_png_and_tensorboard(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from monai_oct.core.io import read_image
+    from monai_oct.core.visualise import pair_grid
+    from monai_oct.handlers.samples import SampleGrid
+
+    labels = torch.zeros(2, 1, 8, 12, dtype=torch.int64)
+    labels[:, :, 2:4] = 5
+    labels[1, :, 5:7, 3:6] = FLUID
+    grid = pair_grid(torch.zeros(2, 1, 8, 12), labels, colour=True)
+    assert grid.shape == (8 + 2 + 8, 2 * 12 + 2, 3)
+    assert np.array_equal(grid[2, 0], PALETTE[5]) and np.array_equal(grid[5, 12 + 2 + 3], PALETTE[FLUID])
+    assert np.array_equal(grid[10:, :12], np.full((8, 12, 3), 128, np.uint8))  # the image (0 -> grey 128) below
+    assert pair_grid(torch.zeros(2, 1, 8, 12), None, colour=True).ndim == 2  # no labels: grey as before
+
+    def sampler(network, generators, shape, cond, device):
+        return torch.zeros(len(generators), *shape)
+
+    handler = SampleGrid(torch.nn.Linear(1, 1), sampler, (1, 8, 12), tmp_path, condition=torch.zeros(2, 10, 8, 12),
+                         labels=labels, class_names=DUKE_DME.names, log_dir=tmp_path / "tb")
+    png = read_image(handler.write(SimpleNamespace(state=SimpleNamespace(epoch=3))))
+    assert png.ndim == 3 and png.shape[0] > grid.shape[0] + 4  # the legend below the grid
+    bottom = {tuple(p) for p in png[grid.shape[0] + 4:].reshape(-1, 3)}
+    assert all(tuple(PALETTE[i]) in bottom for i in range(1, DUKE_DME.num_classes))
+    images = _tensorboard(tmp_path / "tb").Images("samples")
+    assert [(e.step, e.height, e.width) for e in images] == [(3, png.shape[0], png.shape[1])]
+
+
 def test_quality_figure_has_the_legend_when_synthetic_labels_are_drawn(tmp_path):
     import torch
 

@@ -10,7 +10,8 @@ import torch
 
 from monai_oct.core.labels import DUKE_DME, UNANNOTATED, LabelTable
 
-__all__ = ["PALETTE", "image_to_uint8", "label_to_uint8", "pair_grid", "label_overlay", "label_legend", "overlay_panel"]
+__all__ = ["PALETTE", "image_to_uint8", "label_to_uint8", "label_to_rgb", "pair_grid", "label_overlay", "label_legend",
+           "overlay_panel"]
 
 
 #: RGB colour per class id 0..9. The seven layers (1-7) take the Okabe-Ito colours, chosen to stay apart for
@@ -36,8 +37,16 @@ def label_to_uint8(labels: torch.Tensor, num_classes: int) -> np.ndarray:
     return (x * (255.0 / max(num_classes - 1, 1))).round().to(torch.uint8).numpy()
 
 
+def label_to_rgb(labels: torch.Tensor | np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
+    """Class ids ``(..., H, W)`` -> ``(..., H, W, 3)`` uint8 colours of ``palette``; :data:`UNANNOTATED` white."""
+    lab = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
+    rgb = palette[np.clip(lab, 0, len(palette) - 1)]
+    rgb[lab == UNANNOTATED] = 255
+    return rgb
+
+
 def pair_grid(images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int = 10, ncol: int = 8,
-              pad: int = 2) -> np.ndarray:
+              pad: int = 2, colour: bool = False) -> np.ndarray:
     """A uint8 grid: one column per sample, its label map (if any) above its image.
 
     Args:
@@ -46,9 +55,10 @@ def pair_grid(images: torch.Tensor, labels: torch.Tensor | None = None, num_clas
         num_classes: C, for the label's grey levels.
         ncol: samples per row of the grid.
         pad: white separator width in pixels.
+        colour: draw the label maps in :data:`PALETTE`'s colours (an RGB grid) instead of grey levels.
 
     Returns:
-        ``(rows, cols)`` uint8 array.
+        ``(rows, cols)`` uint8 array, or ``(rows, cols, 3)`` with ``colour`` and labels.
 
     Raises:
         ValueError: for mismatched shapes.
@@ -57,14 +67,18 @@ def pair_grid(images: torch.Tensor, labels: torch.Tensor | None = None, num_clas
         raise ValueError(f"images (B, C, H, W) and labels (B, 1, H, W) must match, got {tuple(images.shape)}, "
                          f"{None if labels is None else tuple(labels.shape)}")
     imgs = image_to_uint8(images[:, 0])
+    colour = bool(colour) and labels is not None
+    if colour:
+        imgs = np.repeat(imgs[..., None], 3, -1)
     tiles = [imgs[i] for i in range(len(imgs))]
     if labels is not None:
-        labs = label_to_uint8(labels[:, 0], num_classes)
-        tiles = [np.concatenate([labs[i], np.full((pad, imgs.shape[2]), 255, np.uint8), imgs[i]]) for i in range(len(imgs))]
-    h, w = tiles[0].shape
+        labs = label_to_rgb(labels[:, 0]) if colour else label_to_uint8(labels[:, 0], num_classes)
+        sep = np.full((pad,) + imgs.shape[2:], 255, np.uint8)
+        tiles = [np.concatenate([labs[i], sep, imgs[i]]) for i in range(len(imgs))]
+    h, w = tiles[0].shape[:2]
     ncol = max(1, min(ncol, len(tiles)))
     nrow = (len(tiles) + ncol - 1) // ncol
-    grid = np.full((nrow * (h + pad) - pad, ncol * (w + pad) - pad), 255, np.uint8)
+    grid = np.full((nrow * (h + pad) - pad, ncol * (w + pad) - pad) + tiles[0].shape[2:], 255, np.uint8)
     for i, t in enumerate(tiles):
         r, c = divmod(i, ncol)
         grid[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = t
