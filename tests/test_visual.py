@@ -260,3 +260,29 @@ def test_ddpm_training_and_synthesis_console_and_tensorboard(phantom_dir, tmp_pa
                               **dict(tiny, batch_size=3)))
     assert "\r" not in log and "synthetic dataset: 6 pairs" in log
     assert "Iter: 1/2 -- last_sample: 2" in log and "Iter: 2/2 -- last_sample: 5" in log  # a line per batch
+
+
+def test_overlays_of_a_mismatched_prediction_are_skipped_with_a_warning_naming_the_file(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    import torch
+
+    from monai_oct.core.io import write_png
+    from monai_oct.handlers.segmentation import SegmentationOverlays
+
+    path = tmp_path / "scan.png"
+    write_png(path, np.full((20, 30), 90, np.uint8))
+    good = {"image_path": str(path), "label": torch.zeros(1, 20, 30), "pred": torch.zeros(1, 20, 30)}
+    bad = dict(good, pred=torch.zeros(1, 30, 20))  # e.g. a transposed prediction
+    writer = SimpleNamespace(images=[], add_image=lambda tag, img, global_step, dataformats: writer.images.append(
+        (tag, img.shape, global_step)), flush=lambda: None)
+    h = SegmentationOverlays(summary_writer=writer, num_images=2)
+    engine = SimpleNamespace(state=SimpleNamespace(output=[bad, good], batch=[{}, {}], epoch=7))
+    h.reset()
+    with caplog.at_level("WARNING"):
+        h.iteration_completed(engine)
+    h.completed(engine)
+    assert "scan.png" in caplog.text and "(30, 20)" in caplog.text
+    assert [(t, s[1], e) for t, s, e in writer.images] == [("val_overlays/0", 3 * 30 + 2 * 4, 7)]
+    with pytest.raises(ValueError, match="log_dir"):
+        SegmentationOverlays()

@@ -4,6 +4,7 @@ per-image CSV, overlay PNGs) and overlays of a few validation images in TensorBo
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -24,6 +25,8 @@ from monai_oct.metrics.segmentation import (
 
 __all__ = ["SegmentationReportHandler", "SegmentationOverlays"]
 
+logger = logging.getLogger(__name__)
+
 
 def _decollated_items(engine) -> Iterator[dict[str, Any]]:
     """The items of the current iteration of a decollating evaluator: each output merged over its batch item."""
@@ -38,10 +41,13 @@ def _decollated_items(engine) -> Iterator[dict[str, Any]]:
 
 
 def _overlay_panel(path: str, label: Any, pred: Any, table: LabelTable) -> np.ndarray | None:
-    """image | truth | prediction with the legend, the image read from ``path``; None when its size differs."""
+    """image | truth | prediction with the legend, the image read from ``path``; None (with a warning naming the file)
+    when the sizes differ."""
     img = read_grey(path).astype(np.uint8)
     maps = [np.squeeze(convert_to_numpy(m)).astype(np.int64) for m in (label, pred)]  # (1, H, W) or (H, W) -> (H, W)
     if any(m.shape != img.shape for m in maps):
+        logger.warning("no overlay of %s: image %s, label %s, prediction %s differ in size", path, img.shape,
+                       maps[0].shape, maps[1].shape)
         return None
     return overlay_panel(img, maps, table)
 
