@@ -1,4 +1,5 @@
-"""Pictures of what a diffusion model generates: (label, image) grids as PNG and in TensorBoard."""
+"""Pictures of what a diffusion model generates: (label, image) grids as PNG and in TensorBoard (labels in colour,
+with the legend of the class names)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
 from monai_oct.core.io import write_png
 from monai_oct.core.seeding import sample_generators, sample_seeds
-from monai_oct.core.visualise import pair_grid
+from monai_oct.core.visualise import label_legend, pair_grid
 from monai_oct.engines.sampler import DiffusionSampler
 
 __all__ = ["SampleGrid"]
@@ -21,7 +24,9 @@ __all__ = ["SampleGrid"]
 class SampleGrid:
     """Every ``interval`` epochs (and at the end), sample a few images and write a (label, image) grid.
 
-    Writes ``output_dir/samples/epoch_XXXX.png`` and, with ``log_dir``, a TensorBoard image ``samples``.
+    Writes ``output_dir/samples/epoch_XXXX.png`` and, with ``log_dir``, a TensorBoard image ``samples``. With
+    ``labels``, each label map is drawn in :data:`~monai_oct.core.visualise.PALETTE`'s colours above its image, and
+    the legend of ``class_names`` goes below the grid; without, the grid is grey.
     The same seeds are used every time, so successive grids show the same samples maturing.
 
     Args:
@@ -37,18 +42,20 @@ class SampleGrid:
         seed: sample ``i`` uses the stream of ``(seed, i)`` (:func:`~monai_oct.core.seeding.sample_seeds`), so grids
             of runs with different seeds share no sample.
         log_dir: TensorBoard folder (None: PNG only).
+        class_names: names of the classes for the legend (default: ``class <id>``).
     """
 
     def __init__(self, network: nn.Module, sampler: DiffusionSampler, image_shape: Sequence[int],
                  output_dir: str | os.PathLike, condition: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                  num_samples: int = 4, num_classes: int = 10, interval: int = 1, seed: int = 0,
-                 log_dir: str | os.PathLike | None = None) -> None:
+                 log_dir: str | os.PathLike | None = None, class_names: Sequence[str] | None = None) -> None:
         self.network, self.sampler, self.image_shape = network, sampler, tuple(int(s) for s in image_shape)
         self.output_dir = Path(output_dir)
         self.condition, self.labels = condition, labels
         self.num_samples = int(condition.shape[0]) if condition is not None else int(num_samples)
         self.num_classes, self.interval, self.seed = int(num_classes), int(interval), int(seed)
         self.log_dir = log_dir
+        self.class_names = list(class_names) if class_names is not None else [f"class {i}" for i in range(self.num_classes)]
         self._writer = None
         self._last_epoch = -1
 
@@ -76,13 +83,18 @@ class SampleGrid:
         images = self.sampler(self.network, sample_generators(sample_seeds(self.seed, range(self.num_samples)), device),
                               self.image_shape, cond, device)
         self.network.train(was_training)
-        grid = pair_grid(images, self.labels, self.num_classes)
+        grid = pair_grid(images, self.labels, self.num_classes, colour=True)
+        if self.labels is not None:
+            legend = label_legend(self.class_names, width=grid.shape[1])
+            grid = np.concatenate([np.pad(grid, ((0, 4), (0, legend.shape[1] - grid.shape[1]), (0, 0)), constant_values=255),
+                                   legend])
         write_png(path, grid)
         if self.log_dir is not None:
             if self._writer is None:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._writer = SummaryWriter(log_dir=str(self.log_dir))
-            self._writer.add_image("samples", grid[None], global_step=engine.state.epoch)
+            self._writer.add_image("samples", grid if grid.ndim == 3 else grid[None], global_step=engine.state.epoch,
+                                   dataformats="HWC" if grid.ndim == 3 else "CHW")
             self._writer.flush()
         return path

@@ -1,11 +1,13 @@
-"""Ignite handler that turns an evaluation run into ``metrics.json``, ``metrics.md``, a per-image CSV and overlays."""
+"""Ignite handlers of segmentation evaluators: the report of an evaluation run (``metrics.json``, ``metrics.md``, a
+per-image CSV, overlay PNGs) and overlays of a few validation images in TensorBoard at each validation."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +15,7 @@ from monai.utils import convert_to_numpy
 
 from monai_oct.core.io import atomic_path, read_grey, write_png
 from monai_oct.core.labels import DUKE_DME, LabelTable
-from monai_oct.core.visualise import label_overlay
+from monai_oct.core.visualise import overlay_panel
 from monai_oct.metrics.segmentation import (
     LayerDiceMetric,
     PixelAccuracyMetric,
@@ -21,7 +23,33 @@ from monai_oct.metrics.segmentation import (
     write_segmentation_report,
 )
 
-__all__ = ["SegmentationReportHandler"]
+__all__ = ["SegmentationReportHandler", "SegmentationOverlays"]
+
+logger = logging.getLogger(__name__)
+
+
+def _decollated_items(engine) -> Iterator[dict[str, Any]]:
+    """The items of the current iteration of a decollating evaluator: each output merged over its batch item."""
+    out, batch = engine.state.output, engine.state.batch
+    if isinstance(out, dict):  # not decollated
+        raise ValueError("segmentation handlers need a decollating evaluator (decollate=True)")
+    batch = batch if isinstance(batch, list) else [{}] * len(out)
+    for o, b in zip(out, batch):
+        merged = dict(b)
+        merged.update(o)
+        yield merged
+
+
+def _overlay_panel(path: str, label: Any, pred: Any, table: LabelTable) -> np.ndarray | None:
+    """image | truth | prediction with the legend, the image read from ``path``; None (with a warning naming the file)
+    when the sizes differ."""
+    img = read_grey(path).astype(np.uint8)
+    maps = [np.squeeze(convert_to_numpy(m)).astype(np.int64) for m in (label, pred)]  # (1, H, W) or (H, W) -> (H, W)
+    if any(m.shape != img.shape for m in maps):
+        logger.warning("no overlay of %s: image %s, label %s, prediction %s differ in size", path, img.shape,
+                       maps[0].shape, maps[1].shape)
+        return None
+    return overlay_panel(img, maps, table)
 
 
 class SegmentationReportHandler:
@@ -30,7 +58,7 @@ class SegmentationReportHandler:
     Writes into ``output_dir``: ``metrics.json`` and ``metrics.md`` (see
     :func:`monai_oct.metrics.segmentation.segmentation_report`), ``per_image.csv`` (Dice per class and
     overall PA per image) and, when ``overlays`` > 0, up to that many PNGs ``overlays/<stem>.png`` showing
-    image | truth | prediction.
+    image | truth | prediction over it, with the legend of the table's class names below.
 
     Args:
         output_dir: where to write.
@@ -68,18 +96,8 @@ class SegmentationReportHandler:
         self.pa.reset()
         self.rows = []
 
-    def _items(self, engine):
-        out, batch = engine.state.output, engine.state.batch
-        if isinstance(out, dict):  # not decollated
-            raise ValueError("SegmentationReportHandler needs a decollating evaluator (decollate=True)")
-        batch = batch if isinstance(batch, list) else [{}] * len(out)
-        for o, b in zip(out, batch):
-            merged = dict(b)
-            merged.update(o)
-            yield merged
-
     def iteration_completed(self, engine) -> None:
-        for item in self._items(engine):
+        for item in _decollated_items(engine):
             pred = torch.as_tensor(item[self.pred_key])[None]
             label = torch.as_tensor(item[self.label_key])[None]
             d = self.dice(pred, label)[0].tolist()
@@ -90,16 +108,9 @@ class SegmentationReportHandler:
             row["pa_all"] = p[-1]
             self.rows.append(row)
             if len(self.rows) <= self.overlays and self.path_key in item:
-                self._overlay(path, convert_to_numpy(label[0, 0]), convert_to_numpy(pred[0, 0]))
-
-    def _overlay(self, path: str, label: np.ndarray, pred: np.ndarray) -> None:
-        img = read_grey(path).astype(np.uint8)
-        if img.shape != label.shape:
-            return
-        sep = np.full((img.shape[0], 4, 3), 255, np.uint8)
-        panel = np.concatenate([np.repeat(img[..., None], 3, -1), sep, label_overlay(img, label), sep,
-                                label_overlay(img, pred.astype(np.int64))], axis=1)
-        write_png(self.output_dir / "overlays" / f"{Path(path).stem}.png", panel)
+                panel = _overlay_panel(path, label[0, 0], pred[0, 0], self.table)
+                if panel is not None:
+                    write_png(self.output_dir / "overlays" / f"{Path(path).stem}.png", panel)
 
     def completed(self, engine=None) -> None:
         if not self.rows:
@@ -112,3 +123,64 @@ class SegmentationReportHandler:
             w.writeheader()
             for r in self.rows:
                 w.writerow({k: ("" if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()})
+
+
+class SegmentationOverlays:
+    """Draw the first ``num_images`` images of each evaluator run, with truth and prediction over them, into TensorBoard.
+
+    Each image is one TensorBoard image ``<tag>/<k>`` (image | truth | prediction and the class legend, as the
+    evaluation report's overlay PNGs) at step ``engine.state.epoch``, which for a validation evaluator run by
+    MONAI's ``ValidationHandler`` is the trainer's epoch, so successive validations line up on the slider.
+    MONAI's ``TensorBoardImageHandler`` draws raw tensors of one batch (the network-sized image, not the
+    original B-scan the prediction was mapped back onto) and no colours, hence this handler.
+
+    Args:
+        log_dir: TensorBoard folder (a ``SummaryWriter`` is made there on first use).
+        num_images: images per run (0: none).
+        table: label table (class names of the legend).
+        tag: TensorBoard tag prefix.
+        pred_key / label_key / path_key: keys of the prediction, the label and the image path (the image is
+            read from the file, as it is at full size, like the label and the restored prediction).
+        summary_writer: a writer to use instead of ``log_dir``.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike | None = None, num_images: int = 4, table: LabelTable = DUKE_DME,
+                 tag: str = "val_overlays", pred_key: str = "pred", label_key: str = "label", path_key: str = "image_path",
+                 summary_writer: Any = None) -> None:
+        if log_dir is None and summary_writer is None:
+            raise ValueError("SegmentationOverlays needs a log_dir or a summary_writer")
+        self.log_dir, self.writer = log_dir, summary_writer
+        self.num_images, self.table, self.tag = int(num_images or 0), table, tag
+        self.pred_key, self.label_key, self.path_key = pred_key, label_key, path_key
+        self.panels: list[np.ndarray] = []
+
+    def attach(self, engine) -> None:
+        """Collect at ``ITERATION_COMPLETED``, write at ``COMPLETED`` (every run of ``engine``)."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def reset(self, engine=None) -> None:
+        self.panels = []
+
+    def iteration_completed(self, engine) -> None:
+        for item in _decollated_items(engine):
+            if len(self.panels) >= self.num_images:
+                return
+            if self.path_key in item and self.label_key in item:
+                panel = _overlay_panel(str(item[self.path_key]), item[self.label_key], item[self.pred_key], self.table)
+                if panel is not None:
+                    self.panels.append(panel)
+
+    def completed(self, engine) -> None:
+        if not self.panels:
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        for k, panel in enumerate(self.panels):
+            self.writer.add_image(f"{self.tag}/{k}", panel, global_step=engine.state.epoch, dataformats="HWC")
+        self.writer.flush()

@@ -32,7 +32,7 @@ from torch import nn
 
 from monai_oct.core.io import atomic_path, write_json
 from monai_oct.core.labels import DUKE_DME, LabelTable, get_label_table
-from monai_oct.core.visualise import image_to_uint8, label_overlay
+from monai_oct.core.visualise import image_to_uint8, label_legend, label_overlay
 from monai_oct.metrics.adherence import adherence_report, load_teacher
 from monai_oct.metrics.diversity import diversity_report
 from monai_oct.metrics.fid import extract_features, frechet_summary, get_extractor
@@ -84,8 +84,10 @@ def _fmt(x: Any, nd: int = 3) -> str:
 
 
 def quality_figure(real: ImageSet, synthetic: ImageSet, report: dict[str, Any], path: str | os.PathLike,
-                   num: int = 6, tile_height: int = 128) -> Path:
+                   num: int = 6, tile_height: int = 128, table: LabelTable = DUKE_DME) -> Path:
     """Write the PNG figure: real row, synthetic row, closest memorisation pairs, headline numbers.
+
+    Synthetic label maps are drawn over their images, with the legend of ``table``'s class names at the bottom.
 
     Returns:
         the written path.
@@ -124,7 +126,9 @@ def quality_figure(real: ImageSet, synthetic: ImageSet, report: dict[str, Any], 
         f"adherence Dice {_fmt(ad.get('mean_dice'))}  plausibility {_fmt((pl.get('synthetic') or {}).get('valid_column_fraction'))}",
     ]
     width = max([sum(t.width for t, _ in tiles) + pad * (len(tiles) + 1) for _, tiles in rows] + [720])
-    height = sum(text_h + tile_height + text_h + pad for _ in rows) + len(lines) * text_h + 2 * pad
+    legend = Image.fromarray(label_legend(table.names, width=width - 2 * pad)) if synthetic.labels is not None else None
+    height = (sum(text_h + tile_height + text_h + pad for _ in rows) + len(lines) * text_h + 2 * pad
+              + (legend.height + pad if legend is not None else 0))
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     y = pad
@@ -140,6 +144,8 @@ def quality_figure(real: ImageSet, synthetic: ImageSet, report: dict[str, Any], 
     for line in lines:
         draw.text((pad, y), line, fill=(0, 0, 120))
         y += text_h
+    if legend is not None:
+        canvas.paste(legend, (pad, y + pad))
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return Path(path)
@@ -251,6 +257,7 @@ def evaluate_synthesis(real: Any, synthetic: Any, output_dir: str | os.PathLike 
         path = write_report(report, output_dir)
         report["report_path"] = str(path)
         if figure:
-            report["figure_path"] = str(quality_figure(real_set, synth_set, report, Path(output_dir) / "report.png"))
+            report["figure_path"] = str(quality_figure(real_set, synth_set, report, Path(output_dir) / "report.png",
+                                                         table=table))
             write_report(report, output_dir)
     return report
