@@ -17,11 +17,12 @@ STAMP := $(VENV)/.monai_oct-installed
 # MONAI Label for the tests only (not a dependency of the package): `make monailabel` installs monailabel
 # 0.8.5 with --no-deps into $(MONAILABEL_DIR), plus the packages its task modules import, none of which
 # brings a torch or numpy; torchvision is the build made for the installed torch (its Python part only is
-# used: monailabel.transform.post imports make_grid/save_image). ML_PYTHON: the interpreter whose torch it matches.
+# used: monailabel.transform.post imports make_grid/save_image); watchdog for its LocalDatastore.
+# ML_PYTHON: the interpreter whose torch it matches.
 MONAILABEL_DIR ?= .monailabel
 ML_PYTHON ?= $(VPY)
 MONAILABEL_PKGS := monailabel==0.8.5 expiring_dict pydantic pydantic-core pydantic-settings typing-inspection \
-	annotated-types python-dotenv pynrrd sortedcontainers scikit-image shapely lazy_loader imageio tifffile
+	annotated-types python-dotenv pynrrd sortedcontainers scikit-image shapely lazy_loader imageio tifffile watchdog
 
 .PHONY: install demo test clean monailabel
 
