@@ -46,7 +46,9 @@ test: $(STAMP)
 
 monailabel: $(MONAILABEL_DIR)/.installed
 
-$(MONAILABEL_DIR)/.installed:
+# reinstalled when this file changes; needs the environment only when ML_PYTHON is its interpreter
+$(MONAILABEL_DIR)/.installed: Makefile $(if $(filter $(VPY),$(ML_PYTHON)),$(STAMP))
+	@rm -rf $(MONAILABEL_DIR).tmp
 	@TV=$$($(ML_PYTHON) -c "import torch; v = torch.__version__.split('+')[0].split('.'); print(f'0.{int(v[1]) + 15}.*')") && \
 	  $(ML_PYTHON) -m pip install -q --no-deps --target $(MONAILABEL_DIR).tmp $(MONAILABEL_PKGS) "torchvision==$$TV"
 	@rm -rf $(MONAILABEL_DIR) && mv $(MONAILABEL_DIR).tmp $(MONAILABEL_DIR) && touch $@

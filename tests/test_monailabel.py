@@ -33,20 +33,20 @@ def _env() -> dict:
 
 @pytest.fixture(scope="session")
 def monailabel_dir(tmp_path_factory) -> Path:
-    """The folder ``make monailabel`` installs MONAI Label into (run once; cached); skips when the index is unreachable."""
+    """The folder ``make monailabel`` installs MONAI Label into (make keeps it until the Makefile changes); skips
+    when the package index is unreachable."""
     folder = ROOT / ".monailabel"
     if not os.access(ROOT, os.W_OK):
         folder = tmp_path_factory.mktemp("monailabel") / "site"
-    if not (folder / ".installed").is_file():
-        if shutil.which("make") is None:
-            pytest.skip("`make` not found: cannot run `make monailabel`")
-        res = subprocess.run(["make", "-C", str(ROOT), "monailabel", f"MONAILABEL_DIR={folder}",
-                              f"ML_PYTHON={sys.executable}"], capture_output=True, text=True, timeout=900)
-        out = res.stdout + res.stderr
-        if res.returncode != 0:
-            if any(w.lower() in out.lower() for w in UNREACHABLE):
-                pytest.skip(f"MONAI Label tests skipped: the package index is unreachable for `make monailabel`:\n{out[-1500:]}")
-            pytest.fail(f"`make monailabel` failed:\n{out[-4000:]}")
+    if shutil.which("make") is None:
+        pytest.skip("`make` not found: cannot run `make monailabel`")
+    res = subprocess.run(["make", "-C", str(ROOT), "monailabel", f"MONAILABEL_DIR={folder}",
+                          f"ML_PYTHON={sys.executable}"], capture_output=True, text=True, timeout=900)
+    out = res.stdout + res.stderr
+    if res.returncode != 0:
+        if any(w.lower() in out.lower() for w in UNREACHABLE):
+            pytest.skip(f"MONAI Label tests skipped: the package index is unreachable for `make monailabel`:\n{out[-1500:]}")
+        pytest.fail(f"`make monailabel` failed:\n{out[-4000:]}")
     return folder
 
 
