@@ -101,13 +101,14 @@ def _set_config(path: Path, **values) -> None:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
+@pytest.mark.slow
 def test_bundle_infer_task_writes_the_bundles_label_at_the_input_size(monailabel_dir, trained_bundle, tmp_path):
     """Restored and MONAI Label's ITK writer included: the written PNG is the bundle's own label map, pixel for pixel."""
     from monai_oct.core.io import read_image, read_label
     from monai_oct.phantoms.oct import write_phantom_dataset
 
     images, truth = [], []
-    for size, seed in (((64, 96), 5), ((80, 72), 6)):  # (H, W): wider and taller than square, neither 64x64
+    for size, seed in (((64, 96), 5), ((80, 72), 6)):  # (H, W): one wide, one tall, neither the 64x64 trained on
         d = tmp_path / f"p{size[0]}x{size[1]}"
         write_phantom_dataset(d, num=1, size=size, seed=seed, val_fraction=0)
         images.append(d / "images" / "phantom_0000.png")
@@ -151,6 +152,7 @@ def test_bundle_infer_task_on_held_out_duke_scans(monailabel_dir, duke_dir, tmp_
         assert agree >= 0.9, f"{im.name}: MONAI Label's label agrees with the grader on only {agree:.3f} of pixels"
 
 
+@pytest.mark.slow
 def test_bundle_train_task_runs_one_epoch(monailabel_dir, trained_bundle, tmp_path):
     from monai_oct.phantoms.oct import write_phantom_dataset
 
