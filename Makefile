@@ -14,7 +14,17 @@ PYTEST_ARGS ?=
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.monai_oct-installed
 
-.PHONY: install demo test clean
+# MONAI Label for the tests only (not a dependency of the package): `make monailabel` installs monailabel
+# 0.8.5 with --no-deps into $(MONAILABEL_DIR), plus the packages its task modules import, none of which
+# brings a torch or numpy; torchvision is the build made for the installed torch (its Python part only is
+# used: monailabel.transform.post imports make_grid/save_image); watchdog for its LocalDatastore.
+# ML_PYTHON: the interpreter whose torch it matches.
+MONAILABEL_DIR ?= .monailabel
+ML_PYTHON ?= $(VPY)
+MONAILABEL_PKGS := monailabel==0.8.5 expiring_dict pydantic pydantic-core pydantic-settings typing-inspection \
+	annotated-types python-dotenv pynrrd sortedcontainers scikit-image shapely lazy_loader imageio tifffile watchdog
+
+.PHONY: install demo test clean monailabel
 
 install: $(STAMP)
 
@@ -34,5 +44,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
+monailabel: $(MONAILABEL_DIR)/.installed
+
+# reinstalled when this file changes; needs the environment only when ML_PYTHON is its interpreter
+$(MONAILABEL_DIR)/.installed: Makefile $(if $(filter $(VPY),$(ML_PYTHON)),$(STAMP))
+	@rm -rf $(MONAILABEL_DIR).tmp
+	@TV=$$($(ML_PYTHON) -c "import torch; v = torch.__version__.split('+')[0].split('.'); print(f'0.{int(v[1]) + 15}.*')") && \
+	  $(ML_PYTHON) -m pip install -q --no-deps --target $(MONAILABEL_DIR).tmp $(MONAILABEL_PKGS) "torchvision==$$TV"
+	@rm -rf $(MONAILABEL_DIR) && mv $(MONAILABEL_DIR).tmp $(MONAILABEL_DIR) && touch $@
+	@echo "MONAI Label 0.8.5 in $(MONAILABEL_DIR) (put it on sys.path; not installed in the environment)"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache $(MONAILABEL_DIR)

@@ -1,4 +1,5 @@
-"""inference.yaml read the way MONAI Label's BundleInferTask reads it (monailabel itself is not installed).
+"""inference.yaml read the way MONAI Label's BundleInferTask reads it, without monailabel (the real one, with its
+``Restored`` and writer, runs in ``tests/test_monailabel.py``).
 
 The emulation follows monailabel/tasks/infer/bundle.py + basic_infer.py: ConfigParser reads
 configs/inference.yaml, ``bundle_root`` is set to the bundle folder, ``network_def`` is instantiated and
@@ -66,6 +67,9 @@ def _monailabel_infer(bundle: Path, image: Path, device: str = "cpu", band_heigh
     pre = config.get_parsed_content("preprocessing", instantiate=True)
     pre = list(pre.transforms) if isinstance(pre, Compose) else pre
     assert any(isinstance(t, LoadImaged) for t in pre)  # MONAI Label swaps it for LoadImageTensord
+    for t in pre:
+        if isinstance(t, LoadImaged):
+            t._loader.image_only = False  # as BundleInferTask does: the metadata goes to image_meta_dict
     data = {key_image: str(image), "image_path": str(image), "device": device}
     for t in pre:
         data = t(data)
@@ -77,7 +81,7 @@ def _monailabel_infer(bundle: Path, image: Path, device: str = "cpu", band_heigh
     post = [t for t in (list(post.transforms) if isinstance(post, Compose) else post) if not isinstance(t, SaveImaged)]
     for t in post:
         data = t(data)
-    return data[key_pred], labels
+    return data[key_pred], labels, data.get(f"{key_image}_meta_dict", {})
 
 
 @pytest.mark.parametrize("band_height", [224, 0])
@@ -85,13 +89,16 @@ def test_monailabel_style_inference_on_one_png(bundle_dir, tmp_path, band_height
     rng = np.random.default_rng(0)
     img = (rng.random((300, 211)) * 255).astype(np.uint8)  # odd size, shorter than a Duke scan
     write_png(tmp_path / "scan.png", img)
-    pred, labels = _monailabel_infer(bundle_dir, tmp_path / "scan.png", band_height=band_height)
+    pred, labels, meta = _monailabel_infer(bundle_dir, tmp_path / "scan.png", band_height=band_height)
     pred = np.asarray(pred)
-    assert pred.shape == (1, 300, 211)  # the input image's size: MONAI Label's Restored has nothing left to do
+    # MONAI's axis order (W, H), uint8, no channel: the spatial_shape MONAI Label's Restored resizes to, so it has
+    # nothing left to do, and its writer transposes back to a 300-row PNG
+    assert pred.shape == (211, 300) and pred.dtype == np.uint8
+    assert tuple(int(v) for v in meta["spatial_shape"]) == pred.shape
     assert set(np.unique(pred)) <= set(range(10))
     assert labels == {n.lower(): i for i, n in DUKE_DME.classes.items()}
     if band_height:
-        assert (pred[0, 0] == 0).all() or (pred[0, -1] == 8).all()  # rows outside the band are filled
+        assert (pred[:, 0] == 0).all() or (pred[:, -1] == 8).all()  # rows outside the band are filled
 
 
 def test_inference_config_keys_resolve(bundle_dir):
@@ -107,5 +114,5 @@ def test_inference_config_keys_resolve(bundle_dir):
 def test_inference_png_real_size(duke_dir, bundle_dir, tmp_path):
     """A real Duke B-scan (496 rows) keeps its size through band crop, resize and restoration."""
     image = duke_dir / "val" / "images" / "Subject_07_00.png"
-    pred, _ = _monailabel_infer(bundle_dir, image)
-    assert tuple(pred.shape[1:]) == read_image(image).shape
+    pred, _, _ = _monailabel_infer(bundle_dir, image)
+    assert tuple(pred.shape[::-1]) == read_image(image).shape  # MONAI's (W, H)

@@ -39,12 +39,20 @@ def _grey_image(im: Any) -> Any:
 
 
 def png_reader(grey: bool = False) -> PILReader:
-    """The reader for PNG B-scans: rows first (``H x W``), as the files are stored.
+    """MONAI's reader for PNG B-scans, in MONAI's axis order: the first array axis is the image's x (``W x H``).
+
+    This is what ``LoadImage`` with its default PIL reader gives, so the array and the ``spatial_shape`` that MONAI
+    records in the metadata agree, and so do MONAI Label's ``Restored`` and its writers (which transpose back to rows
+    when they write a file). Rows-first chains transpose after loading (see
+    :func:`~monai_oct.recipes.seg_pipelines.seg_eval_transforms`).
 
     Args:
         grey: read colour files as the mean of their channels (one channel, as training reads them).
+
+    Returns:
+        a ``PILReader``.
     """
-    return PILReader(reverse_indexing=False, converter=_grey_image if grey else None)
+    return PILReader(converter=_grey_image if grey else None)
 
 
 def bscan_transforms(

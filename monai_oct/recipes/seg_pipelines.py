@@ -30,6 +30,8 @@ from monai.transforms import (
     Resized,
     ScaleIntensityRanged,
     SelectItemsd,
+    SqueezeDimd,
+    Transposed,
 )
 
 from monai_oct.core.labels import LabelTable
@@ -122,7 +124,9 @@ def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | Non
     RGB images are read as grey, as in training. With a label, both files are read as in training
     (:class:`~monai_oct.transforms.io.LoadBScand`: label ids checked against ``table``, image and label sizes
     compared, each failure a ``DataError`` naming the file); without one (inference) the image is read by MONAI's
-    ``LoadImaged``, which MONAI Label swaps for its own loader.
+    ``LoadImaged`` in MONAI's axis order (``W x H``, as its metadata's ``spatial_shape`` says; MONAI Label swaps the
+    loader for its own and restores the prediction to that shape) and transposed to rows first for the band crop and
+    the network.
 
     Args:
         image_size: ``[H, W]`` the network sees (None: keep the size).
@@ -143,7 +147,8 @@ def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | Non
     t = [
         KeepPathd([image_key], path_key=path_key),
         *([LoadBScand(keys, label_keys=[label_key], table=table)] if with_label else
-          [LoadImaged(keys, reader=png_reader(grey=True), image_only=True), EnsureChannelFirstd(keys)]),
+          [LoadImaged(keys, reader=png_reader(grey=True), image_only=True), EnsureChannelFirstd(keys),
+           Transposed(keys, indices=(0, 2, 1))]),
         RecordShaped([image_key]),
     ]
     if band_height:
@@ -159,7 +164,7 @@ def seg_eval_transforms(image_size: Sequence[int] | None, band_height: int | Non
 
 
 def seg_post_transforms(band_height: int | None = None, fill_above: int = 0, fill_below: int = 8,
-                        pred_key: str = "pred") -> Compose:
+                        pred_key: str = "pred", label_file: bool = False) -> Compose:
     """Postprocessing: softmax, back onto the original frame (bilinear on probabilities), argmax.
 
     Args:
@@ -167,12 +172,19 @@ def seg_post_transforms(band_height: int | None = None, fill_above: int = 0, fil
         fill_above: class id given to rows above the band (vitreous).
         fill_below: class id given to rows below the band (choroid).
         pred_key: the prediction's key.
+        label_file: end as MONAI writers (and MONAI Label's ``Restored`` and writer) expect a label: uint8, no
+            channel axis, in MONAI's axis order ``(W, H)`` that the inference reader reads the image in.
 
     Returns:
-        a ``Compose`` turning logits ``(C, h, w)`` into a label map ``(1, H, W)`` of the original size.
+        a ``Compose`` turning logits ``(C, h, w)`` into a label map ``(1, H, W)`` of the original size
+        (``label_file``: uint8 ``(W, H)``).
     """
-    return Compose([
+    t = [
         Activationsd([pred_key], softmax=True),
         RestoreBScand([pred_key], band_height=band_height, fill_above=fill_above, fill_below=fill_below),
         AsDiscreted([pred_key], argmax=True),
-    ])
+    ]
+    if label_file:
+        t += [Transposed([pred_key], indices=(0, 2, 1)), SqueezeDimd([pred_key], dim=0),
+              CastToTyped([pred_key], dtype=torch.uint8)]
+    return Compose(t)
