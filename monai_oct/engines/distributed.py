@@ -21,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
 __all__ = ["is_distributed", "get_rank", "get_world_size", "is_main_process", "barrier", "local_device", "backend_for",
-           "init_distributed", "destroy_distributed", "wrap_ddp", "unwrap", "ShardSampler", "TORCHRUN_VARIABLES"]
+           "init_distributed", "destroy_distributed", "wrap_ddp", "unwrap", "gather_interleaved", "ShardSampler",
+           "TORCHRUN_VARIABLES"]
 
 #: what torchrun sets in every process it starts (and ``init_process_group``'s ``env://`` reads).
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -51,6 +52,25 @@ def barrier() -> None:
     """Wait until every process gets here (nothing without a process group)."""
     if is_distributed():
         dist.barrier()
+
+
+def gather_interleaved(items: list) -> list:
+    """Every rank's ``items`` in the order of the data they came from (on every rank; ``items`` itself in one process).
+
+    Rank ``r`` of ``W`` under a ``DistributedSampler`` without shuffling holds positions ``r, r + W, ...``; its
+    ``k``-th item goes back to position ``k * W + r``.
+
+    Args:
+        items: this rank's picklable items.
+
+    Returns:
+        the items of all ranks, interleaved.
+    """
+    if not is_distributed():
+        return list(items)
+    parts: list = [None] * get_world_size()
+    dist.all_gather_object(parts, list(items))
+    return [part[k] for k in range(max(map(len, parts))) for part in parts if k < len(part)]
 
 
 def local_device(device: str | torch.device | None = None) -> torch.device:

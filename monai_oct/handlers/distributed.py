@@ -44,7 +44,26 @@ def handlers_for_rank(handlers: Sequence[Any] | None, main_only: Sequence[type] 
         return None
     if is_main_process():
         return list(handlers)
-    return [h for h in handlers if not isinstance(h, tuple(main_only))]
+    keep = [h for h in handlers if not isinstance(h, tuple(main_only))]
+    for h in handlers:
+        if isinstance(h, TensorBoardHandler) and h not in keep:
+            _discard_event_file(h)
+    return keep
+
+
+def _discard_event_file(handler: TensorBoardHandler) -> None:
+    """Close a dropped TensorBoard handler's writer and remove the empty event file it created.
+
+    MONAI's TensorBoard handlers open their ``SummaryWriter`` (and its file) when constructed, before any rank
+    check can drop them; the file holds no events, only TensorBoard's header. torch names it
+    ``events.out.tfevents.<time>.<host>.<pid>.<n>``, so this process's files are those with its pid.
+    """
+    writer = getattr(handler, "_writer", None)
+    if writer is None or not getattr(handler, "internal_writer", False):
+        return
+    handler.close()
+    for p in Path(writer.get_logdir()).glob(f"events.out.tfevents.*.{os.getpid()}.*"):
+        p.unlink(missing_ok=True)
 
 
 class SeenItemsLog:
