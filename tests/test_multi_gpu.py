@@ -173,7 +173,7 @@ def test_segmentation_training_and_evaluation_on_two_processes(phantom6, tmp_pat
     rows = [list(csv.DictReader(open(tmp_path / ev / "per_image.csv"))) for ev in ("ev1", "ev2")]
     assert len(rows[0]) == 2 and rows[0] == rows[1]
     m1, m2 = (json.loads((tmp_path / ev / "metrics.json").read_text()) for ev in ("ev1", "ev2"))
-    assert m1["mean_dice"] == pytest.approx(m2["mean_dice"]) and m1["dice"] == m2["dice"]
+    assert m1 == m2 and m1["num_images"] == 2
 
 
 def _random_image_ckpt(path: Path) -> Path:
@@ -224,3 +224,15 @@ def test_sharded_synthesis_equals_one_process_and_resumes_after_a_kill(phantom6,
     assert json.loads((killed / "manifest.json").read_text())["status"] == "complete"
     assert not (killed / ".lock").exists()
     assert not [p for p in killed.rglob(".*.tmp")]
+
+
+def test_synthesis_shares_are_the_indices_of_each_rank(tmp_path):
+    from test_diffusion_engines import _synthesis
+
+    eng = _synthesis(tmp_path / "s", num_samples=7)
+    assert eng.pending(rank=0, world_size=2) == [[0, 2], [4, 6]] and eng.skipped == 0
+    assert eng.pending(rank=1, world_size=2) == [[1, 3], [5]]
+    eng.run_all()  # one process: every index
+    (tmp_path / "s" / "images" / "synth_00003.png").unlink()
+    assert eng.pending(rank=1, world_size=2) == [[3]] and eng.skipped == 2
+    assert eng.pending(rank=0, world_size=2) == [] and eng.skipped == 4
