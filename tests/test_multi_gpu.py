@@ -140,6 +140,14 @@ def test_diffusion_stage_on_two_processes(phantom6, tmp_path):
     assert [r["event"] for r in log].count("completed") == 1
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
     assert len(tensorboard_writers(out / "tensorboard")) == 1
+    # started again with more epochs: every rank resumes from rank 0's last.pt and trains on
+    torchrun(DDPM, stage_configs("pretrain") + ["multi_gpu_train.yaml"], dataset_dir=phantom6, output_dir=out,
+             max_epochs=3, log_items="true", **TINY)
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in log].count("resume") == 1 and [r["epoch"] for r in log if r["event"] == "epoch"] == [1, 2, 3]
+    for r in (0, 1):  # each rank started at epoch 3, not at epoch 1 again
+        epochs = [json.loads(line)["epoch"] for line in (out / "ranks" / f"items_rank{r}.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2, 3]
     net = conditional_diffusion_unet(1, 10, channels=TINY["channels"], num_res_blocks=TINY["num_res_blocks"])
     for name in ("model.pt", "model_raw.pt"):
         net.load_state_dict(torch.load(out / name, weights_only=True))  # strict: no "module." prefix
