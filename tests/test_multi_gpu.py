@@ -244,3 +244,24 @@ def test_synthesis_shares_are_the_indices_of_each_rank(tmp_path):
     (tmp_path / "s" / "images" / "synth_00003.png").unlink()
     assert eng.pending(rank=1, world_size=2) == [[3]] and eng.skipped == 2
     assert eng.pending(rank=0, world_size=2) == [] and eng.skipped == 4
+
+
+def test_trainer_checks_the_image_size_of_a_ddp_network(tmp_path):
+    """Under DDP the trainer's size check reads the wrapped UNet (it used to find no levels on the wrapper and
+    pass any size, so a bad --image_size failed deep inside the UNet)."""
+    import torch.distributed as dist
+
+    from monai_oct.engines.diffusion import DiffusionTrainer
+    from monai_oct.engines.distributed import wrap_ddp
+    from monai_oct.schedulers import diffusion_scheduler
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        net = wrap_ddp(conditional_diffusion_unet(1, 2, channels=(8, 16)), "cpu")
+        batches = [{"image": torch.zeros(2, 1, 15, 16), "cond": torch.zeros(2, 2, 15, 16)}]
+        tr = DiffusionTrainer("cpu", 1, batches, net, torch.optim.AdamW(net.parameters()), diffusion_scheduler("ddpm", 20), 2)
+        with pytest.raises(ValueError, match=r"image size \[15, 16\] does not divide by 2"):
+            tr.run()
+    finally:
+        dist.destroy_process_group()
