@@ -129,6 +129,22 @@ def test_helpers_without_a_process_group():
         os.environ.update(env)
 
 
+def test_init_keeps_the_error_hook_that_prints_the_cause(tmp_path):
+    """torch's init_process_group wraps sys.excepthook, buffering stderr until the old hook returns; the bundles'
+    hook exits the process, so a failed multi-process stage printed nothing (the synthesis test below shows it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import sys; from monai_oct.bundle import install_error_handler; install_error_handler(force=True); "
+            "from monai_oct.engines.distributed import init_distributed; init_distributed('cpu'); "
+            "raise ValueError('/data/x.png: the cause')")
+    env = bundle_env(dict(BUNDLE_ENV, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and res.stderr.strip().splitlines()[-1] == "ValueError: /data/x.png: the cause"
+
+
 @pytest.mark.slow
 def test_diffusion_stage_on_two_processes(phantom6, tmp_path):
     out = tmp_path / "pre"
@@ -212,6 +228,10 @@ def test_sharded_synthesis_equals_one_process_and_resumes_after_a_kill(phantom6,
     manifest = {k: v for k, v in json.loads((two / "manifest.json").read_text()).items() if k not in ("seconds", "runtime")}
     assert manifest == {k: v for k, v in json.loads((one / "manifest.json").read_text()).items() if k not in ("seconds", "runtime")}
     assert (two / "datalist.json").read_text().replace(str(two), "") == (one / "datalist.json").read_text().replace(str(one), "")
+    # rank 0 checks the folder: another seed stops the run (the other rank does not wait for ever)
+    res = subprocess.run(torchrun_command(DDPM, configs, output_dir=two, **dict(args, seed=1)), env=bundle_env(BUNDLE_ENV),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "was made with other settings (seed: 0 -> 1" in res.stdout + res.stderr
 
     # kill a 2-process synthesis once pairs appear, start it again: exactly the n pairs of the 1-process run
     killed = tmp_path / "killed"

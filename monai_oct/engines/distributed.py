@@ -12,6 +12,7 @@ one process (rank 0 of 1), so the code that uses them runs unchanged in a plain 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Iterator, Sized
 
 import torch
@@ -105,6 +106,9 @@ def init_distributed(device: str | torch.device | None = None) -> torch.device:
     Returns:
         this process's device (``cuda:LOCAL_RANK``, made the current CUDA device, or the CPU).
 
+    ``sys.excepthook`` is kept as it was (torch replaces it with a wrapper that would swallow the message of a
+    hook that ends the process, as the bundles' does).
+
     Raises:
         RuntimeError: when the process was not started by torchrun (names the missing variables and the command).
     """
@@ -117,7 +121,11 @@ def init_distributed(device: str | torch.device | None = None) -> torch.device:
                            "'torchrun --standalone --nproc_per_node N -m monai.bundle run --config_file ...'")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    hook = sys.excepthook
     dist.init_process_group(backend=backend_for(device))
+    # torch wraps the hook to prefix the rank, buffering stderr until the old hook returns; the bundles' hook
+    # (monai_oct.bundle.install_error_handler) exits the process, so the failure's message would never appear
+    sys.excepthook = hook
     return device
 
 
