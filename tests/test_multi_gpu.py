@@ -225,6 +225,7 @@ def test_sharded_synthesis_equals_one_process_and_resumes_after_a_kill(phantom6,
     two = tmp_path / "two"
     torchrun(DDPM, configs, output_dir=two, **args)
     assert _pairs(two) == _pairs(one) and len(_pairs(one)) == 2 * n  # byte-identical pairs
+    assert len({v for k, v in _pairs(two).items() if k.startswith("images/")}) == n  # n distinct images
     manifest = {k: v for k, v in json.loads((two / "manifest.json").read_text()).items() if k not in ("seconds", "runtime")}
     assert manifest == {k: v for k, v in json.loads((one / "manifest.json").read_text()).items() if k not in ("seconds", "runtime")}
     assert (two / "datalist.json").read_text().replace(str(two), "") == (one / "datalist.json").read_text().replace(str(one), "")
