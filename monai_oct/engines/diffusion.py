@@ -27,6 +27,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from monai_oct.engines.amp import autocast_dtype
+from monai_oct.engines.distributed import unwrap
 from monai_oct.engines.guard import check_finite_loss
 from monai_oct.networks.diffusion import check_image_size
 from monai_oct.schedulers import PREDICTION_TYPES
@@ -140,7 +141,7 @@ class DiffusionTrainer(SupervisedTrainer):
             raise ValueError("must provide batch data for current iteration.")
         images = torch.as_tensor(batchdata[self.image_key]).to(engine.state.device, non_blocking=self.non_blocking).float()
         if not self._size_checked:
-            check_image_size(engine.network, images.shape)
+            check_image_size(unwrap(engine.network), images.shape)  # the UNet inside a DDP wrapper
             self._size_checked = True
         cond = self._condition(batchdata, images)
         noise = torch.randn_like(images)

@@ -17,6 +17,13 @@ A synthesis folder never holds a set the manifest does not describe:
   to what an uninterrupted run writes; ``num_samples`` may grow); different -> it stops, naming the differing
   keys, unless ``overwrite``, which first removes the folder's pairs.
 
+Across processes (a run started by torchrun, see :mod:`monai_oct.engines.distributed`): rank 0 takes the lock,
+checks the folder, removes a killed run's temporary files and writes the "running" manifest while the other ranks
+wait at a barrier; then rank ``r`` of ``W`` writes the missing pairs ``i`` with ``i % W == r``; after a second
+barrier rank 0 writes the datalist, the completed manifest and the grid. Sample ``i`` draws from the stream
+``(seed, i)`` whichever rank writes it, so a W-process set is byte for byte the 1-process set, and a killed
+multi-process run started again (with any number of processes) writes exactly the missing pairs.
+
 A label source returns ``{"label": (B, 1, H, W) ids}`` and may add ``"cond"`` (its own image condition, e.g.
 the sketch of :class:`~monai_oct.recipes.sources.SketchSource`; otherwise the engine encodes the label map) and
 ``"extras"`` (images written beside each pair, e.g. ``sketches/``).
@@ -34,13 +41,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from torch import nn
 
 from monai_oct.core.datalist import write_datalist
 from monai_oct.core.io import read_image, read_json, read_label, write_json, write_png
 from monai_oct.core.seeding import sample_generators, sample_seed
 from monai_oct.core.visualise import pair_grid
+from monai_oct.engines.distributed import barrier, get_rank, get_world_size, is_main_process
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.engines.writer import FolderLock, PairWriter
 from monai_oct.networks.diffusion import check_image_size
@@ -67,7 +75,7 @@ class SamplerEngine(Engine):
         batch_size: samples per iteration (does not change the pairs).
         seed: sample ``i`` uses the generator seeded ``sample_seed(seed, i)`` (label, then image).
         device: where to sample.
-        progress: show a progress bar.
+        progress: show a progress bar (rank 0 only in a multi-process run).
         manifest: extra entries for ``manifest.json`` (``checkpoints``: ``{name: path}``, hashed into
             ``generation``; anything else is recorded as it is).
         config: the parsed config values that determine the pairs beyond what the engine reads off its parts
@@ -100,11 +108,10 @@ class SamplerEngine(Engine):
         self.grid_size = int(grid_size)
         self.skipped = 0
         self.lock = FolderLock(writer.output_dir)
-        if progress:
+        if progress and is_main_process():
             from ignite.handlers import ProgressBar
 
             ProgressBar(persist=True, desc="synthesis").attach(self)
-        self.add_event_handler(Events.COMPLETED, lambda _: self.finalize())
 
     @property
     def manifest_path(self) -> Path:
@@ -180,11 +187,20 @@ class SamplerEngine(Engine):
         }
         write_json(self.manifest_path, manifest)
 
-    def pending(self) -> list[list[int]]:
-        """Batches of the indices still to write (removes stale temporary files first)."""
-        self.writer.clean()
-        todo = [i for i in range(self.num_samples) if not self.writer.done(i)]
-        self.skipped = self.num_samples - len(todo)
+    def pending(self, rank: int = 0, world_size: int = 1, clean: bool = True) -> list[list[int]]:
+        """Batches of the indices still to write of this rank's share (``i % world_size == rank``).
+
+        Args:
+            rank: this process's rank.
+            world_size: the number of processes sharing the indices.
+            clean: remove a killed run's temporary files first (rank 0 does it before the others start: a
+                removal while another rank writes would take that rank's temporary file away).
+        """
+        if clean:
+            self.writer.clean()
+        share = range(int(rank), self.num_samples, int(world_size))
+        todo = [i for i in share if not self.writer.done(i)]
+        self.skipped = len(share) - len(todo)
         return [todo[k: k + self.batch_size] for k in range(0, len(todo), self.batch_size)]
 
     def _iteration(self, engine: Engine, indices: Sequence[int]) -> dict:
@@ -200,23 +216,35 @@ class SamplerEngine(Engine):
         """Lock the folder, check or start its manifest, write every missing pair, then the datalist, the
         completed manifest and the grid; returns ``datalist.json``.
 
+        In a multi-process run rank 0 locks, checks and finalises, each rank writes its share (module docstring).
+
         Raises:
             RuntimeError: when another live synthesis holds the folder.
             ValueError: when the folder holds a set made with other settings (without ``overwrite``).
         """
-        with self.lock:
-            self._generation = self.generation()
-            self._check_folder(self._generation)
-            batches = self.pending()
-            self._write_manifest(self._generation, "running")
+        rank, world = get_rank(), get_world_size()
+        if rank == 0:
+            self.lock.acquire()
+        try:
+            if rank == 0:
+                self._generation = self.generation()
+                self._check_folder(self._generation)
+                self.writer.clean()
+                self._write_manifest(self._generation, "running")
+            barrier()  # the others start once the folder is checked and cleaned
+            batches = self.pending(rank, world, clean=False)
             if self.skipped:
-                logger.info("synthesis: %d of %d pairs already in %s; writing the other %d", self.skipped, self.num_samples,
-                            self.writer.output_dir, self.num_samples - self.skipped)
+                logger.info("synthesis: %d of %d pairs already in %s; writing the other %d%s", self.skipped,
+                            self.skipped + sum(map(len, batches)), self.writer.output_dir, sum(map(len, batches)),
+                            f" (rank {rank} of {world})" if world > 1 else "")
             self._t0 = time.time()
             if batches:
                 self.run(batches, max_epochs=1)
-            else:
+            barrier()  # every share written
+            if rank == 0:
                 self.finalize()
+        finally:
+            self.lock.release()
         return self.writer.output_dir / "datalist.json"
 
     def finalize(self) -> None:

@@ -11,6 +11,10 @@ Hyper-parameters that changed since ``last.pt`` was written are applied and logg
 
 The final weights (``model.pt``, and ``model_raw.pt`` when asked) are written only when training completes:
 a run that fails leaves ``last.pt`` to resume from and no final model.
+
+In a multi-process (DDP) run every rank resumes from ``last.pt``, but only rank 0 writes it, the final weights
+and the log; the weights are those of the plain network (a ``DistributedDataParallel`` wrapper is taken off, so
+they load into a network built without one).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from torch.optim.lr_scheduler import LRScheduler
 
 from monai_oct.core.io import remove_temporaries
+from monai_oct.engines.distributed import is_main_process, unwrap
 from monai_oct.networks.checkpoint import load_checkpoint, save_checkpoint
 from monai_oct.optim import scale_base_lr
 
@@ -138,8 +143,8 @@ class TrainingCheckpoint:
         self.save_dict = {k: v for k, v in save_dict.items() if v is not None}
         if final_model is None and "model" not in self.save_dict:
             raise ValueError("TrainingCheckpoint needs save_dict['model'] or final_model")
-        self.final_model = final_model if final_model is not None else self.save_dict["model"]
-        self.raw_model = raw_model
+        self.final_model = unwrap(final_model if final_model is not None else self.save_dict["model"])
+        self.raw_model = unwrap(raw_model) if raw_model is not None else None
         self.epoch_interval, self.iteration_interval = int(epoch_interval), int(iteration_interval)
         self.resume = bool(resume)
         self.log_file = Path(log_file) if log_file else self.output_dir / "training_log.jsonl"
@@ -184,10 +189,11 @@ class TrainingCheckpoint:
         self.attach(engine)
 
     def save(self, engine: Engine) -> None:
-        """Write ``last.pt`` atomically (once per iteration: an epoch end that is also an interval saves once)."""
+        """Write ``last.pt`` atomically (once per iteration: an epoch end that is also an interval saves once; rank 0
+        only in a multi-process run)."""
         if self.checkpoint is None:
             raise RuntimeError("TrainingCheckpoint.save before attach")
-        if engine.state.iteration == self._saved_iteration:
+        if engine.state.iteration == self._saved_iteration or not is_main_process():
             return
         self.checkpoint(engine)
         self._saved_iteration = engine.state.iteration
@@ -245,7 +251,8 @@ class TrainingCheckpoint:
                 iterations per epoch or beyond ``max_epochs``, or with other hyper-parameters that cannot change
                 (names the file, the key and the values).
         """
-        remove_temporaries(self.output_dir)
+        if is_main_process():  # another rank's removal could meet rank 0's temporary file mid-write
+            remove_temporaries(self.output_dir)
         if not (self.resume and self.last_path.is_file()):
             self._remove_stale_results()
             return
@@ -282,11 +289,14 @@ class TrainingCheckpoint:
         logger.info("resumed from %s at %s (iteration %d); continuing to epoch %s", self.last_path, where, iteration, max_epochs)
         for k, (old, new) in changed.items():
             logger.warning("%s: %s changed on resume: %r -> %r (applied)", self.last_path, k, old, new)
-        _append_jsonl(self.log_file, {"event": "resume", "epoch": epoch, "iteration": iteration, "time": time.time(),
-                                      "changed": {k: [old, new] for k, (old, new) in changed.items()}})
+        if is_main_process():
+            _append_jsonl(self.log_file, {"event": "resume", "epoch": epoch, "iteration": iteration, "time": time.time(),
+                                          "changed": {k: [old, new] for k, (old, new) in changed.items()}})
 
     def finalize(self, engine: Engine) -> None:
-        """Save ``last.pt`` and write the final (and raw) weights: only a completed run gets here."""
+        """Save ``last.pt`` and write the final (and raw) weights: only a completed run gets here (rank 0 only)."""
+        if not is_main_process():
+            return
         self.save(engine)
         save_checkpoint(self.final_model.state_dict(), self.output_dir / self.final_filename)
         if self.raw_model is not None:

@@ -16,6 +16,7 @@ from monai.utils import convert_to_numpy
 from monai_oct.core.io import atomic_path, read_grey, write_png
 from monai_oct.core.labels import DUKE_DME, LabelTable
 from monai_oct.core.visualise import overlay_panel
+from monai_oct.engines.distributed import gather_interleaved, is_main_process
 from monai_oct.metrics.segmentation import (
     LayerDiceMetric,
     PixelAccuracyMetric,
@@ -69,6 +70,9 @@ class SegmentationReportHandler:
         extra: extra entries for ``metrics.json`` (e.g. checkpoint path, image size, network).
 
     Predictions and labels must be ``(1, H, W)`` id maps of equal size (after postprocessing).
+
+    In a multi-process run every rank scores its share; the rows and metric buffers are gathered and rank 0
+    writes the files (overlays: of its own share).
     """
 
     def __init__(self, output_dir: str | os.PathLike, table: LabelTable = DUKE_DME, overlays: int = 0,
@@ -107,15 +111,18 @@ class SegmentationReportHandler:
             row.update({f"dice_{n}": v for n, v in zip(self.dice.names, d)})
             row["pa_all"] = p[-1]
             self.rows.append(row)
-            if len(self.rows) <= self.overlays and self.path_key in item:
+            if len(self.rows) <= self.overlays and self.path_key in item and is_main_process():
                 panel = _overlay_panel(path, label[0, 0], pred[0, 0], self.table)
                 if panel is not None:
                     write_png(self.output_dir / "overlays" / f"{Path(path).stem}.png", panel)
 
     def completed(self, engine=None) -> None:
+        self.rows = gather_interleaved(self.rows)  # a multi-process run: every rank's images, in data order
         if not self.rows:
             raise ValueError("SegmentationReportHandler: the evaluator saw no images")
-        self.report = segmentation_report(self.dice, self.pa, self.table, extra=self.extra)
+        self.report = segmentation_report(self.dice, self.pa, self.table, extra=self.extra)  # gathers across ranks too
+        if not is_main_process():
+            return
         write_segmentation_report(self.report, self.output_dir)
         path = self.output_dir / "per_image.csv"
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
