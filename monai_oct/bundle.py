@@ -10,6 +10,7 @@ cause as its last line (not MONAI's "Failed to evaluate ConfigExpression" wrappe
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["as_bool", "bundle_command", "bundle_dir", "bundle_env", "run_bundle", "check_device", "root_cause",
+__all__ = ["as_bool", "bundle_command", "bundle_dir", "bundle_env", "bundle_root", "run_bundle", "check_device", "root_cause",
            "error_summary", "install_error_handler", "stage_configs"]
 
 #: the package's folder: an exception raised by code under it is "one of ours" (its message names the file or value).
@@ -56,6 +57,73 @@ def bundle_dir(name: str) -> Path:
         have = sorted(p.name for p in root.iterdir() if (p / "configs").is_dir()) if root.is_dir() else []
         raise FileNotFoundError(f"no bundle {name!r} under {root} (have: {have})")
     return d
+
+
+def _is_bundle(folder: Path, name: str) -> bool:
+    """Whether ``folder`` is the bundle ``name``: it holds ``configs/`` and is called ``name`` or its
+    ``configs/metadata.json`` says ``"name": name``."""
+    configs = folder / "configs"
+    if not configs.is_dir():
+        return False
+    if folder.resolve().name == name:
+        return True
+    try:
+        return json.loads((configs / "metadata.json").read_text()).get("name") == name
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _running_config_root() -> Path | None:
+    """The folder of the first config file of the ``ConfigWorkflow`` that is evaluating this call, if any.
+
+    MONAI's parser does not tell an expression which file it came from; the workflow does
+    (``ConfigWorkflow.config_root_path``, the folder ``monai.bundle run`` also takes ``metadata.json`` and
+    ``logging.conf`` from), and it is on the call stack while it parses its config.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ConfigWorkflow):
+            return Path(owner.config_root_path)
+        frame = frame.f_back
+    return None
+
+
+def bundle_root(name: str) -> str:
+    """The default ``bundle_root`` of a bundle's configs: the folder above the config files being run.
+
+    So that ``cd bundles/oct_layer_seg && python -m monai.bundle run --config_file configs/inference.yaml`` (as
+    model-zoo bundles are run) and ``python -m monai.bundle run --config_file
+    bundles/oct_layer_seg/configs/inference.yaml`` from the project root both find ``models/``, whatever
+    the working directory. In order:
+
+    1. the parent of the folder of the first config file of the running ``ConfigWorkflow`` (``monai.bundle
+       run``, ``check_properties``, :func:`run_bundle`), when that parent is the bundle ``name``;
+    2. the working directory or its parent, when it is that bundle (a ``ConfigParser`` used directly);
+    3. ``bundles/<name>`` under the working directory; 4. ``bundles/<name>`` of this checkout.
+
+    ``--bundle_root`` on the command line (or MONAI Label, which sets it) replaces this.
+
+    Args:
+        name: the bundle's name (its folder name and ``metadata.json``'s ``name``), e.g. ``"oct_layer_seg"``.
+
+    Returns:
+        the bundle folder, relative to the working directory where it lies below it (``"."`` inside the bundle,
+        ``"bundles/oct_layer_seg"`` at the project root), else absolute.
+
+    Raises:
+        FileNotFoundError: when none of these is the bundle (the message lists where it looked).
+    """
+    config_root = _running_config_root()
+    candidates = [config_root.parent] if config_root is not None and config_root.name == "configs" else []
+    cwd = Path.cwd()
+    candidates += [cwd, cwd.parent, cwd / "bundles" / name, Path(__file__).resolve().parents[1] / "bundles" / name]
+    for folder in candidates:
+        if _is_bundle(folder, name):
+            return os.path.relpath(folder) if folder.resolve().is_relative_to(cwd.resolve()) else str(folder.resolve())
+    raise FileNotFoundError(f"bundle {name!r} not found (looked in {[str(c) for c in candidates]}); pass --bundle_root")
 
 
 def stage_configs(stage: str) -> list[str]:

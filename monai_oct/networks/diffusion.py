@@ -9,9 +9,34 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 from monai.networks.nets import DiffusionModelUNet
 
-__all__ = ["conditional_diffusion_unet", "check_image_size"]
+__all__ = ["ConditionalDiffusionUNet", "conditional_diffusion_unet", "check_image_size"]
+
+
+class ConditionalDiffusionUNet(DiffusionModelUNet):
+    """MONAI's ``DiffusionModelUNet`` whose ``timesteps`` may also be a number or a list.
+
+    MONAI's UNet takes only a 1-D tensor of timesteps. ``python -m monai.bundle verify_net_in_out`` can pass
+    the extra forward argument only as a command-line literal (``--extra_forward_args "{'timesteps': 0}"``),
+    never a tensor, so this class turns what it gets into the tensor MONAI's network expects; the weights,
+    their names and everything else are MONAI's (a ``DiffusionModelUNet`` state dict loads unchanged).
+    """
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor | int | Sequence[int], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Args:
+            x: the noisy image and its condition, ``(N, in_channels, H, W)``.
+            timesteps: a tensor ``(N,)``, or a number (every sample at that step) or a list of N numbers.
+            args, kwargs: as ``DiffusionModelUNet.forward`` (``context``, ``class_labels``, ...).
+
+        Returns:
+            the prediction ``(N, out_channels, H, W)``.
+        """
+        t = torch.as_tensor(timesteps, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        return super().forward(x, t, *args, **kwargs)
 
 
 def _groups(channels: Sequence[int], preferred: int = 32) -> int:
@@ -32,8 +57,8 @@ def conditional_diffusion_unet(
     use_flash_attention: bool = True,
     norm_num_groups: int | None = None,
     **kwargs: Any,
-) -> DiffusionModelUNet:
-    """A 2D ``DiffusionModelUNet`` for concat conditioning.
+) -> ConditionalDiffusionUNet:
+    """A 2D ``DiffusionModelUNet`` (:class:`ConditionalDiffusionUNet`) for concat conditioning.
 
     Args:
         image_channels: channels of the generated image (1 for a grey B-scan or a scalar-encoded mask).
@@ -71,7 +96,7 @@ def conditional_diffusion_unet(
         if a and c % h:
             raise ValueError(f"num_head_channels {h} does not divide the width {c} of an attention level (channels {channels})")
     groups = norm_num_groups or _groups(channels)
-    return DiffusionModelUNet(
+    return ConditionalDiffusionUNet(
         spatial_dims=2,
         in_channels=image_channels + condition_channels,
         out_channels=image_channels,

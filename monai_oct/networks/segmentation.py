@@ -6,12 +6,13 @@ import math
 from typing import Any, Sequence
 
 import torch
+from monai.networks.nets import UNet
 from torch import nn
 
 from monai_oct.networks.checkpoint import load_weights  # re-exported: the one loader lives in checkpoint.py
 from monai_oct.networks.relaynet import ReLayNet
 
-__all__ = ["SEGMENTATION_NETWORKS", "segmentation_network", "resolve_network", "load_weights", "size_factor",
+__all__ = ["SEGMENTATION_NETWORKS", "SizeCheckedUNet", "segmentation_network", "resolve_network", "load_weights", "size_factor",
            "check_segmentation_size"]
 
 #: names accepted by :func:`segmentation_network`.
@@ -21,8 +22,6 @@ SEGMENTATION_NETWORKS = ("unet", "basicunet", "relaynet")
 def size_factor(network: nn.Module) -> int:
     """What the sides of an input must divide by for ``network``: the product of a MONAI ``UNet``'s strides; 1 for
     networks that take any size (``BasicUNet`` pads odd sides, ``ReLayNet`` unpools to each level's exact size)."""
-    from monai.networks.nets import UNet
-
     if isinstance(network, UNet):
         return math.prod(int(s) if not isinstance(s, Sequence) else int(s[0]) for s in network.strides)
     return 1
@@ -43,14 +42,35 @@ def check_segmentation_size(network: nn.Module, size: Sequence[int]) -> None:
                          f"{int(math.log2(f))} times); use e.g. --image_size \"{ok}\"")
 
 
-class _SizeCheck:
-    """Forward pre-hook running :func:`check_segmentation_size` on the input, so that a wrong ``--image_size`` stops
-    at the first batch with the size named, not deep inside the decoder with a tensor-size error. A hook because
-    MONAI's trainers and evaluators call the network themselves (a class, not a closure, so the network deep-copies)."""
+@torch.jit.unused
+def _check_input(network: nn.Module, x: torch.Tensor) -> None:
+    """:func:`check_segmentation_size` on a batch (left out of a TorchScript export)."""
+    if x.ndim == 4:
+        check_segmentation_size(network, x.shape)
 
-    def __call__(self, module: nn.Module, args: tuple) -> None:
-        if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
-            check_segmentation_size(module, args[0].shape)
+
+class SizeCheckedUNet(UNet):
+    """MONAI's ``UNet`` that checks its input size first (:func:`check_segmentation_size`), so that a wrong
+    ``--image_size`` stops at the first batch with the size named, not deep inside the decoder with a tensor-size
+    error; MONAI's trainers and evaluators call the network themselves, so the check is in the network.
+
+    A subclass, not a forward pre-hook, so that TorchScript (``python -m monai.bundle ckpt_export``) compiles it: the
+    check runs in eager mode only. Same parameters and state-dict keys as ``UNet``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x: ``(B, in_channels, H, W)``, sides divisible by the product of the strides.
+
+        Returns:
+            logits ``(B, out_channels, H, W)``.
+
+        Raises:
+            ValueError: for a size the UNet cannot take, naming it and sizes that work.
+        """
+        if not torch.jit.is_scripting():
+            _check_input(self, x)
+        return self.model(x)
 
 
 def segmentation_network(name: str = "unet", in_channels: int = 1, out_channels: int = 10,
@@ -76,14 +96,10 @@ def segmentation_network(name: str = "unet", in_channels: int = 1, out_channels:
     """
     key = str(name).lower().replace("-", "").replace("_", "")
     if key == "unet":
-        from monai.networks.nets import UNet
-
         ch = tuple(channels) if channels else (16, 32, 64, 128, 256)
         kwargs.setdefault("num_res_units", 2)
-        net = UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=ch,
-                   strides=(2,) * (len(ch) - 1), dropout=dropout, **kwargs)
-        net.register_forward_pre_hook(_SizeCheck())
-        return net
+        return SizeCheckedUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=ch,
+                               strides=(2,) * (len(ch) - 1), dropout=dropout, **kwargs)
     if key == "basicunet":
         from monai.networks.nets import BasicUNet
 
