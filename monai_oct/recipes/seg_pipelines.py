@@ -10,11 +10,9 @@ so metrics are computed against the untouched annotation.
 
 from __future__ import annotations
 
-import os
-from typing import Hashable, Mapping, Sequence
+from typing import Sequence
 
 import torch
-from monai.config import KeysCollection
 from monai.transforms import (
     Activationsd,
     AsDiscreted,
@@ -23,7 +21,6 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
-    MapTransform,
     RandAdjustContrastd,
     RandGaussianNoised,
     RandScaleIntensityd,
@@ -38,33 +35,10 @@ from monai_oct.core.labels import LabelTable
 from monai_oct.recipes.pipelines import bscan_transforms, png_reader
 from monai_oct.transforms.band import RetinaBandCropd
 from monai_oct.transforms.io import LoadBScand
-from monai_oct.transforms.restore import RecordShaped, RestoreBScand
+from monai_oct.transforms.record import KeepPathd, RecordShaped
+from monai_oct.transforms.restore import RestoreBScand
 
-__all__ = ["KeepPathd", "seg_train_transforms", "seg_augment", "seg_eval_transforms", "seg_post_transforms"]
-
-
-class KeepPathd(MapTransform):
-    """Copy the file path under ``keys[0]`` to ``path_key`` before loading (for output names and overlays).
-
-    When the value is not a path (already an array, as MONAI Label may pass), an existing ``path_key``
-    is left alone. Dictionary-only bookkeeping.
-
-    Args:
-        keys: the image key (first key used).
-        path_key: where the path goes.
-    """
-
-    def __init__(self, keys: KeysCollection, path_key: str = "image_path", allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.path_key = path_key
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            if isinstance(d[key], (str, os.PathLike)):
-                d[self.path_key] = str(d[key])
-            break
-        return d
+__all__ = ["seg_train_transforms", "seg_augment", "seg_eval_transforms", "seg_post_transforms"]
 
 
 def seg_augment(level: float = 1.0, image_key: str = "image") -> Compose:

@@ -15,7 +15,8 @@ from monai_oct.transforms.encoding import (
     scalar_levels,
 )
 from monai_oct.transforms.io import LoadBScan, LoadBScand
-from monai_oct.transforms.restore import RecordShaped, RestoreBScan, RestoreBScand
+from monai_oct.transforms.record import KeepPathd, RecordKeyd, RecordShaped
+from monai_oct.transforms.restore import RestoreBScan, RestoreBScand
 from monai_oct.transforms.save import SaveLabelMap, SaveLabelMapd
 
 # layer sketches (Wu et al.)

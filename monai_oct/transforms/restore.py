@@ -17,7 +17,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy, convert_to_tensor
 
-__all__ = ["RecordShaped", "RestoreBScan", "RestoreBScand"]
+from monai_oct.transforms.record import RecordShaped
+
+__all__ = ["RecordShaped", "RestoreBScan", "RestoreBScand"]  # RecordShaped lives in transforms.record
 
 
 def _as_shape(x) -> tuple[int, int]:
@@ -26,28 +28,6 @@ def _as_shape(x) -> tuple[int, int]:
     if len(vals) != 2:
         raise ValueError(f"expected an original shape (H, W), got {vals}")
     return vals[0], vals[1]
-
-
-class RecordShaped(MapTransform):
-    """Store the spatial shape ``(H, W)`` of ``keys[0]`` as an int64 tensor under ``shape_key``.
-
-    Dictionary-only: it records bookkeeping for :class:`RestoreBScand` and has no array form.
-
-    Args:
-        keys: the key whose (channel-first) shape to record; only the first is used.
-        shape_key: where to store it.
-    """
-
-    def __init__(self, keys: KeysCollection, shape_key: str = "original_shape", allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.shape_key = shape_key
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.shape_key] = torch.as_tensor(tuple(d[key].shape[1:]), dtype=torch.int64)
-            break
-        return d
 
 
 class RestoreBScan(Transform):
