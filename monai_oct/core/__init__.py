@@ -19,6 +19,14 @@ from monai_oct.core.io import (
     write_text,
 )
 from monai_oct.core.labels import DUKE_DME, RETIDIFF_GROUPS, UNANNOTATED, LabelTable, get_label_table
+from monai_oct.core.records import differences, plain
 from monai_oct.core.seeding import sample_generators, sample_seed, sample_seeds
-from monai_oct.core.visualise import (PALETTE, image_to_uint8, label_legend, label_overlay, label_to_uint8, overlay_panel,
-                                     pair_grid)
+from monai_oct.core.visualise import (
+    PALETTE,
+    image_to_uint8,
+    label_legend,
+    label_overlay,
+    label_to_uint8,
+    overlay_panel,
+    pair_grid,
+)

@@ -7,6 +7,11 @@ the sampler that shards another sampler.
 :func:`wrap_ddp`, shard the data with MONAI's ``DistributedSampler`` (or :class:`ShardSampler` over a custom
 sampler) and call :func:`destroy_distributed` at the end. Without a process group every helper answers as for
 one process (rank 0 of 1), so the code that uses them runs unchanged in a plain run.
+
+The rank helpers are the few lines of ``torch.distributed`` they wrap rather than ``ignite.distributed``'s: that one
+keeps the native process group it first detects, so after ``destroy_process_group`` (the end of every multi-process
+stage, and the tests that start and stop groups in one process) its ``get_rank`` raises "Default process group has
+not been initialized" instead of answering 0 (tried with ignite 0.5).
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ the sketch of :class:`~monai_oct.recipes.sources.SketchSource`; otherwise the en
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -46,6 +45,7 @@ from torch import nn
 
 from monai_oct.core.datalist import write_datalist
 from monai_oct.core.io import read_image, read_json, read_label, write_json, write_png
+from monai_oct.core.records import differences, plain
 from monai_oct.core.seeding import sample_generators, sample_seed
 from monai_oct.core.visualise import pair_grid
 from monai_oct.engines.distributed import barrier, get_rank, get_world_size, is_main_process
@@ -127,7 +127,7 @@ class SamplerEngine(Engine):
         s = self.image_sampler
         ckpts = self.extra_manifest.get("checkpoints")
         ckpts = {k: str(v) for k, v in ckpts.items() if v} if isinstance(ckpts, Mapping) else {}
-        return _jsonable({
+        return plain({
             "seed": self.seed,
             "image_size": self.image_size,
             "num_classes": self.num_classes,
@@ -159,7 +159,7 @@ class SamplerEngine(Engine):
         elif "generation" not in old:
             problem = "has a manifest.json without a 'generation' record (an older version's)"
         else:
-            diff = _differences(old["generation"], generation)
+            diff = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in differences(old["generation"], generation).items()]
             beyond = [i for i in have if i >= self.num_samples]
             if not diff and not beyond:
                 return
@@ -181,7 +181,7 @@ class SamplerEngine(Engine):
             "seed": self.seed,
             "seeds": {self.writer.name(i): sample_seed(self.seed, i) for i in range(self.num_samples)},
             "generation": generation,
-            "runtime": _jsonable({"batch_size": self.batch_size, "device": str(self.device), **self.runtime}),
+            "runtime": plain({"batch_size": self.batch_size, "device": str(self.device), **self.runtime}),
             **{k: v for k, v in self.extra_manifest.items()},
             **extra,
         }
@@ -269,24 +269,6 @@ class SamplerEngine(Engine):
         write_png(out / "grid.png", pair_grid(imgs / 127.5 - 1.0, labs, self.num_classes))
         logger.info("synthetic dataset: %d pairs in %s (datalist %s, grid %s)", self.num_samples, out, out / "datalist.json",
                     out / "grid.png")
-
-
-def _jsonable(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples as lists, devices and paths as str), so that a recorded and a
-    new value compare equal when they mean the same."""
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
-    """``["key: old -> new", ...]`` for every (nested, dotted) key whose value differs."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
 
 
 def _sha256(path: str | os.PathLike) -> str:

@@ -33,6 +33,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from torch.optim.lr_scheduler import LRScheduler
 
 from monai_oct.core.io import remove_temporaries
+from monai_oct.core.records import differences, plain
 from monai_oct.engines.distributed import is_main_process, unwrap
 from monai_oct.networks.checkpoint import load_checkpoint, save_checkpoint
 from monai_oct.optim import scale_base_lr
@@ -53,17 +54,6 @@ def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as numbers, strings, lists and dicts (what ``weights_only=True`` reads back and ``==`` compares)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return str(value)
 
 
 class AtomicSaver(BaseSaveHandler):
@@ -94,7 +84,7 @@ class _Hyperparameters:
     """The run's hyper-parameters as an object with a state dict (what ignite's ``Checkpoint`` saves)."""
 
     def __init__(self, values: Mapping[str, Any]) -> None:
-        self.values = _plain(dict(values))
+        self.values = plain(dict(values))
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.values)
@@ -203,7 +193,7 @@ class TrainingCheckpoint:
     def _check_hyperparameters(self, saved: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
         """The changed hyper-parameters that apply; raises for those that cannot change."""
         now = self.hyperparameters.values
-        changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+        changed = {k: v for k, v in differences(saved, now).items() if k in saved and k in now}
         frozen = {k: v for k, v in changed.items() if k not in APPLIED_ON_RESUME}
         schedule = now.get("lr_schedule")
         if "max_epochs" in changed and str(schedule).lower() not in map(str, _LENGTH_FREE_SCHEDULES):
