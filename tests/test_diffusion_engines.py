@@ -10,6 +10,7 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
+from monai_oct.core.io import TEMP_PATTERN
 from monai_oct.engines.diffusion import DiffusionTrainer, diffusion_target
 from monai_oct.core.seeding import sample_generators
 from monai_oct.engines.sampler import DiffusionSampler
@@ -205,7 +206,7 @@ def test_checkpoint_resume_and_final_weights(tmp_path):
     final = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(torch.equal(final[k], v) for k, v in ema.ema_model.state_dict().items())
     assert not all(torch.equal(final[k], v) for k, v in net.state_dict().items())  # EMA differs from raw
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(TEMP_PATTERN))
 
     tr2, net2, ema2, ck2 = build(3)
     tr2.run()

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch.utils.data import Sampler
 
+from monai_oct.core.io import TEMP_PATTERN
 from monai_oct.bundle import bundle_command, bundle_dir, bundle_env, stage_configs
 from monai_oct.engines.distributed import ShardSampler, gather_interleaved, get_rank, init_distributed
 from monai_oct.networks.diffusion import conditional_diffusion_unet
@@ -252,7 +253,7 @@ def test_sharded_synthesis_equals_one_process_and_resumes_after_a_kill(phantom6,
     assert _pairs(killed) == _pairs(one)
     assert json.loads((killed / "manifest.json").read_text())["status"] == "complete"
     assert not (killed / ".lock").exists()
-    assert not [p for p in killed.rglob(".*.tmp")]
+    assert not [p for p in killed.rglob(TEMP_PATTERN)]
 
 
 def test_synthesis_shares_are_the_indices_of_each_rank(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from monai_oct.core.io import TEMP_PATTERN
 from monai_oct.bundle import bundle_command, bundle_env, stage_configs
 from monai_oct.core.datalist import load_datalist
 from monai_oct.core.io import read_image, read_label
@@ -155,7 +156,7 @@ def test_kill_mid_epoch_then_resume_to_the_same_iteration_and_lr(phantom_dir, tm
     assert final["trainer"]["iteration"] == ref["trainer"]["iteration"]
     assert final["ema"]["num_updates"] == ref["ema"]["num_updates"]
     assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(ref["optimizer"]["param_groups"][0]["lr"], abs=1e-15)
-    assert (out / "model.pt").is_file() and not list(out.glob(".*.tmp"))
+    assert (out / "model.pt").is_file() and not list(out.glob(TEMP_PATTERN))
     events = [json.loads(l)["event"] for l in (out / "training_log.jsonl").read_text().splitlines()]
     assert events.count("resume") == 1 and events[-1] == "completed"
 

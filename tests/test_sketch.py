@@ -10,6 +10,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from monai_oct.core.io import TEMP_PATTERN
 from monai_oct.cli import main
 from monai_oct.core.labels import DUKE_DME
 from monai_oct.recipes.sketches import LayerThicknessStats, RandomSketchDataset, generate_sketch
@@ -270,7 +271,7 @@ def test_stats_fit_on_phantom_recovers_its_geometry(phantom_dir, tmp_path):
     assert d.num_images == 9 and all(0.005 < t < 0.15 for t in d.thickness_mean)
     path = d.save(tmp_path / "s" / "stats.json")
     back = LayerThicknessStats.load(path)
-    assert back == d and not (tmp_path / "s" / "stats.json.tmp").exists()
+    assert back == d and not list((tmp_path / "s").glob(TEMP_PATTERN))
     np.testing.assert_array_equal(generate_sketch(back, (48, 48), 1)[0], generate_sketch(d, (48, 48), 1)[0])
     assert torch.equal(RandomSketchDataset(2, path, (40, 40))[1]["label"], RandomSketchDataset(2, d, (40, 40))[1]["label"])
 

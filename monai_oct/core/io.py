@@ -1,7 +1,7 @@
 """File I/O of the toolkit: image and label files, JSON, and the one atomic write everything uses.
 
 Every writer goes through :func:`atomic_path`: the content is written to a temporary file beside the
-target (``.<name>.tmp``, :data:`TEMP_PATTERN`) and renamed over it only when complete, so nothing
+target (``.tmp.<name>``, :data:`TEMP_PATTERN`) and renamed over it only when complete, so nothing
 half-written ever lies under a final name; :func:`remove_temporaries` clears what a killed run left.
 Every reader error is a :class:`DataError` that names the file.
 """
@@ -37,13 +37,14 @@ __all__ = [
 ]
 
 #: glob pattern of the temporary files :func:`atomic_path` writes.
-TEMP_PATTERN = ".*.tmp"
+TEMP_PATTERN = ".tmp.*"
 
 
 def temp_path(path: str | os.PathLike) -> Path:
-    """The temporary name :func:`atomic_path` writes ``path`` under (``.<name>.tmp`` in the same folder)."""
+    """The temporary name :func:`atomic_path` writes ``path`` under: ``.tmp.<name>`` in the same folder, so it keeps
+    the file's suffixes and a writer that picks its format from them (PIL, nibabel, ...) writes the right one."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp")
+    return path.with_name(f".tmp.{path.name}")
 
 
 @contextmanager

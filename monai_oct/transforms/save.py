@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 from typing import Hashable, Mapping, Sequence
@@ -67,9 +66,8 @@ class SaveLabelMap(Transform):
             else:
                 import nibabel as nib
 
-                data = nib.Nifti1Image(arr, np.eye(4)).to_bytes()
-                with atomic_path(path) as tmp:
-                    tmp.write_bytes(gzip.compress(data) if fmt == "nii.gz" else data)
+                with atomic_path(path) as tmp:  # the temporary name keeps .nii / .nii.gz for nibabel
+                    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(tmp))
             written.append(str(path))
         return written
 
