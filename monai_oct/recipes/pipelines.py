@@ -34,8 +34,9 @@ def _grey_image(im: Any) -> Any:
     grey images pass unchanged."""
     from PIL import Image
 
-    arr = pil_array(im)
-    return im if arr.ndim == 2 else Image.fromarray(np.round(to_grey(arr)).astype(np.uint8))
+    if len(im.getbands()) == 1:  # L, P, I, I;16, F: already one channel, no copy
+        return im
+    return Image.fromarray(np.round(to_grey(pil_array(im))).astype(np.uint8))
 
 
 def png_reader(grey: bool = False) -> PILReader:

@@ -55,7 +55,6 @@ class KeepPathd(RecordKeyd):
 
     def __init__(self, keys: KeysCollection, path_key: str = "image_path", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, path_key, allow_missing_keys)
-        self.path_key = path_key
 
     def record(self, value: Any) -> str | None:
         """The path as a string, or None for an array."""
@@ -74,7 +73,6 @@ class RecordShaped(RecordKeyd):
 
     def __init__(self, keys: KeysCollection, shape_key: str = "original_shape", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, shape_key, allow_missing_keys)
-        self.shape_key = shape_key
 
     def record(self, value: Any) -> torch.Tensor:
         """``value``'s spatial shape (all but the channel axis)."""
