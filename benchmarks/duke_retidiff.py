@@ -215,20 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
 
     geo = {"seed": a.seed, "progress": False}
-    ddpm = lambda stage: ddpm_configs(cfg, stage)  # noqa: E731
     s1, s2, s3 = out / "stage1_pretrain", out / "stage2_masks", out / "stage3_finetune"
-    run.bundle("stage1_pretrain", s1 / "model.pt", ddpm("pretrain"), datalist=str(unlabeled_datalist(data, out)),
+    run.bundle("stage1_pretrain", s1 / "model.pt", ddpm_configs(cfg, "pretrain"), datalist=str(unlabeled_datalist(data, out)),
                dataset_dir=str(data), output_dir=str(s1), **geo)
-    run.bundle("stage2_masks", s2 / "model.pt", ddpm("train_masks"), dataset_dir=str(duke),
+    run.bundle("stage2_masks", s2 / "model.pt", ddpm_configs(cfg, "train_masks"), dataset_dir=str(duke),
                datalist=str(duke / "datalist_train.json"), output_dir=str(s2), **geo)
-    run.bundle("stage3_finetune", s3 / "model.pt", ddpm("finetune"), dataset_dir=str(duke),
+    run.bundle("stage3_finetune", s3 / "model.pt", ddpm_configs(cfg, "finetune"), dataset_dir=str(duke),
                datalist=str(duke / "datalist_train.json"), pretrained_ckpt=str(s1 / "model.pt"), output_dir=str(s3), **geo)
 
     synth = {"image_ckpt": str(s3 / "model.pt"), **geo}
     sN, s66 = out / "synth_N", out / "synth_66"
-    run.bundle("synthesize_N", sN / "datalist.json", ddpm("synthesize"), mask_ckpt=str(s2 / "model.pt"), num_samples=n,
+    run.bundle("synthesize_N", sN / "datalist.json", ddpm_configs(cfg, "synthesize"), mask_ckpt=str(s2 / "model.pt"), num_samples=n,
                output_dir=str(sN), **synth)
-    run.bundle("synthesize_66", s66 / "datalist.json", ddpm("synthesize"), label_datalist=str(duke / "datalist_train.json"),
+    run.bundle("synthesize_66", s66 / "datalist.json", ddpm_configs(cfg, "synthesize"), label_datalist=str(duke / "datalist_train.json"),
                num_samples=66, output_dir=str(s66), **synth)
 
     real = str(duke / "datalist_train.json")
@@ -242,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         pseudo = out / f"synth_N_pseudo_{net}"
         run.bundle(f"pseudo_label_{net}", pseudo / "datalist.json", seg_configs(cfg, "pseudo_label"),
                    dataset_dir=str(sN), ckpt=str(teacher), output_dir=str(pseudo), network=net,
-                   band_height=0, progress=False)  # synthetic bands are taken whole
+                   progress=False)  # pseudo_label.yaml takes the synthetic bands whole (band_height 0)
         results[net].update(seg_steps(run, cfg, {"R66_SN_pseudo": ([real, str(pseudo / "datalist.json")], ratio)}, test, a.seed, net))
 
     compare = {}
     if a.compare_samplers:
-        compare = sampler_comparison(run, cfg, a, out, ddpm, synth, s2, real, ratio, test)
+        compare = sampler_comparison(run, cfg, a, out, synth, s2, real, ratio, test)
 
     quality = quality_report(run, out, cfg, sN, duke, teacher=out / "seg" / f"{cfg['networks'][0]}_R66_S0" / "model_final.pt")
     if a.dry_run:
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def sampler_comparison(run: Runner, cfg: dict, a: argparse.Namespace, out: Path, ddpm, synth: dict, s2: Path, real: str,
+def sampler_comparison(run: Runner, cfg: dict, a: argparse.Namespace, out: Path, synth: dict, s2: Path, real: str,
                        ratio, test: Path) -> dict:
     """The same stage-2 masks sampled with DDPM-1000 and DDIM-k; sampling time per image and 66/n Dice of each."""
     c = cfg["compare"]
@@ -267,7 +266,7 @@ def sampler_comparison(run: Runner, cfg: dict, a: argparse.Namespace, out: Path,
         sub = out / f"compare_masks_{c['num_samples']}.json"
         items = json.loads((masks / "datalist.json").read_text())["training"][: c["num_samples"]]
         sub.write_text(json.dumps({"training": [{k: str(masks / v) for k, v in it.items() if k in ("image", "label")} for it in items]}))
-        run.bundle(f"compare_{name}", d / "datalist.json", ddpm("synthesize"), label_datalist=str(sub), num_samples=c["num_samples"],
+        run.bundle(f"compare_{name}", d / "datalist.json", ddpm_configs(cfg, "synthesize"), label_datalist=str(sub), num_samples=c["num_samples"],
                    sampler=sampler, num_inference_steps=steps, output_dir=str(d), **synth)
         seg = seg_steps(run, cfg, {f"R66_S{c['num_samples']}_{name}": ([real, str(d / "datalist.json")], ratio)}, test, a.seed,
                         cfg["networks"][0])

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         distilled = out / f"synth_distilled_{net}"
         run.bundle(f"pseudo_label_{net}", distilled / "datalist.json", seg_configs(cfg, "pseudo_label"),
                    dataset_dir=str(syn), ckpt=str(teacher), output_dir=str(distilled), network=net,
-                   band_height=0, progress=False)  # synthetic bands are taken whole
+                   progress=False)  # pseudo_label.yaml takes the synthetic bands whole (band_height 0)
         sets = {"synth_sketch": ([str(syn / "datalist.json")], None),
                 "synth_distilled": ([str(distilled / "datalist.json")], None),
                 "real_synth": ([real, str(distilled / "datalist.json")], ratio)}

@@ -82,3 +82,9 @@ def scale_base_lr(optimizer: torch.optim.Optimizer, scheduler: LRScheduler | Non
         if getattr(s, "_last_lr", None):
             s._last_lr = [lr * ratio for lr in s._last_lr]
         todo.extend(getattr(s, "_schedulers", []))
+
+
+def depends_on_length(schedule: str | None) -> bool:
+    """Whether a schedule's curve is fixed by the run's length (cosine, linear: they decay to its end); constant
+    (or None) is not, so a resumed run may grow ``max_epochs`` under it."""
+    return (schedule or "constant") != "constant"

@@ -8,7 +8,7 @@ from a table instead of hard-coding ids.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -130,8 +130,3 @@ def get_label_table(name: str | LabelTable) -> LabelTable:
         raise KeyError(f"unknown label table {name!r}; known: {sorted(_TABLES)}") from None
 
 
-def group_ids(table: LabelTable, groups: Sequence[str] | None = None) -> dict[str, tuple[int, ...]]:
-    """The table's groups (all, or those named)."""
-    if groups is None:
-        return dict(table.groups)
-    return {g: table.groups[g] for g in groups}

@@ -157,7 +157,7 @@ class DiffusionTrainer(SupervisedTrainer):
         loss = engine.loss_function(pred.float(), target)
         check_finite_loss(loss, engine, "diffusion loss")
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        scaler = engine.scaler if self.amp_dtype == torch.float16 else None  # bf16 needs no loss scaling
+        scaler = engine.scaler  # None unless float16 autocast (set in __init__)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         if scaler is not None:

@@ -36,7 +36,7 @@ from monai_oct.core.io import remove_temporaries
 from monai_oct.core.records import differences, plain
 from monai_oct.engines.distributed import is_main_process, unwrap
 from monai_oct.networks.checkpoint import load_checkpoint, save_checkpoint
-from monai_oct.optim import scale_base_lr
+from monai_oct.optim import depends_on_length, scale_base_lr
 
 __all__ = ["AtomicSaver", "TrainingCheckpoint", "TrainingLog", "APPLIED_ON_RESUME"]
 
@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 #: hyper-parameters a resumed run may change: they take effect (and the log says so).
 APPLIED_ON_RESUME = ("learning_rate", "weight_decay", "max_epochs")
-#: ``lr_schedule`` values whose curve does not depend on the run's length (so ``max_epochs`` may grow on resume).
-_LENGTH_FREE_SCHEDULES = (None, "", "none", "null", "constant")
 
 
 def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
@@ -196,7 +194,7 @@ class TrainingCheckpoint:
         changed = {k: v for k, v in differences(saved, now).items() if k in saved and k in now}
         frozen = {k: v for k, v in changed.items() if k not in APPLIED_ON_RESUME}
         schedule = now.get("lr_schedule")
-        if "max_epochs" in changed and str(schedule).lower() not in map(str, _LENGTH_FREE_SCHEDULES):
+        if "max_epochs" in changed and depends_on_length(schedule):
             old, new = changed["max_epochs"]
             raise ValueError(f"{self.last_path}: max_epochs {old!r} -> {new!r} would change the length of the "
                              f"{schedule!r} learning-rate schedule it was written with (it decays to its end at epoch "

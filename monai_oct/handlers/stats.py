@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Mapping, TextIO
 
+from ignite.engine.events import CallableEventWithFilter
 from torch.optim import Optimizer
 
 __all__ = ["show_progress", "every_n_iterations", "loss_and_lr"]
@@ -77,11 +78,7 @@ def every_n_iterations(interval: Any) -> Callable[[Any, int], bool] | bool:
         raise ValueError(f"--log_interval {interval!r}: expected a whole number of iterations (0: off)")
     if n == 0:
         return False
-
-    def _every(engine: Any, iteration: int) -> bool:
-        return iteration % n == 0
-
-    return _every
+    return CallableEventWithFilter.every_event_filter(n)
 
 
 def loss_and_lr(optimizer: Optimizer | None = None, loss_key: str = "loss", loss_name: str = "train_loss",

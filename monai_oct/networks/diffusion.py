@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import torch
 from monai.networks.nets import DiffusionModelUNet
 
+from monai_oct.networks.sizes import check_divisible
+
 __all__ = ["ConditionalDiffusionUNet", "conditional_diffusion_unet", "check_image_size"]
 
 
@@ -117,9 +119,7 @@ def check_image_size(network: DiffusionModelUNet, size: Sequence[int]) -> None:
         ValueError: naming the size, the factor it must divide by and the nearest sizes that work.
     """
     levels = len(getattr(network, "block_out_channels", ())) or 1
-    f = 2 ** (levels - 1)
-    h, w = (int(s) for s in size[-2:])
-    if h % f or w % f:
-        ok = [max(f, round(x / f) * f) for x in (h, w)]
-        raise ValueError(f"image size {[h, w]} does not divide by {f} (the UNet down-samples {levels - 1} times with "
-                         f"channels {tuple(network.block_out_channels)}); use e.g. --image_size \"{ok}\"")
+    check_divisible(size, 2 ** (levels - 1), f"the UNet down-samples {levels - 1} times with channels "
+                    f"{tuple(getattr(network, 'block_out_channels', ()))}")
+
+

@@ -11,6 +11,7 @@ from torch import nn
 
 from monai_oct.networks.checkpoint import load_weights  # re-exported: the one loader lives in checkpoint.py
 from monai_oct.networks.relaynet import ReLayNet
+from monai_oct.networks.sizes import check_divisible
 
 __all__ = ["SEGMENTATION_NETWORKS", "SizeCheckedUNet", "segmentation_network", "resolve_network", "load_weights", "size_factor",
            "check_segmentation_size"]
@@ -35,11 +36,7 @@ def check_segmentation_size(network: nn.Module, size: Sequence[int]) -> None:
         ValueError: naming the size, the factor it must divide by and the nearest sizes that work.
     """
     f = size_factor(network)
-    h, w = (int(s) for s in tuple(size)[-2:])
-    if h % f or w % f:
-        ok = [max(f, round(x / f) * f) for x in (h, w)]
-        raise ValueError(f"image size {[h, w]} does not divide by {f} (the {type(network).__name__} down-samples "
-                         f"{int(math.log2(f))} times); use e.g. --image_size \"{ok}\"")
+    check_divisible(size, f, f"the {type(network).__name__} down-samples {int(math.log2(f))} times")
 
 
 @torch.jit.unused
