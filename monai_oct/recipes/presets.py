@@ -26,6 +26,10 @@ __all__ = ["preset_file", "list_presets", "load_preset", "preset_stages", "stage
 _OWN_KEYS = ("preset", "+imports", "imports")
 
 
+#: the row of a preset's ``stages`` table that every stage starts from (its own row overrides it).
+DEFAULT_ROW = "default"
+
+
 def list_presets(bundle_root: str | os.PathLike) -> list[str]:
     """The names of the presets of the bundle at ``bundle_root`` (sorted)."""
     return sorted(p.stem for p in (Path(bundle_root) / "configs" / "presets").glob("*.yaml"))
@@ -59,15 +63,26 @@ def stage_value(preset: Mapping[str, Any], stage: str, key: str) -> Any:
     Raises:
         KeyError: when the preset has no row for ``stage`` (naming the preset and the stages it covers).
     """
+    return _stage_row(preset, stage).get(key)
+
+
+def _stage_row(preset: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """The settings of ``stage``: the table's ``default`` row (if any) updated by the stage's own row.
+
+    Raises:
+        KeyError: when the table has neither a row for ``stage`` nor a ``default`` row.
+    """
     stages = preset.get("stages", {})
-    if stage not in stages:
+    if stage not in stages and DEFAULT_ROW not in stages:
+        covered = sorted(s for s in stages if s != DEFAULT_ROW)
         raise KeyError(f"preset {preset.get('name', '?')!r} has no settings for stage {stage!r} (it covers "
-                       f"{sorted(stages)}); leave the preset out or give the values on the command line")
-    return stages[stage].get(key)
+                       f"{covered}); leave the preset out or give the values on the command line")
+    return {**stages.get(DEFAULT_ROW, {}), **stages.get(stage, {})}
 
 
 def preset_stages(bundle_root: str | os.PathLike, name: str) -> dict[str, dict[str, Any]]:
-    """A preset's per-stage table, ``{stage: {key: value}}`` (empty when every key is shared).
+    """A preset's per-stage table as written, ``{stage: {key: value}}`` (with its ``default`` row, if any; empty when
+    every key is shared); :func:`load_preset` gives what one stage gets.
 
     Raises:
         FileNotFoundError: no such preset.
@@ -94,7 +109,5 @@ def load_preset(bundle_root: str | os.PathLike, name: str, stage: str | None = N
     table = cfg.get("preset", {})
     out = {k: v for k, v in cfg.items() if k not in _OWN_KEYS and not (isinstance(v, str) and v.startswith("$"))}
     if stage is not None:
-        if stage not in table.get("stages", {}):
-            stage_value(table, stage, "")  # raises, naming the preset and the stages it covers
-        out.update(table["stages"][stage])
+        out.update(_stage_row(table, stage))
     return out
