@@ -19,6 +19,7 @@ from monai_oct.core.labels import LabelTable
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.networks.checkpoint import load_weights
 from monai_oct.networks.diffusion import check_image_size
+from monai_oct.recipes.boundaries import boundary_source
 from monai_oct.recipes.items import resolve_items
 from monai_oct.recipes.sketches import LayerThicknessStats, RandomSketchDataset
 from monai_oct.transforms.band import RetinaBandCropd
@@ -112,8 +113,9 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
                        mask_ckpt: str | os.PathLike | None = None, mask_network: nn.Module | None = None,
                        mask_sampler: DiffusionSampler | None = None, dataset_dir: str | None = None,
                        band_height: int | None = None, label_flip: bool = False, dmc_smooth: int = 0,
-                       table: LabelTable | str | None = "duke_dme", device: str | torch.device = "cpu") -> Callable:
-    """The label maps of a synthesis: from ``label_datalist`` when given, else sampled from the stage-2 model.
+                       table: LabelTable | str | None = "duke_dme", device: str | torch.device = "cpu",
+                       boundary_model: str | os.PathLike | None = None) -> Callable:
+    """The label maps of a synthesis: from ``boundary_model`` or ``label_datalist`` when given, else the stage-2 model.
 
     Args:
         image_size: ``[H, W]``.
@@ -128,13 +130,20 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
         dmc_smooth: median window of DMC (0: none).
         table: label table for datalist labels.
         device: where the mask UNet runs.
+        boundary_model: a fitted :class:`~monai_oct.recipes.boundaries.BoundaryModel` file (``monai-oct fit-boundaries``).
 
     Returns:
-        a :class:`LabelBank` or :class:`MaskSampler`.
+        a :class:`~monai_oct.recipes.boundaries.BoundarySource`, :class:`LabelBank` or :class:`MaskSampler`.
 
     Raises:
-        ValueError: when neither a datalist nor a mask checkpoint (with network and sampler) is given.
+        ValueError: when neither a datalist nor a mask checkpoint (with network and sampler) is given, or both a
+            boundary model and a datalist.
+        DataError: naming a boundary model file that is missing, bad or fitted for another table.
     """
+    if boundary_model:
+        if label_datalist:
+            raise ValueError("synthesis label maps: give --boundary_model or --label_datalist, not both")
+        return boundary_source(boundary_model, image_size, table=table)
     if label_datalist:
         return LabelBank.from_datalist(label_datalist, image_size, dataset_dir=dataset_dir, band_height=band_height,
                                        flip=bool(label_flip), table=table)
