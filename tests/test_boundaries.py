@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from monai_oct.cli import main
 from monai_oct.core.geometry import label_boundaries
-from monai_oct.core.io import DataError, TEMP_PATTERN
+from monai_oct.core.io import DataError, TEMP_PATTERN, read_label
 from monai_oct.core.labels import DUKE_DME
 from monai_oct.core.seeding import sample_generators, sample_seed
 from monai_oct.metrics.plausibility import column_validity
@@ -184,3 +184,36 @@ def test_duke_train_fit(duke_dir):
     np.testing.assert_allclose(_thickness(maps), _thickness(real), rtol=0.15)
     share = np.mean([(m == FLUID).any() for m in maps])
     assert abs(share - np.mean([(m == FLUID).any() for m in real])) < 0.15
+
+
+@pytest.mark.slow
+def test_synthesize_bundle_with_a_boundary_model(phantom_dir, tmp_path):
+    """synthesize.yaml --boundary_model FILE: the maps come from the model (valid, at the image size), the manifest
+    hashes the file instead of the unused mask checkpoint; a wrong file stops the run naming it as the last line."""
+    import subprocess
+
+    from monai_oct.bundle import bundle_command, bundle_env, stage_configs
+    from monai_oct.core.datalist import load_datalist
+    from monai_oct.networks.diffusion import conditional_diffusion_unet
+
+    from conftest import BUNDLE_ENV, OCT_DDPM_BUNDLE, run_stage
+
+    tiny = dict(image_size=[16, 32], channels=[8, 16], num_res_blocks=1, num_train_timesteps=50, device="cpu",
+                progress=False, num_threads=1, sampler="ddim", num_inference_steps=2, num_samples=3)
+    torch.manual_seed(0)
+    torch.save(conditional_diffusion_unet(1, 10, channels=tiny["channels"], num_res_blocks=1).state_dict(), tmp_path / "img.pt")
+    bounds = BoundaryModel.fit_datalist(phantom_dir / "datalist.json", band_height=0, num_control=8).save(tmp_path / "b.npz")
+    out = tmp_path / "synth"
+    run_stage("synthesize", output_dir=out, image_ckpt=tmp_path / "img.pt", boundary_model=bounds, **tiny)
+    items = load_datalist(out / "datalist.json", key="training")
+    expected = BoundarySource(BoundaryModel.load(bounds), [16, 32])(list(range(3)), sample_generators(
+        [sample_seed(0, i) for i in range(3)]), torch.device("cpu"))["label"][:, 0].numpy()
+    assert [read_label(it["label"]).tolist() for it in items] == [e.tolist() for e in expected]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["generation"]["checkpoint_sha256"]) == {"image", "boundaries"}
+    bad = tmp_path / "bad.npz"
+    bad.write_text("x")
+    res = subprocess.run(bundle_command(OCT_DDPM_BUNDLE, stage_configs("synthesize"), output_dir=tmp_path / "s2",
+                                        image_ckpt=tmp_path / "img.pt", boundary_model=bad, **tiny),
+                         env=bundle_env(BUNDLE_ENV), capture_output=True, text=True, timeout=180)
+    assert res.returncode != 0 and "bad.npz: not a boundary model file" in res.stderr.strip().splitlines()[-1], res.stderr[-2000:]
