@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fb = sub.add_parser("fit-boundaries", help="fit the boundary-curve label generator (synthesis --boundary_model) on a labelled datalist")
     fb.add_argument("datalist", help="Decathlon-style datalist JSON with 'label' entries")
-    fb.add_argument("--out", required=True, help="output .npz (BoundaryModel)")
+    fb.add_argument("--out", required=True, help="output file (BoundaryModel): .json, else .npz")
     fb.add_argument("--band-height", type=int, default=224,
                     help="rows of the retina band cropped around the layers, at full resolution (0: whole B-scans)")
     fb.add_argument("--root", default=None, help="folder relative paths start from")

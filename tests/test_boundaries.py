@@ -100,9 +100,12 @@ def test_mirroring_and_spread(model):
     assert np.array_equal(model.draw((3, 0), spread=0.0)["coefficients"], np.zeros(model.stddev.size))
 
 
-def test_save_load_round_trip(model, tmp_path):
-    path = model.save(tmp_path / "bounds.npz")
+@pytest.mark.parametrize("name", ["bounds.npz", "bounds.json"])
+def test_save_load_round_trip(model, tmp_path, name):
+    path = model.save(tmp_path / name)
     assert not list(tmp_path.glob(TEMP_PATTERN))
+    if name.endswith(".json"):
+        assert json.loads(path.read_text())["format"] == "monai_oct.BoundaryModel"
     again = BoundaryModel.load(path, table="duke_dme")
     assert again.num_control == model.num_control and again.source == model.source
     for i in range(5):
@@ -116,6 +119,10 @@ def test_bad_files_name_the_file(model, tmp_path):
     text.write_text("not a model")
     with pytest.raises(DataError, match=r"notes.npz: not a boundary model file"):
         BoundaryModel.load(text)
+    for text, what in (("{", "not valid JSON"), ('{"format": "monai_oct.BoundaryModel"}', "not a boundary model file")):
+        (tmp_path / "b.json").write_text(text)
+        with pytest.raises(DataError, match=f"b.json: {what}"):
+            BoundaryModel.load(tmp_path / "b.json")
     other = tmp_path / "other.npz"
     np.savez(other, x=np.zeros(3))
     with pytest.raises(DataError, match=r"other.npz: not a boundary model file"):

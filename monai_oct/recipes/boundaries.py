@@ -49,7 +49,7 @@ from scipy import ndimage
 from scipy.interpolate import PchipInterpolator
 
 from monai_oct.core.geometry import as_2d_label, boundaries_of, regions_from_boundaries
-from monai_oct.core.io import DataError, atomic_path
+from monai_oct.core.io import DataError, atomic_path, read_json, write_json
 from monai_oct.core.labels import LabelTable, get_label_table
 from monai_oct.recipes.items import resolve_items
 from monai_oct.transforms.band import RetinaBandCropd
@@ -249,19 +249,26 @@ class BoundaryModel:
 
     # ------------------------------------------------------------------ io
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the model as ``.npz`` (arrays + a JSON header; atomically: temp file + rename); returns the path."""
+        """Write the model atomically (temp file + rename) and return the path.
+
+        A ``.json`` path gets one JSON object (the header's fields and the arrays as lists: readable, ~1 MB for
+        Duke); any other name an ``.npz`` (the arrays and the header as JSON text; a third of the size).
+        """
         meta = {"format": "monai_oct.BoundaryModel", "version": FORMAT_VERSION, "table": self.table.name,
                 "num_control": self.num_control, "source": self.source}
+        arrays = {k: getattr(self, k) for k in _ARRAYS}
+        if Path(path).suffix.lower() == ".json":
+            return write_json(path, {**meta, **{k: v.tolist() for k, v in arrays.items()}}, indent=None)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, meta=np.asarray(json.dumps(meta)), **{k: getattr(self, k) for k in _ARRAYS})
+            np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, table: LabelTable | str | None = None) -> "BoundaryModel":
-        """Read a model written by :meth:`save`.
+        """Read a model written by :meth:`save` (``.json``: JSON, otherwise ``.npz``).
 
         Args:
-            path: the ``.npz`` file.
+            path: the file.
             table: when given, the model must have been fitted for this label table.
 
         Raises:
@@ -272,10 +279,16 @@ class BoundaryModel:
         if not path.is_file():
             raise DataError(f"{path}: boundary model not found (fit one with `monai-oct fit-boundaries DATALIST --out FILE`)")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                arrays = {k: z[k] for k in _ARRAYS}
-        except Exception as e:  # zip, npy, JSON and key errors all mean "not a model file"
+            if path.suffix.lower() == ".json":
+                meta = read_json(path, "boundary model")
+                arrays = {k: np.asarray(meta[k], dtype=np.float64) for k in _ARRAYS}
+            else:
+                with np.load(path, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    arrays = {k: z[k] for k in _ARRAYS}
+        except DataError:
+            raise
+        except Exception as e:  # zip, npy, JSON, type and key errors all mean "not a model file"
             raise DataError(f"{path}: not a boundary model file ({type(e).__name__}: {e})") from None
         if not isinstance(meta, dict) or meta.get("format") != "monai_oct.BoundaryModel":
             raise DataError(f"{path}: not a boundary model file (no monai_oct.BoundaryModel header)")
