@@ -6,7 +6,7 @@ to [-1, 1]) and end with dicts the :class:`~monai_oct.engines.diffusion.Diffusio
 - stage 1, :func:`pretrain_transforms`: ``{"image"}`` only; a label, where an item has one, only places the
   band (the trainer then conditions on an all-zero mask);
 - stage 2, :func:`mask_transforms`: ``{"image"}`` = the label map in the scalar encoding (one channel in
-  [-1, 1]), what the unconditional mask DDPM learns to generate;
+  [-1, 1], RetiDiff's) or the one-hot encoding (C channels), what the unconditional mask DDPM learns to generate;
 - stage 3, :func:`finetune_transforms`: ``{"image", "cond", "label"}`` with ``cond`` the encoded label map
   after Dynamic Region Masking;
 - the sketch-conditioned image DDPM (Wu et al.), :func:`sketch_transforms`: ``{"image", "cond", "label"}`` with
@@ -66,8 +66,13 @@ def pretrain_transforms(image_size: Sequence[int] | None, band_height: int | Non
 
 
 def mask_transforms(image_size: Sequence[int] | None, num_classes: int = 10, band_height: int | None = None,
-                    flip: float = 0.0, table: LabelTable | str | None = "duke_dme", seed: int = 0) -> Compose:
-    """Stage 2 chain: ``{"image"}`` = the label map in the scalar encoding (class k -> ``2k/(C-1) - 1``).
+                    flip: float = 0.0, table: LabelTable | str | None = "duke_dme", seed: int = 0,
+                    encoding: str = "scalar") -> Compose:
+    """Stage 2 chain: ``{"image"}`` = the label map in the mask DDPM's encoding.
+
+    ``"scalar"`` (RetiDiff's): one channel, class k -> ``2k/(C-1) - 1``, decoded by DMC; adjacent classes are
+    adjacent levels, so a small error in the generated value is a wrong neighbouring layer. ``"onehot"``: C
+    channels of ``±1``, decoded by argmax or :class:`~monai_oct.transforms.topology.LayerOrderDecode`.
 
     Args:
         image_size: ``[H, W]``.
@@ -76,10 +81,14 @@ def mask_transforms(image_size: Sequence[int] | None, num_classes: int = 10, ban
         flip: probability of a left-right flip.
         table: label table the ids are checked against.
         seed: seed of the random transforms.
+        encoding: ``"scalar"`` or ``"onehot"``.
+
+    Raises:
+        ValueError: for an unknown encoding.
     """
     chain = Compose([
         bscan_transforms(image_size=image_size, keys=["image", "label"], band_height=band_height, flip=0.0, table=table),
-        MaskEncoded(["label"], num_classes=num_classes, mode="scalar", output_key="image"),
+        MaskEncoded(["label"], num_classes=num_classes, mode=encoding, output_key="image"),
         SelectItemsd(["image"]),
         RandFlipd(["image"], prob=flip, spatial_axis=1),
     ])
