@@ -128,3 +128,69 @@ def test_finetune_config_passes_label_size(phantom_dir):
         conds.append(p.get_parsed_content("preprocessing")(item)["cond"])
     assert set(torch.unique(conds[0]).tolist()) == {-1.0, 1.0}
     assert ((conds[1] > -1) & (conds[1] < 1)).any() and conds[1].shape == (10, 16, 32)
+
+
+def test_writer_keeps_a_finer_label_and_enlarges_the_image_to_it(tmp_path):
+    """Bug: with ``output_size`` null the writer wrote the image at the generated size and the label at the
+    source's (finer) label size: a pair whose files differ in size. Now both have the label's size, the label
+    untouched; a label that already has ``output_size`` is written untouched too."""
+    from monai_oct.core.io import read_image, read_label
+    from monai_oct.engines.writer import PairWriter
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (2, 1, 48, 64), generator=g)
+    images = torch.rand(2, 1, 16, 32, generator=g) * 2 - 1
+    for output_size in (None, [48, 64]):
+        w = PairWriter(tmp_path / str(output_size), output_size=output_size)
+        w.write([0, 1], images, labels)
+        for i in (0, 1):
+            img, lab = read_image(w.paths(i)[0]), read_label(w.paths(i)[1])
+            assert img.shape == lab.shape == (48, 64)
+            assert torch.equal(torch.as_tensor(lab.astype("int64")), labels[i, 0])
+
+
+def _band_label(path, band_height: int, size) -> torch.Tensor:
+    """A datalist label cropped to its retina band and resized once (nearest-exact) to ``size``: ``(H, W)``."""
+    from monai_oct.core.io import read_label
+    from monai_oct.transforms.band import RetinaBandCrop
+
+    lab = torch.as_tensor(read_label(path).astype("int64"))[None]
+    band = RetinaBandCrop(band_height)(lab.float(), lab)
+    return torch.nn.functional.interpolate(band[None].float(), size=list(size), mode="nearest-exact")[0, 0].long()
+
+
+@pytest.mark.slow
+def test_synthesis_with_label_size_writes_full_resolution_labels(duke_dir, tmp_path):
+    """R/S 0/N at ``label_size = output_size = [224, 512]`` with a 32x64 image UNet: the written labels are the
+    datalist's, band-cropped and resized once (no trip through 32x64: more distinct boundary rows than a 32-row
+    map could have), the images at 224x512, label_size recorded, and a rerun with another label_size refused."""
+    import json
+    import subprocess
+
+    from monai_oct.bundle import bundle_command, bundle_env, stage_configs
+    from monai_oct.core.io import read_image, read_label
+    from monai_oct.recipes.items import resolve_items
+
+    from conftest import BUNDLE_ENV, OCT_DDPM_BUNDLE, run_stage
+    from test_oct_ddpm_bundle import TINY, _random_image_ckpt
+
+    small = dict(TINY, image_size=[32, 64], band_height=224)
+    out = tmp_path / "synth"
+    args = dict(output_dir=out, dataset_dir=duke_dir, label_datalist="datalist_train.json", num_samples=2, sampler="ddim",
+                num_inference_steps=2, image_ckpt=_random_image_ckpt(tmp_path / "img.pt", **small),
+                label_size=[224, 512], output_size=[224, 512], **small)
+    run_stage("synthesize", **args)
+    items = resolve_items(duke_dir / "datalist_train.json", require_label=True)
+    for i in range(2):
+        name = f"synth_{i:05d}.png"
+        lab = torch.as_tensor(read_label(out / "labels" / name).astype("int64"))
+        assert torch.equal(lab, _band_label(items[i]["label"], 224, [224, 512]))
+        boundary_rows = (lab[1:] != lab[:-1]).any(1).sum()
+        assert boundary_rows > 32, boundary_rows  # a 32-row map enlarged has at most 31 rows with a class change
+        assert read_image(out / "images" / name).shape == (224, 512)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generation"]["config"]["labels"]["label_size"] == [224, 512]
+    res = subprocess.run(bundle_command(OCT_DDPM_BUNDLE, stage_configs("synthesize"), **dict(args, label_size=[112, 256])),
+                         env=bundle_env(BUNDLE_ENV), capture_output=True, text=True, timeout=180)
+    msg = [l for l in (res.stdout + res.stderr).splitlines() if "was made with other settings" in l]
+    assert res.returncode != 0 and msg and "label_size" in msg[-1], (res.stdout + res.stderr)[-2000:]
