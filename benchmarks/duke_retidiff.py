@@ -1,25 +1,31 @@
-"""RetiDiff on Duke DME end to end: does the synthetic data help layer segmentation?
+"""RetiDiff on Duke DME end to end: does the synthetic data help a strong layer segmenter?
 
 Runs every stage as the bundles a user would run (``python -m monai.bundle run``), so what is measured is
 what ships:
 
 1. stage 1 (``oct_ddpm/pretrain``) on unannotated B-scans: Duke train images without labels + ``hcms_unlabeled``;
-2. stage 2 (``oct_ddpm/train_masks``) on the 66 Duke train label maps;
-3. stage 3 (``oct_ddpm/finetune``) from stage 1 on the 66 (image, mask) pairs with DRM;
-4. synthesis: N pairs from stage 2 + DMC masks (``synth_N``), and one image per real train mask (``synth_66``,
-   RetiDiff's R/S 0/66 setting); optionally the same masks sampled with DDPM-1000 and DDIM-k (``--compare-samplers``);
-5. segmentation (``oct_layer_seg``) trained on R/S 66/0, 0/66, 0/N, 66/N and 66/N with the synthetic set
-   relabelled by the 66/0 model (teacher pseudo-labels), every run the same number of iterations, scored on a
-   test datalist (default Duke **val**: the test split is held out) with the final weights (no checkpoint
-   selection on the test data);
-6. the synthetic set's quality report (``monai-oct evaluate``: FID/KID with its real-vs-real floor, diversity,
-   memorisation, mask adherence to the teacher, plausibility), when that command is available.
+2. label maps: stage 2 (``oct_ddpm/train_masks``, the paper's mask DDPM; at mini scale one-hot encoded, sampled at
+   the written resolution and decoded layer-order-aware) and the boundary model (``monai-oct fit-boundaries``: the
+   eight layer boundaries per column from a shape model of the 66 train maps, rasterised at the written size);
+3. stage 3 (``oct_ddpm/finetune``) from stage 1 on the 66 (image, mask) pairs with DRM, conditioned on the
+   area-downsampled encoding of the full-resolution label;
+4. synthesis: N pairs from each label source (``synth_N``: boundary model, ``synth_N_dmc``: stage 2) and one image
+   per real train mask (``synth_66``, RetiDiff's R/S 0/66 setting); optionally the same masks sampled with DDPM-1000
+   and DDIM-k (``--compare-samplers``);
+5. segmentation (``oct_layer_seg``) trained on R/S 66/0 and 66/N (each with every seed of ``--seeds``), 0/66, 0/N,
+   66/N with the synthetic set relabelled by the 66/0 model (teacher pseudo-labels), and 0/N, 66/N of the stage-2
+   set; every run the same number of iterations, scored on a test datalist (default Duke **val**: the test split
+   is held out) with the final weights (no checkpoint selection on the test data), pooled and per subject;
+6. each synthetic set's quality report (``monai-oct evaluate``: FID/KID with its real-vs-real floor, diversity,
+   memorisation, mask adherence to the teacher, plausibility).
 
-Writes ``results.md`` (a table shaped like RetiDiff's Table 2 plus per-class Dice), ``results.json`` and
-``figure.png`` to ``--out``. Every step skips itself when its output exists, and each bundle resumes from its own
-checkpoint, so a killed benchmark started again loses nothing and repeats nothing.
+Writes ``results.md`` (a table shaped like RetiDiff's Table 2 plus per-class and per-subject Dice), ``results.json``
+and ``figure.png`` to ``--out``. Steps whose inputs are ready run ``--jobs`` at a time; every step skips itself when
+its output exists, and each bundle resumes from its own checkpoint, so a killed benchmark started again loses
+nothing and repeats nothing.
 
-    python benchmarks/duke_retidiff.py --scale mini --out runs/bench_mini          # ~1 h on a 2-core CPU
+    python benchmarks/duke_retidiff.py --scale mini --out runs/bench_mini --jobs 2 --threads 1    # <= 90 min, 2-core CPU
+    python benchmarks/duke_retidiff.py --scale mini64 --out runs/bench_mini64     # the first (64x128) mini scale
     python benchmarks/duke_retidiff.py --scale paper --out runs/bench_paper --device cuda:0
 """
 
@@ -31,6 +37,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,28 +53,36 @@ SEG = ROOT / "bundles" / "oct_layer_seg" / "configs"
 
 #: Scales: the bundles' preset that sizes every stage (``configs/presets/<preset>.yaml`` of oct_ddpm and
 #: oct_layer_seg: geometry, networks, epochs, counts) and what only this benchmark decides (which segmentation
-#: networks, the sampler comparison); ``why`` says what each is for (it goes into results.md).
+#: networks, segmentation seeds, label sources, the sampler comparison); ``why`` says what each is for (it goes
+#: into results.md).
 SCALES: dict[str, dict[str, Any]] = {
     "mini": {
         "preset": "cpu_mini",
-        "why": ("2-core CPU, about 60 min: a 224-row retina band resized to 64x128 lets a small UNet "
-                "(32,64,64,128; attention at the lowest level, 1 res block) learn the layers in ~2000 iterations; here "
-                "stage 1 runs 20 epochs of the 164 unannotated scans (~420 iterations), stage 3 100 epochs of the 66 pairs "
-                "(~900 iterations), stage 2 50 epochs (~450 iterations), ~1 s/iteration on one thread of a loaded CPU; "
-                "v-prediction + cosine schedule and lr 1e-3 with warm-up converge far faster than the paper's "
-                "epsilon/linear/1e-5; DDIM-50 samples 8 images in ~9 s; N=200 synthetic pairs; segmentation is "
-                "a MONAI UNet only (ReLayNet doubles the segmentation time), 1500 iterations per training set"),
-        "networks": ["unet"], "compare": {"num_samples": 16, "fast_steps": 50},
+        "why": ("2-core CPU, <= 90 min with --jobs 2 --threads 1: the segmenter (MONAI UNet) sees the 224-row retina band "
+                "at 128x256, 1485 iterations; label maps are made at the written 224x512 (boundary model, or the one-hot "
+                "mask DDPM at 64x128 enlarged smoothly and decoded layer-order-aware); images by the 64x128 pixel UNet "
+                "(32,64,64,128) conditioned on the area-downsampled one-hot label and enlarged to 224x512; stage 1 20 "
+                "epochs of the 164 unannotated scans, stage 2 100 epochs, stage 3 100 epochs of the 66 pairs; DDIM-50; "
+                "N=400 pairs per label source"),
+        "networks": ["unet"], "seeds": [0, 1, 2], "label_sources": ["boundaries", "dmc"],
+        "compare": {"num_samples": 16, "fast_steps": 50},
+    },
+    "mini64": {
+        "preset": "cpu_mini_64x128",
+        "why": ("the first mini scale (published 64x128 rows): a 224-row retina band resized to 64x128 for every "
+                "network; label maps from the scalar mask DDPM + DMC at 64x128, enlarged by nearest neighbour; N=200"),
+        "networks": ["unet"], "seeds": [0], "label_sources": ["dmc"], "compare": {"num_samples": 16, "fast_steps": 50},
     },
     "tiny": {
         "preset": "cpu_smoke",
         "why": "smoke test of the whole chain in a few minutes (numbers meaningless)",
-        "networks": ["unet"], "compare": {"num_samples": 4, "fast_steps": 5},
+        "networks": ["unet"], "seeds": [0], "label_sources": ["dmc"], "compare": {"num_samples": 4, "fast_steps": 5},
     },
     "paper": {
         "preset": "paper",
         "why": "RetiDiff's published settings (480x480, 1000-step DDPM, AdamW 1e-5, batch 2, N=1000) for a GPU",
-        "networks": ["unet", "relaynet"], "compare": {"num_samples": 200, "fast_steps": 50},
+        "networks": ["unet", "relaynet"], "seeds": [0, 1, 2], "label_sources": ["dmc", "boundaries"],
+        "compare": {"num_samples": 200, "fast_steps": 50},
     },
 }
 
@@ -107,6 +122,7 @@ class Runner:
         self.logs = out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.timing_file = out / "timings.json"
+        self._lock = threading.Lock()  # steps may run in threads (Plan): one writer of timings.json at a time
         if self.timing_file.is_file():
             self.log.update(json.loads(self.timing_file.read_text()))
 
@@ -140,10 +156,79 @@ class Runner:
                 raise RuntimeError(msg)
             print(f"[warn] {msg}")
             return False
-        self.log[name] = self.log.get(name, 0.0) + time.time() - t0
-        self.timing_file.write_text(json.dumps(self.log, indent=1))
+        with self._lock:
+            if self.timing_file.is_file():  # another Runner on the same folder may have added steps meanwhile
+                self.log = {**json.loads(self.timing_file.read_text()), **self.log}
+            self.log[name] = self.log.get(name, 0.0) + time.time() - t0
+            tmp = self.timing_file.with_name(".tmp." + self.timing_file.name)
+            tmp.write_text(json.dumps(self.log, indent=1))
+            tmp.replace(self.timing_file)
         print(f"[done] {name}: {self.log[name] / 60:.1f} min", flush=True)
         return True
+
+
+class Plan:
+    """Steps with dependencies, run ``jobs`` at a time: among the steps whose dependencies are done, the one added
+    first starts first (so add the critical path first). After a failure nothing new starts; the steps running
+    finish and :meth:`run` raises the first error.
+
+    A thread per step and a counter, not ``concurrent.futures``: a pool worker blocked on a dependency would hold a
+    slot, and each step is a subprocess anyway (the threads only wait).
+
+    Args:
+        jobs: steps running at once (each a bundle process; with ``--threads 1`` one core each).
+    """
+
+    def __init__(self, jobs: int = 1) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        self.jobs = int(jobs)
+        self.steps: list[tuple[str, Any, tuple[str, ...]]] = []
+
+    def add(self, name: str, fn: Any, after: tuple[str, ...] | list[str] = ()) -> str:
+        """Add step ``name`` (``fn()`` runs it) to start once every step of ``after`` is done; returns ``name``.
+
+        Raises:
+            ValueError: for a name added twice or a dependency never added.
+        """
+        names = {n for n, _, _ in self.steps}
+        missing = [d for d in after if d not in names]
+        if name in names or missing:
+            raise ValueError(f"plan: step {name!r} " + ("added twice" if name in names else f"waits on unknown steps {missing}"))
+        self.steps.append((name, fn, tuple(after)))
+        return name
+
+    def run(self) -> None:
+        """Run every step.
+
+        Raises:
+            the first exception a step raised (after the running steps finished).
+        """
+        cond, done, errors = threading.Condition(), set(), []
+        pending, running = list(self.steps), 0
+
+        def work(name: str, fn: Any) -> None:
+            nonlocal running
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised by run() in the main thread
+                errors.append(e)
+            finally:
+                with cond:
+                    running -= 1
+                    done.add(name)
+                    cond.notify_all()
+
+        with cond:
+            while running or (pending and not errors):
+                ready = [] if errors else [st for st in pending if set(st[2]) <= done]
+                for st in ready[: self.jobs - running]:
+                    pending.remove(st)
+                    running += 1
+                    threading.Thread(target=work, args=st[:2], name=st[0], daemon=True).start()
+                cond.wait()
+        if errors:
+            raise errors[0]
 
 def unlabeled_datalist(data: Path, out: Path) -> Path:
     """Duke train images (their labels dropped) + every ``hcms_unlabeled`` PNG, as one image-only datalist."""
@@ -158,19 +243,49 @@ def unlabeled_datalist(data: Path, out: Path) -> Path:
 
 
 def seg_steps(run: Runner, cfg: dict[str, Any], sets: dict[str, tuple[list[str], list[float] | None]], test: Path,
-              seed: int, network: str) -> dict[str, dict]:
-    """Train one segmentation model per training set (same iterations) and score its final weights on ``test``."""
+              seed: int, network: str, tag: str = "") -> dict[str, dict]:
+    """Train one segmentation model per training set (same iterations) and score its final weights on ``test``.
+
+    Args:
+        tag: appended to each run's folder and step names (e.g. ``"_seed1"``), so that repeats of a set coexist.
+
+    Returns:
+        ``{set name: metrics.json of the evaluation}`` (sets whose evaluation is missing are left out).
+    """
     common = {"network": network, "seed": seed, "progress": False}
     results = {}
     for name, (datalists, ratio) in sets.items():
-        d = run.out / "seg" / f"{network}_{name}"
-        run.bundle(f"seg_{network}_{name}", d / "model_final.pt", seg_configs(cfg), datalist=datalists, mix_ratio=ratio,
+        d = run.out / "seg" / f"{network}_{name}{tag}"
+        run.bundle(f"seg_{network}_{name}{tag}", d / "model_final.pt", seg_configs(cfg), datalist=datalists, mix_ratio=ratio,
                    val_datalist=str(test), output_dir=str(d), val_interval=cfg["seg"]["max_epochs"] + 1, **common)
-        run.bundle(f"eval_{network}_{name}", d / "eval" / "metrics.json", seg_configs(cfg, "evaluate"),
+        run.bundle(f"eval_{network}_{name}{tag}", d / "eval" / "metrics.json", seg_configs(cfg, "evaluate"),
                    datalist=str(test), ckpt=str(d / "model_final.pt"), output_dir=str(d / "eval"), overlays=2, **common)
         if (d / "eval" / "metrics.json").is_file():
             results[name] = json.loads((d / "eval" / "metrics.json").read_text())
+            results[name]["per_subject"] = per_subject_dice(d / "eval" / "per_image.csv")
     return results
+
+
+def per_subject_dice(csv_path: Path) -> dict[str, float]:
+    """Mean Dice 1-9 per test subject from an evaluation's ``per_image.csv``: per class the mean over the subject's
+    images where the class occurs (Dice is NaN where neither truth nor prediction has it), then the mean over
+    classes. The subject is the ``Subject_NN`` of the file name (``"all"`` when a name has none)."""
+    import csv
+    import re
+
+    if not csv_path.is_file():
+        return {}
+    rows: dict[str, list[dict[str, str]]] = {}
+    with open(csv_path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            m = re.search(r"Subject_\d+", r["image"])
+            rows.setdefault(m.group(0) if m else "all", []).append(r)
+    out = {}
+    for subject, rs in sorted(rows.items()):
+        cols = [f"dice_{c}" for c in range(1, 10) if f"dice_{c}" in rs[0]]  # Duke DME classes 1-9 (0: vitreous)
+        per_class = [np.nanmean([float(r[c]) if r[c] != "" else np.nan for r in rs]) for c in cols]
+        out[subject] = round(float(np.nanmean(per_class)), 4)
+    return out
 
 
 def benchmark_parser(doc: str, scales: dict, out: str) -> argparse.ArgumentParser:
@@ -185,6 +300,8 @@ def benchmark_parser(doc: str, scales: dict, out: str) -> argparse.ArgumentParse
     p.add_argument("--num-samples", type=int, default=None, help="N synthetic pairs (default: the scale's)")
     p.add_argument("--mix-ratio", default="1,1", help="real:synthetic share of each mixed training epoch ('none': sizes)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per step (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=1, help="steps run at once when their inputs are ready (2 on a 2-core CPU "
+                                                       "with --threads 1)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     return p
 
@@ -202,6 +319,9 @@ def resolve_data(a: argparse.Namespace) -> tuple[Path, Path, Path, Path] | None:
 def main(argv: list[str] | None = None) -> int:
     p = benchmark_parser(__doc__, SCALES, "runs/bench_retidiff")
     p.add_argument("--compare-samplers", action="store_true", help="also sample the same masks with DDPM-1000 and DDIM")
+    p.add_argument("--seeds", default=None, help="segmentation seeds of the 66/0 and 66/N rows, e.g. 0,1,2 (default: the scale's)")
+    p.add_argument("--label-sources", default=None, help="label sources of the synthetic sets, first = the main set: "
+                                                         "boundaries, dmc (default: the scale's)")
     a = p.parse_args(argv)
 
     cfg = scale_settings(SCALES, a.scale)
@@ -210,48 +330,96 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data, out, duke, test = paths
     n = a.num_samples or cfg["ddpm"]["num_samples"]
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else list(cfg["seeds"])
+    sources = a.label_sources.split(",") if a.label_sources else list(cfg["label_sources"])
+    if not seeds or set(sources) - {"boundaries", "dmc"} or not sources:
+        p.error(f"--seeds needs at least one seed and --label-sources only boundaries and dmc, got {seeds} / {sources}")
     out.mkdir(parents=True, exist_ok=True)
     run = Runner(out, a.device, a.dry_run, a.threads)
+    plan = Plan(a.jobs)
     t_start = time.time()
-
-    geo = {"seed": a.seed, "progress": False}
-    s1, s2, s3 = out / "stage1_pretrain", out / "stage2_masks", out / "stage3_finetune"
-    run.bundle("stage1_pretrain", s1 / "model.pt", ddpm_configs(cfg, "pretrain"), datalist=str(unlabeled_datalist(data, out)),
-               dataset_dir=str(data), output_dir=str(s1), **geo)
-    run.bundle("stage2_masks", s2 / "model.pt", ddpm_configs(cfg, "train_masks"), dataset_dir=str(duke),
-               datalist=str(duke / "datalist_train.json"), output_dir=str(s2), **geo)
-    run.bundle("stage3_finetune", s3 / "model.pt", ddpm_configs(cfg, "finetune"), dataset_dir=str(duke),
-               datalist=str(duke / "datalist_train.json"), pretrained_ckpt=str(s1 / "model.pt"), output_dir=str(s3), **geo)
-
-    synth = {"image_ckpt": str(s3 / "model.pt"), **geo}
-    sN, s66 = out / "synth_N", out / "synth_66"
-    run.bundle("synthesize_N", sN / "datalist.json", ddpm_configs(cfg, "synthesize"), mask_ckpt=str(s2 / "model.pt"), num_samples=n,
-               output_dir=str(sN), **synth)
-    run.bundle("synthesize_66", s66 / "datalist.json", ddpm_configs(cfg, "synthesize"), label_datalist=str(duke / "datalist_train.json"),
-               num_samples=66, output_dir=str(s66), **synth)
-
     real = str(duke / "datalist_train.json")
     ratio = None if a.mix_ratio.lower() == "none" else [float(x) for x in a.mix_ratio.split(",")]
-    sets = {"R66_S0": ([real], None), "R0_S66": ([str(s66 / "datalist.json")], None), "R0_SN": ([str(sN / "datalist.json")], None),
-            "R66_SN": ([real, str(sN / "datalist.json")], ratio)}
-    results: dict[str, dict] = {}
+    g = cfg["ddpm"]
+
+    # 1-3. the diffusion stages and the boundary model (the critical path first: Plan starts steps in this order)
+    geo = {"seed": a.seed, "progress": False}
+    s1, s2, s3 = out / "stage1_pretrain", out / "stage2_masks", out / "stage3_finetune"
+    plan.add("stage1", lambda: run.bundle("stage1_pretrain", s1 / "model.pt", ddpm_configs(cfg, "pretrain"),
+                                          datalist=str(unlabeled_datalist(data, out)), dataset_dir=str(data), output_dir=str(s1), **geo))
+    plan.add("stage3", lambda: run.bundle("stage3_finetune", s3 / "model.pt", ddpm_configs(cfg, "finetune"), dataset_dir=str(duke),
+                                          datalist=real, pretrained_ckpt=str(s1 / "model.pt"), output_dir=str(s3), **geo), after=["stage1"])
+    bmodel = out / "boundary_model.json"
+    if "boundaries" in sources:
+        plan.add("boundaries", lambda: run.step("fit_boundaries", bmodel, [
+            sys.executable, "-m", "monai_oct", "fit-boundaries", real, "--band-height", str(g["band_height"]), "--out", str(bmodel)]))
+    if "dmc" in sources:
+        plan.add("stage2", lambda: run.bundle("stage2_masks", s2 / "model.pt", ddpm_configs(cfg, "train_masks"), dataset_dir=str(duke),
+                                              datalist=real, output_dir=str(s2), **geo))
+
+    # 4. synthesis: N pairs per label source, one image per real train mask
+    synth = {"image_ckpt": str(s3 / "model.pt"), **geo}
+    sets_dir = {src: out / ("synth_N" if i == 0 else f"synth_N_{src}") for i, src in enumerate(sources)}
+    s66 = out / "synth_66"
+    for src, d in sets_dir.items():
+        label_args = {"boundary_model": str(bmodel)} if src == "boundaries" else {"mask_ckpt": str(s2 / "model.pt")}
+        plan.add(f"synth_{src}", lambda src=src, d=d, la=label_args: run.bundle(
+            f"synthesize_N_{src}", d / "datalist.json", ddpm_configs(cfg, "synthesize"), num_samples=n, output_dir=str(d),
+            **la, **synth), after=["stage3", "boundaries" if src == "boundaries" else "stage2"])
+    plan.add("synth_66", lambda: run.bundle("synthesize_66", s66 / "datalist.json", ddpm_configs(cfg, "synthesize"),
+                                            label_datalist=real, num_samples=66, output_dir=str(s66), **synth), after=["stage3"])
+
+    # 5. segmentation: R/S rows (seeds for 66/0 and 66/N), teacher pseudo-labels, the other label source's rows
+    results: dict[str, dict] = {net: {} for net in cfg["networks"]}
+    main_src, sN = sources[0], sets_dir[sources[0]]
+    sN_list = str(sN / "datalist.json")
+
+    def seg(net: str, sets: dict, seed: int, tag: str = "") -> None:
+        for key, m in seg_steps(run, cfg, sets, test, seed, net, tag).items():
+            results[net].setdefault(key, {})[seed] = m
+
     for net in cfg["networks"]:
-        results[net] = seg_steps(run, cfg, sets, test, a.seed, net)
-        teacher = out / "seg" / f"{net}_R66_S0" / "model_final.pt"
+        for seed in seeds:
+            plan.add(f"{net}_R66_S0_{seed}", lambda net=net, seed=seed: seg(net, {"R66_S0": ([real], None)}, seed, f"_seed{seed}"))
+        for seed in seeds:
+            plan.add(f"{net}_R66_SN_{seed}", lambda net=net, seed=seed: seg(net, {"R66_SN": ([real, sN_list], ratio)}, seed, f"_seed{seed}"),
+                     after=[f"synth_{main_src}"])
+        plan.add(f"{net}_R0_SN", lambda net=net: seg(net, {"R0_SN": ([sN_list], None)}, seeds[0], f"_seed{seeds[0]}"),
+                 after=[f"synth_{main_src}"])
+        plan.add(f"{net}_R0_S66", lambda net=net: seg(net, {"R0_S66": ([str(s66 / "datalist.json")], None)}, seeds[0], f"_seed{seeds[0]}"),
+                 after=["synth_66"])
         pseudo = out / f"synth_N_pseudo_{net}"
-        run.bundle(f"pseudo_label_{net}", pseudo / "datalist.json", seg_configs(cfg, "pseudo_label"),
-                   dataset_dir=str(sN), ckpt=str(teacher), output_dir=str(pseudo), network=net,
-                   progress=False)  # pseudo_label.yaml takes the synthetic bands whole (band_height 0)
-        results[net].update(seg_steps(run, cfg, {"R66_SN_pseudo": ([real, str(pseudo / "datalist.json")], ratio)}, test, a.seed, net))
+        teacher = out / "seg" / f"{net}_R66_S0_seed{seeds[0]}" / "model_final.pt"
+
+        def pseudo_rows(net: str = net, pseudo: Path = pseudo, teacher: Path = teacher) -> None:
+            run.bundle(f"pseudo_label_{net}", pseudo / "datalist.json", seg_configs(cfg, "pseudo_label"), dataset_dir=str(sN),
+                       ckpt=str(teacher), output_dir=str(pseudo), network=net,
+                       progress=False)  # pseudo_label.yaml takes the synthetic bands whole (band_height 0)
+            seg(net, {"R66_SN_pseudo": ([real, str(pseudo / "datalist.json")], ratio)}, seeds[0], f"_seed{seeds[0]}")
+
+        plan.add(f"{net}_R66_SN_pseudo", pseudo_rows, after=[f"synth_{main_src}", f"{net}_R66_S0_{seeds[0]}"])
+        for src in sources[1:]:
+            other = str(sets_dir[src] / "datalist.json")
+            plan.add(f"{net}_{src}_rows", lambda net=net, src=src, other=other: seg(
+                net, {f"R0_SN_{src}": ([other], None), f"R66_SN_{src}": ([real, other], ratio)}, seeds[0], f"_seed{seeds[0]}"),
+                after=[f"synth_{src}"])
+
+    # 6. quality of each synthetic set, the first network's 66/0 model as the adherence teacher
+    quality: dict[str, dict | None] = {}
+    teacher0 = out / "seg" / f"{cfg['networks'][0]}_R66_S0_seed{seeds[0]}" / "model_final.pt"
+    for src, d in sets_dir.items():
+        plan.add(f"quality_{src}", lambda src=src, d=d: quality.__setitem__(
+            src, quality_report(run, out, cfg, d, duke, teacher=teacher0, name="quality" if d == sN else f"quality_{src}")),
+            after=[f"synth_{src}", f"{cfg['networks'][0]}_R66_S0_{seeds[0]}"])
+    plan.run()
 
     compare = {}
     if a.compare_samplers:
         compare = sampler_comparison(run, cfg, a, out, synth, s2, real, ratio, test)
-
-    quality = quality_report(run, out, cfg, sN, duke, teacher=out / "seg" / f"{cfg['networks'][0]}_R66_S0" / "model_final.pt")
     if a.dry_run:
         return 0
-    write_results(out, a, cfg, n, test, results, compare, quality, time.time() - t_start, run.log)
+    write_results(out, a, cfg, n, test, results, compare, quality, time.time() - t_start, run.log,
+                  {"seeds": seeds, "label_sources": sources, "sets": {k: str(v) for k, v in sets_dir.items()}})
     return 0
 
 
@@ -298,20 +466,24 @@ def band_dataset(datalist: Path, out: Path, band_height: int, size: list[int] | 
     return dl
 
 
-def quality_report(run: Runner, out: Path, cfg: dict, synth: Path, duke: Path, teacher: Path) -> dict | None:
+_BANDS_LOCK = threading.Lock()
+
+
+def quality_report(run: Runner, out: Path, cfg: dict, synth: Path, duke: Path, teacher: Path, name: str = "quality") -> dict | None:
     """``monai-oct evaluate`` of the synthetic set against the Duke train bands, the val bands as the real-vs-real
-    reference, the 66/0 segmentation model as the adherence teacher."""
-    q = out / "quality"
+    reference, the 66/0 segmentation model as the adherence teacher; the report goes to ``out/name``."""
+    q = out / name
     if not (q / "report.json").is_file() and not run.dry_run:
         g = cfg["ddpm"]
         size = g["output_size"] or g["image_size"]
-        real = band_dataset(duke / "datalist_train.json", out / "real_bands" / "train", g["band_height"], size)
-        ref = band_dataset(duke / "datalist_val.json", out / "real_bands" / "val", g["band_height"], size)
+        with _BANDS_LOCK:  # two quality steps may run at once; the real bands are written once
+            real = band_dataset(duke / "datalist_train.json", out / "real_bands" / "train", g["band_height"], size)
+            ref = band_dataset(duke / "datalist_val.json", out / "real_bands" / "val", g["band_height"], size)
         s = cfg["seg"]
         cmd = [sys.executable, "-m", "monai_oct", "evaluate", "--real", str(real), "--reference", str(ref),
                "--synthetic", str(synth / "datalist.json"), "--teacher", str(teacher), "--teacher-network", cfg["networks"][0],
                "--teacher-image-size", *map(str, s["image_size"]), "--image-size", *map(str, size), "--out", str(q)]
-        run.step("quality", q / "report.json", cmd, required=False)  # a missing report leaves the other results
+        run.step(name, q / "report.json", cmd, required=False)  # a missing report leaves the other results
     return json.loads((q / "report.json").read_text()) if (q / "report.json").is_file() else None
 
 
@@ -364,22 +536,80 @@ def seg_tables(network: str, res: dict[str, dict], rows: list[tuple[str, str, st
     return lines + per_class
 
 
+def seed_mean(runs: dict[int, dict]) -> dict:
+    """The metrics of several seeds of one row, averaged: ``mean_dice``, ``mean_pa``, each group's and class's Dice,
+    each subject's Dice (``per_subject``); ``seeds`` lists the seeds averaged."""
+    ms = list(runs.values())
+
+    def avg(get) -> float:
+        vals = [get(m) for m in ms]
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    keys = ms[0]
+    return {"seeds": sorted(runs), "mean_dice": avg(lambda m: m.get("mean_dice")), "mean_pa": avg(lambda m: m.get("mean_pa")),
+            "pixel_accuracy": avg(lambda m: m.get("pixel_accuracy")),
+            "groups": {g: {"dice": avg(lambda m, g=g: m.get("groups", {}).get(g, {}).get("dice"))} for g in keys.get("groups", {})},
+            "classes": {c: {"dice": avg(lambda m, c=c: m.get("classes", {}).get(c, {}).get("dice"))} for c in keys.get("classes", {})},
+            "per_subject": {k: avg(lambda m, k=k: m.get("per_subject", {}).get(k)) for k in keys.get("per_subject", {})}}
+
+
+def seed_table(res: dict[str, dict[int, dict]], keys: list[str]) -> list[str]:
+    """Markdown: mean Dice 1-9 and fluid Dice of each seed of the rows ``keys``, their mean ± spread (max - min)."""
+    lines = ["| R/S | seeds | mean Dice 1-9 per seed | mean ± spread | fluid Dice per seed | fluid mean |", "|---|---|---|---:|---|---:|"]
+    for key in keys:
+        runs = res.get(key) or {}
+        if not runs:
+            continue
+        d = [runs[s]["mean_dice"] for s in sorted(runs)]
+        f = [runs[s].get("classes", {}).get("9", {}).get("dice", float("nan")) for s in sorted(runs)]
+        lines.append(f"| {key} | {','.join(map(str, sorted(runs)))} | {', '.join(f'{x:.3f}' for x in d)} | "
+                     f"{np.mean(d):.3f} ± {np.ptp(d) / 2:.3f} | {', '.join(f'{x:.3f}' for x in f)} | {np.mean(f):.3f} |")
+    return lines
+
+
+def subject_table(res: dict[str, dict], keys: list[str]) -> list[str]:
+    """Markdown: mean Dice 1-9 per test subject (seed means) beside the pooled value, for the rows ``keys``."""
+    subjects = sorted({k for key in keys for k in (res.get(key) or {}).get("per_subject", {})})
+    lines = ["| R/S | pooled | " + " | ".join(subjects) + " |", "|---|---:|" + "---:|" * len(subjects)]
+    for key in keys:
+        m = res.get(key)
+        if m:
+            lines.append(f"| {key} | {m['mean_dice']:.3f} | " + " | ".join(f"{m['per_subject'].get(x, float('nan')):.3f}" for x in subjects) + " |")
+    return lines
+
+
 def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Path, results: dict, compare: dict,
-                  quality: dict | None, wall: float, timings: dict) -> None:
-    """``results.json``, ``results.md`` (Table 2 shape + per-class Dice) and ``figure.png``."""
-    rows = [("R66_S0", "66", "0"), ("R0_S66", "0", "66 (real masks)"), ("R0_SN", "0", str(n)), ("R66_SN", "66", str(n)),
-            ("R66_SN_pseudo", "66", f"{n} (teacher labels)")]
-    meta = {"scale": a.scale, "settings": {k: v for k, v in cfg.items()}, "num_samples": n, "seed": a.seed,
-            "test_datalist": str(test), "device": a.device, "mix_ratio": a.mix_ratio, "versions": _versions(),
-            "wall_time_min": round(wall / 60, 1), "step_minutes": {k: round(v / 60, 2) for k, v in timings.items()}}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "segmentation": results, "samplers": compare,
-                                                   "quality": quality}, indent=1, default=str))
+                  quality: dict[str, dict | None], wall: float, timings: dict, plan: dict) -> None:
+    """``results.json``, ``results.md`` (Table 2 shape with seed means, seeds, per-subject and per-class Dice, the
+    quality of each synthetic set) and ``figure.png``.
+
+    Args:
+        results: ``{network: {row key: {seed: metrics.json of the evaluation (+ "per_subject")}}}``.
+        quality: ``{label source: monai-oct evaluate report or None}``.
+        plan: ``{"seeds", "label_sources", "sets"}`` of this run.
+    """
+    src = plan["label_sources"]
+    rows = [("R66_S0", "66", "0"), ("R0_S66", "0", "66 (real masks)"), ("R0_SN", "0", f"{n} ({src[0]})"),
+            ("R66_SN", "66", f"{n} ({src[0]})"), ("R66_SN_pseudo", "66", f"{n} ({src[0]}, teacher labels)")]
+    rows += [(f"{k}_{s}", r, f"{n} ({s})") for s in src[1:] for k, r in (("R0_SN", "0"), ("R66_SN", "66"))]
+    means = {net: {key: seed_mean(runs) for key, runs in res.items()} for net, res in results.items()}
+    meta = {"scale": a.scale, "settings": {k: v for k, v in cfg.items()}, "num_samples": n, "seed": a.seed, **plan,
+            "test_datalist": str(test), "device": a.device, "mix_ratio": a.mix_ratio, "jobs": a.jobs, "threads": a.threads,
+            "versions": _versions(), "wall_time_min": round(wall / 60, 1),
+            "step_minutes": {k: round(v / 60, 2) for k, v in timings.items()}}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "segmentation": means, "segmentation_seeds": results,
+                                                   "samplers": compare, "quality": quality}, indent=1, default=str))
     lines = [f"# RetiDiff on Duke DME ({a.scale} scale)", "",
-             f"Test datalist: `{test}`; seed {a.seed}; device {a.device}; wall time of this invocation "
-             f"{wall / 60:.1f} min (all steps, first runs: {sum(timings.values()) / 60:.1f} min); versions {meta['versions']}.",
-             f"Scale: {cfg['why']}.", "", "## Segmentation (Dice on the test datalist, final weights)", ""]
-    for net, res in results.items():
-        lines += seg_tables(net, res, rows) + [""]
+             f"Test datalist: `{test}`; diffusion seed {a.seed}, segmentation seeds {plan['seeds']} (66/0 and 66/N; other rows "
+             f"seed {plan['seeds'][0]}); device {a.device}, {a.jobs} step(s) at once, {a.threads or 'default'} thread(s) each; "
+             f"wall time of this invocation {wall / 60:.1f} min (sum of step times, first runs: {sum(timings.values()) / 60:.1f} min); "
+             f"versions {meta['versions']}.", f"Scale: {cfg['why']}.", "",
+             "## Segmentation (Dice on the test datalist, final weights; rows with several seeds: their mean)", ""]
+    for net in results:
+        lines += seg_tables(net, means[net], rows) + ["", "Seeds:", ""] + seed_table(results[net], ["R66_S0", "R66_SN"])
+        lines += ["", "Per test subject (mean over the subject's images of each class's Dice, then over classes 1-9; "
+                      "pooled = the evaluation's mean Dice):", ""] + subject_table(means[net], [k for k, _, _ in rows]) + [""]
     if compare:
         lines += ["## Samplers (same masks, 66 real + these synthetic)", "", "| sampler | steps | s / image | mean Dice 1-9 | IRF |", "|---|---:|---:|---:|---:|"]
         for name, c in compare.items():
@@ -387,8 +617,11 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
             lines.append(f"| {name} | {c['steps']} | {c['seconds_per_image']:.2f} | {m.get('mean_dice', float('nan')):.3f} | "
                          f"{m.get('groups', {}).get('IRF', {}).get('dice', float('nan')):.3f} |")
         lines.append("")
-    if quality:
-        lines += ["## Quality of the synthetic set (the Table 1 analogue; full report in quality/report.json)", ""] + quality_table(quality) + [""]
+    for s_name, q in quality.items():
+        if q:
+            sec = timings.get(f"synthesize_N_{s_name}")
+            cost = f"; {sec / n:.2f} s per pair (labels + DDIM images, this step's wall time / N)" if sec else ""
+            lines += [f"## Quality of the {s_name} synthetic set{cost}", ""] + quality_table(q) + [""]
     lines += ["## Step times (minutes)", "", "| step | min |", "|---|---:|"] + [f"| {k} | {v / 60:.1f} |" for k, v in timings.items()]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     figure(out)

@@ -44,7 +44,7 @@ from duke_retidiff import (  # noqa: E402
 #: oct_layer_seg) and which segmentation networks to train; ``why`` says what each is for.
 SCALES: dict[str, dict[str, Any]] = {
     "mini": {
-        "preset": "cpu_mini",
+        "preset": "cpu_mini_64x128",  # its published rows were made at the first mini scale
         "why": ("2-core CPU, about an hour: the oct_ddpm small CPU recipe (224-row band -> 64x128, UNet 32-64-64-128, "
                 "v-prediction, cosine schedule, lr 1e-3 with warm-up, batch 8), 160 epochs of the 66 Duke train pairs "
                 "(~1440 iterations, ~1 s each on one thread of a loaded CPU), N=200 DDIM-50 samples written as 224x512 bands; MONAI UNet segmentation, "

@@ -154,8 +154,10 @@ def test_source_contract_and_build_label_source(model, tmp_path):
     fresh = sample_generators(seeds[1:])
     assert [torch.rand(1, generator=g) for g in gens] == [torch.rand(1, generator=g) for g in fresh]  # not advanced
     assert not torch.equal(out[0], out[1])
-    built = build_label_source([72, 160], 10, boundary_model=model.save(tmp_path / "m.npz"))
+    built = build_label_source([18, 40], 10, boundary_model=model.save(tmp_path / "m.npz"), label_size=[72, 160])
     assert torch.equal(built([3, 4, 5], sample_generators(seeds), torch.device("cpu"))["label"], out)
+    plain = build_label_source([18, 40], 10, boundary_model=tmp_path / "m.npz")([3], sample_generators(seeds[:1]), "cpu")
+    assert plain["label"].shape == (1, 1, 18, 40)  # no label_size: the image size
     with pytest.raises(ValueError, match="not both"):
         build_label_source([72, 160], 10, boundary_model=tmp_path / "m.npz", label_datalist="x.json")
 
@@ -195,7 +197,7 @@ def test_duke_train_fit(duke_dir):
 
 @pytest.mark.slow
 def test_synthesize_bundle_with_a_boundary_model(phantom_dir, tmp_path):
-    """synthesize.yaml --boundary_model FILE: the maps come from the model (valid, at the image size), the manifest
+    """synthesize.yaml --boundary_model FILE: the maps come from the model (at --label_size, finer than the image), the manifest
     hashes the file instead of the unused mask checkpoint; a wrong file stops the run naming it as the last line."""
     import subprocess
 
@@ -211,9 +213,9 @@ def test_synthesize_bundle_with_a_boundary_model(phantom_dir, tmp_path):
     torch.save(conditional_diffusion_unet(1, 10, channels=tiny["channels"], num_res_blocks=1).state_dict(), tmp_path / "img.pt")
     bounds = BoundaryModel.fit_datalist(phantom_dir / "datalist.json", band_height=0, num_control=8).save(tmp_path / "b.npz")
     out = tmp_path / "synth"
-    run_stage("synthesize", output_dir=out, image_ckpt=tmp_path / "img.pt", boundary_model=bounds, **tiny)
+    run_stage("synthesize", output_dir=out, image_ckpt=tmp_path / "img.pt", boundary_model=bounds, label_size=[32, 64], **tiny)
     items = load_datalist(out / "datalist.json", key="training")
-    expected = BoundarySource(BoundaryModel.load(bounds), [16, 32])(list(range(3)), sample_generators(
+    expected = BoundarySource(BoundaryModel.load(bounds), [32, 64])(list(range(3)), sample_generators(
         [sample_seed(0, i) for i in range(3)]), torch.device("cpu"))["label"][:, 0].numpy()
     assert [read_label(it["label"]).tolist() for it in items] == [e.tolist() for e in expected]
     manifest = json.loads((out / "manifest.json").read_text())

@@ -34,7 +34,7 @@ OLD_DEMO = {
     (p, stage): dict(_DEMO_COMMON[p], **({"max_epochs": _DEMO_EPOCHS[p][stage]} if stage in _DEMO_EPOCHS[p] else _DEMO_SYNTH[p]))
     for p in _DEMO_COMMON for stage in ("pretrain", "train_masks", "finetune", "synthesize")
 }
-# benchmarks/duke_retidiff.py and wu_sketch.py SCALES["mini"]: the overrides each step passed (`geo`, `synth`,
+# benchmarks/duke_retidiff.py SCALES["mini64"] and wu_sketch.py SCALES["mini"] (first mini scale): the overrides each step passed (`geo`, `synth`,
 # `synth_geo`, `cfg["sketch"]`, seg_steps' `common`); keys a step did not pass are the config defaults it ran with.
 _MINI = {"image_size": [64, 128], "band_height": 224, "channels": [32, 64, 64, 128], "num_res_blocks": 1,
          "num_train_timesteps": 1000, "prediction_type": "v_prediction", "schedule": "cosine"}
@@ -72,20 +72,22 @@ def test_demo_presets_give_the_old_demo_overrides(preset, stage):
 
 
 @pytest.mark.parametrize("stage", sorted(OLD_MINI))
-def test_cpu_mini_gives_the_benchmarks_mini_settings(stage):
+def test_cpu_mini_64x128_gives_the_first_mini_settings(stage):
     cfg = DDPM / "configs"
     want = OLD_MINI[stage]
-    assert _resolved([cfg / "common.yaml", cfg / f"{stage}.yaml", preset_file(DDPM, "cpu_mini")], want) == want
-    assert load_preset(DDPM, "cpu_mini", stage).items() >= want.items()
-    assert preset_stages(DDPM, "cpu_mini")[stage].items() <= want.items()
+    assert _resolved([cfg / "common.yaml", cfg / f"{stage}.yaml", preset_file(DDPM, "cpu_mini_64x128")], want) == want
+    assert load_preset(DDPM, "cpu_mini_64x128", stage).items() >= want.items()
+    assert preset_stages(DDPM, "cpu_mini_64x128")[stage].items() <= want.items()
 
 
-def test_cpu_mini_segmentation_preset():
+@pytest.mark.parametrize(("preset", "size"), [("cpu_mini_64x128", [64, 128]), ("cpu_mini", [128, 256])])
+def test_cpu_mini_segmentation_presets(preset, size):
     cfg = SEG / "configs"
-    assert _resolved([cfg / "train.yaml", preset_file(SEG, "cpu_mini")], OLD_MINI_SEG) == OLD_MINI_SEG
+    want = dict(OLD_MINI_SEG, image_size=size)  # the mini scale's segmenter sees the band at 128x256 (issue 13)
+    assert _resolved([cfg / "train.yaml", preset_file(SEG, preset)], want) == want
     # layered before pseudo_label.yaml, the pseudo-labeller keeps its own whole-band default
-    got = _resolved([cfg / "train.yaml", preset_file(SEG, "cpu_mini"), cfg / "pseudo_label.yaml"], ["band_height", "image_size"])
-    assert got == {"band_height": 0, "image_size": [64, 128]}
+    got = _resolved([cfg / "train.yaml", preset_file(SEG, preset), cfg / "pseudo_label.yaml"], ["band_height", "image_size"])
+    assert got == {"band_height": 0, "image_size": size}
 
 
 def test_every_preset_resolves_for_every_stage_it_covers():

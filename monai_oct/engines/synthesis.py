@@ -24,9 +24,14 @@ barrier rank 0 writes the datalist, the completed manifest and the grid. Sample 
 ``(seed, i)`` whichever rank writes it, so a W-process set is byte for byte the 1-process set, and a killed
 multi-process run started again (with any number of processes) writes exactly the missing pairs.
 
-A label source returns ``{"label": (B, 1, H, W) ids}`` and may add ``"cond"`` (its own image condition, e.g.
+A label source returns ``{"label": (B, 1, h, w) ids}`` and may add ``"cond"`` (its own image condition, e.g.
 the sketch of :class:`~monai_oct.recipes.sources.SketchSource`; otherwise the engine encodes the label map) and
-``"extras"`` (images written beside each pair, e.g. ``sketches/``).
+``"extras"`` (images written beside each pair, e.g. ``sketches/``). ``(h, w)`` is the source's label size, which
+may be finer than ``image_size`` (labels at the written size, the image UNet smaller): the engine then conditions
+on the label's encoding area-averaged to ``image_size``
+(:func:`~monai_oct.transforms.encoding.encode_mask_resized`: a boundary between two of the network's pixels
+is a fraction, not a shifted edge), as stage 3 trained with ``label_size``, and the writer writes the label at
+its own size with the image enlarged to it.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from monai_oct.engines.distributed import barrier, get_rank, get_world_size, is_
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.engines.writer import FolderLock, PairWriter
 from monai_oct.networks.diffusion import check_image_size
-from monai_oct.transforms.encoding import encode_mask
+from monai_oct.transforms.encoding import encode_mask_resized
 
 __all__ = ["SamplerEngine"]
 
@@ -64,7 +69,8 @@ class SamplerEngine(Engine):
 
     Args:
         num_samples: N.
-        label_source: ``(indices, generators, device) -> {"label": (B, 1, H, W) ids, optional "cond", "extras"}``
+        label_source: ``(indices, generators, device) -> {"label": (B, 1, h, w) ids, optional "cond", "extras"}``
+            (``(h, w)`` the label size: ``image_size`` or finer)
             (:class:`~monai_oct.recipes.sources.MaskSampler`, ``LabelBank``, ``SketchSource``).
         image_network: the mask-conditioned image UNet (stage 3).
         image_sampler: its sampler.
@@ -207,7 +213,10 @@ class SamplerEngine(Engine):
         gens = sample_generators([sample_seed(self.seed, i) for i in indices], self.device)
         out = self.label_source(indices, gens, self.device)
         labels = out["label"]
-        cond = out["cond"].to(self.device) if out.get("cond") is not None else encode_mask(labels, self.num_classes, self.encoding)
+        cond = out.get("cond")
+        if cond is None:  # labels of any size: their encoding area-averaged to the network's size
+            cond = encode_mask_resized(labels, self.num_classes, self.image_size, self.encoding)
+        cond = cond.to(self.device)
         images = self.image_sampler(self.image_network, gens, (1, *self.image_size), cond, self.device)
         self.writer.write(indices, images, labels, out.get("extras"))
         return {"indices": list(indices)}

@@ -46,7 +46,9 @@ class PairWriter:
 
     Args:
         output_dir: dataset folder.
-        output_size: ``[H, W]`` to resize what is written to (None: the generated size).
+        output_size: ``[H, W]`` to resize what is written to (None: the labels' size, i.e. the generated size,
+            or a label source's finer label size, the image enlarged to it). A label that has this size already
+            is written untouched; others are resized nearest-exact.
         prefix: file name prefix; names are ``<prefix><index:05d>.png``.
         extra_dirs: sub-folders of extra images written with each pair.
     """
@@ -118,11 +120,12 @@ class PairWriter:
         extras = dict(extras or {})
         if set(extras) != set(self.extra_dirs):
             raise ValueError(f"extra images {sorted(extras)} do not match the writer's extra_dirs {list(self.extra_dirs)}")
-        images = _resize(images.float().cpu(), self.output_size, label=False)
-        labels = _resize(labels.cpu(), self.output_size, label=True)
+        size = self.output_size or list(labels.shape[-2:])  # a pair's image and label always share a size
+        images = _resize(images.float().cpu(), size, label=False)
+        labels = _resize(labels.cpu(), size, label=True)
         img_u8 = image_to_uint8(images[:, 0])
         lab_u8 = labels[:, 0].numpy().astype(np.uint8)
-        ext_u8 = {d: image_to_uint8(_resize(x.float().cpu(), self.output_size, label=False, nearest=True)[:, 0])
+        ext_u8 = {d: image_to_uint8(_resize(x.float().cpu(), size, label=False, nearest=True)[:, 0])
                   for d, x in extras.items()}
         for k, i in enumerate(indices):
             for d, x in ext_u8.items():

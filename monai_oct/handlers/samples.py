@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -43,15 +43,19 @@ class SampleGrid:
             of runs with different seeds share no sample.
         log_dir: TensorBoard folder (None: PNG only).
         class_names: names of the classes for the legend (default: ``class <id>``).
+        decode: turns the samples into ``(N, 1, H, W)`` label ids drawn above them (e.g. the mask DDPM's
+            :class:`~monai_oct.transforms.encoding.MaskDecode`, whose C-channel one-hot samples no grey image shows);
+            replaces ``labels``. None: ``labels`` as given.
     """
 
     def __init__(self, network: nn.Module, sampler: DiffusionSampler, image_shape: Sequence[int],
                  output_dir: str | os.PathLike, condition: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                  num_samples: int = 4, num_classes: int = 10, interval: int = 1, seed: int = 0,
-                 log_dir: str | os.PathLike | None = None, class_names: Sequence[str] | None = None) -> None:
+                 log_dir: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
+                 decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.network, self.sampler, self.image_shape = network, sampler, tuple(int(s) for s in image_shape)
         self.output_dir = Path(output_dir)
-        self.condition, self.labels = condition, labels
+        self.condition, self.labels, self.decode = condition, labels, decode
         self.num_samples = int(condition.shape[0]) if condition is not None else int(num_samples)
         self.num_classes, self.interval, self.seed = int(num_classes), int(interval), int(seed)
         self.log_dir = log_dir
@@ -83,8 +87,9 @@ class SampleGrid:
         images = self.sampler(self.network, sample_generators(sample_seeds(self.seed, range(self.num_samples)), device),
                               self.image_shape, cond, device)
         self.network.train(was_training)
-        grid = pair_grid(images, self.labels, self.num_classes, colour=True)
-        if self.labels is not None:
+        labels = self.labels if self.decode is None else self.decode(images).cpu()
+        grid = pair_grid(images, labels, self.num_classes, colour=True)
+        if labels is not None:
             legend = label_legend(self.class_names, width=grid.shape[1])
             grid = np.concatenate([np.pad(grid, ((0, 4), (0, legend.shape[1] - grid.shape[1]), (0, 0)), constant_values=255),
                                    legend])

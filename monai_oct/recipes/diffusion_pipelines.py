@@ -6,9 +6,11 @@ to [-1, 1]) and end with dicts the :class:`~monai_oct.engines.diffusion.Diffusio
 - stage 1, :func:`pretrain_transforms`: ``{"image"}`` only; a label, where an item has one, only places the
   band (the trainer then conditions on an all-zero mask);
 - stage 2, :func:`mask_transforms`: ``{"image"}`` = the label map in the scalar encoding (one channel in
-  [-1, 1]), what the unconditional mask DDPM learns to generate;
+  [-1, 1], RetiDiff's) or the one-hot encoding (C channels), what the unconditional mask DDPM learns to generate;
 - stage 3, :func:`finetune_transforms`: ``{"image", "cond", "label"}`` with ``cond`` the encoded label map
-  after Dynamic Region Masking;
+  after Dynamic Region Masking; with ``label_size`` the label is taken at that (finer) size and ``cond`` is its
+  area-downsampled encoding (:func:`~monai_oct.transforms.encoding.encode_mask_resized`), the condition a
+  synthesis from full-resolution label maps gives the same network;
 - the sketch-conditioned image DDPM (Wu et al.), :func:`sketch_transforms`: ``{"image", "cond", "label"}`` with
   ``cond`` a 1-channel layer sketch drawn on the fly from the label (random line widths, deformation and dropped
   boundaries) and ``label`` the sketch-derived label map.
@@ -20,12 +22,13 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Mapping, Sequence
 
-from monai.transforms import Compose, RandFlipd, SelectItemsd, Transform
+import torch
+from monai.transforms import CastToTyped, Compose, EnsureTyped, RandFlipd, Resized, SelectItemsd, Transform
 
 from monai_oct.core.labels import LabelTable
 from monai_oct.recipes.pipelines import bscan_transforms
 from monai_oct.transforms.drm import RandDynamicRegionMaskd
-from monai_oct.transforms.encoding import MaskEncoded
+from monai_oct.transforms.encoding import AreaMaskEncoded, MaskEncoded
 from monai_oct.transforms.sketch import LayerSketchd
 
 __all__ = ["pretrain_transforms", "mask_transforms", "finetune_transforms", "sketch_transforms"]
@@ -66,8 +69,13 @@ def pretrain_transforms(image_size: Sequence[int] | None, band_height: int | Non
 
 
 def mask_transforms(image_size: Sequence[int] | None, num_classes: int = 10, band_height: int | None = None,
-                    flip: float = 0.0, table: LabelTable | str | None = "duke_dme", seed: int = 0) -> Compose:
-    """Stage 2 chain: ``{"image"}`` = the label map in the scalar encoding (class k -> ``2k/(C-1) - 1``).
+                    flip: float = 0.0, table: LabelTable | str | None = "duke_dme", seed: int = 0,
+                    encoding: str = "scalar") -> Compose:
+    """Stage 2 chain: ``{"image"}`` = the label map in the mask DDPM's encoding.
+
+    ``"scalar"`` (RetiDiff's): one channel, class k -> ``2k/(C-1) - 1``, decoded by DMC; adjacent classes are
+    adjacent levels, so a small error in the generated value is a wrong neighbouring layer. ``"onehot"``: C
+    channels of ``±1``, decoded by argmax or :class:`~monai_oct.transforms.topology.LayerOrderDecode`.
 
     Args:
         image_size: ``[H, W]``.
@@ -76,10 +84,14 @@ def mask_transforms(image_size: Sequence[int] | None, num_classes: int = 10, ban
         flip: probability of a left-right flip.
         table: label table the ids are checked against.
         seed: seed of the random transforms.
+        encoding: ``"scalar"`` or ``"onehot"``.
+
+    Raises:
+        ValueError: for an unknown encoding.
     """
     chain = Compose([
         bscan_transforms(image_size=image_size, keys=["image", "label"], band_height=band_height, flip=0.0, table=table),
-        MaskEncoded(["label"], num_classes=num_classes, mode="scalar", output_key="image"),
+        MaskEncoded(["label"], num_classes=num_classes, mode=encoding, output_key="image"),
         SelectItemsd(["image"]),
         RandFlipd(["image"], prob=flip, spatial_axis=1),
     ])
@@ -90,8 +102,15 @@ def mask_transforms(image_size: Sequence[int] | None, num_classes: int = 10, ban
 def finetune_transforms(image_size: Sequence[int] | None, num_classes: int = 10, encoding: str = "onehot",
                         band_height: int | None = None, flip: float = 0.0, drm_prob: float = 1.0, drm_p: float = 0.5,
                         pathological_ids: Sequence[int] = (9,), table: LabelTable | str | None = "duke_dme",
-                        seed: int = 0) -> Compose:
+                        seed: int = 0, label_size: Sequence[int] | None = None) -> Compose:
     """Stage 3 chain: ``{"image", "cond", "label"}``, ``cond`` the encoded label after DRM.
+
+    Without ``label_size`` image and label are resized to ``image_size`` (label by nearest neighbour) and the
+    label is encoded there. With it, the band is cropped at full resolution, the label resized to ``label_size``
+    (nearest-exact: the size a synthesis's label maps have), ``cond`` is that label's encoding area-averaged to
+    ``image_size`` (boundaries between the network's pixels show as fractions, as in synthesis), the image is
+    area-resized to ``image_size`` and ``label`` (what DRM reads to find the fluid) is the label nearest-exact
+    resized to ``image_size``.
 
     Args:
         image_size: ``[H, W]``.
@@ -104,10 +123,14 @@ def finetune_transforms(image_size: Sequence[int] | None, num_classes: int = 10,
         pathological_ids: classes DRM perturbs (Duke: fluid, 9).
         table: label table the ids are checked against.
         seed: seed of the random transforms.
+        label_size: ``[h, w]`` the label map is taken at before it is encoded (None: ``image_size``, the
+            encoding made at the network's size).
+
+    Raises:
+        ValueError: for a ``label_size`` without an ``image_size``.
     """
     chain = Compose([
-        bscan_transforms(image_size=image_size, keys=["image", "label"], band_height=band_height, flip=0.0, table=table),
-        MaskEncoded(["label"], num_classes=num_classes, mode=encoding, output_key="cond"),
+        *_pairs_at_label_size(image_size, label_size, num_classes, encoding, band_height, table),
         SelectItemsd(["image", "label", "cond"]),
         RandFlipd(["image", "label", "cond"], prob=flip, spatial_axis=1),
         RandDynamicRegionMaskd(["cond"], label_key="label", prob=drm_prob, p=drm_p, pathological_ids=pathological_ids,
@@ -115,6 +138,28 @@ def finetune_transforms(image_size: Sequence[int] | None, num_classes: int = 10,
     ])
     chain.set_random_state(seed)
     return chain
+
+
+def _pairs_at_label_size(image_size: Sequence[int] | None, label_size: Sequence[int] | None, num_classes: int,
+                         encoding: str, band_height: int | None, table: LabelTable | str | None) -> list:
+    """The deterministic part of :func:`finetune_transforms`: ``{"image", "label", "cond"}`` at ``image_size``."""
+    keys = ["image", "label"]
+    if label_size is None:
+        return [bscan_transforms(image_size=image_size, keys=keys, band_height=band_height, flip=0.0, table=table),
+                MaskEncoded(["label"], num_classes=num_classes, mode=encoding, output_key="cond")]
+    if image_size is None:
+        raise ValueError(f"label_size {list(label_size)} needs an image_size to encode the label at; got image_size None")
+    size = [int(s) for s in image_size]
+    return [
+        bscan_transforms(image_size=None, keys=keys, band_height=band_height, flip=0.0, table=table),  # full resolution
+        Resized(["image"], spatial_size=size, mode="area"),
+        Resized(["label"], spatial_size=[int(s) for s in label_size], mode="nearest-exact"),
+        CastToTyped(["label"], dtype=torch.int64),
+        AreaMaskEncoded(["label"], num_classes=num_classes, spatial_size=size, mode=encoding, output_key="cond"),
+        Resized(["label"], spatial_size=size, mode="nearest-exact"),
+        CastToTyped(["label"], dtype=torch.int64),
+        EnsureTyped(keys + ["cond"], track_meta=False),
+    ]
 
 
 def sketch_transforms(image_size: Sequence[int] | None, band_height: int | None = None, flip: float = 0.0,

@@ -1,9 +1,12 @@
 """Where the label maps (and conditions) of a synthesis come from: the mask DDPM + DMC, a datalist, or random sketches.
 
-A *label source* is a callable ``(indices, generators, device) -> {"label": (B, 1, H, W) ids, ...}``: it may
+A *label source* is a callable ``(indices, generators, device) -> {"label": (B, 1, h, w) ids, ...}``: it may
 add ``"cond"`` (a condition of its own, e.g. the sketch; otherwise the engine encodes the label map) and
 ``"extras"`` (images written beside each pair). :class:`~monai_oct.engines.synthesis.SamplerEngine` calls it
 with the per-sample generators of the indices, so a source that draws randomness draws it per sample.
+``(h, w)`` is the source's *label size* (``label_size``, default the image size), which may be finer than the
+image UNet's ``image_size``: the engine conditions on the label's encoding area-averaged to ``image_size`` and
+the writer writes the label at its own size.
 """
 
 from __future__ import annotations
@@ -72,17 +75,20 @@ class LabelBank:
     @classmethod
     def from_datalist(cls, datalist: str | os.PathLike | Sequence[str], image_size: Sequence[int], dataset_dir: str | None = None,
                       key: str | Sequence[str] | None = ("train", "training"), band_height: int | None = None,
-                      flip: bool = False, table: LabelTable | str | None = "duke_dme") -> "LabelBank":
-        """Load every ``label`` of a datalist: band crop around the retina (from the label), nearest resize.
+                      flip: bool = False, table: LabelTable | str | None = "duke_dme",
+                      label_size: Sequence[int] | None = None) -> "LabelBank":
+        """Load every ``label`` of a datalist: band crop around the retina (from the label), one nearest-exact resize.
 
         Args:
             datalist: path(s) of datalists (relative ones start at ``dataset_dir``).
-            image_size: ``[H, W]`` of the maps.
+            image_size: ``[H, W]`` of the maps when ``label_size`` is None.
             dataset_dir: folder relative datalist paths start from.
             key: list name(s) to read.
             band_height: retina band rows (None/0: whole B-scan).
             flip: also add the left-right mirror of every map (after the originals).
             table: label table the ids are checked against.
+            label_size: ``[h, w]`` the maps are loaded at (e.g. the written ``output_size``, finer than the image
+                UNet); None: ``image_size``.
 
         Raises:
             DataError: a missing datalist or label file, or an item without ``label``.
@@ -91,7 +97,9 @@ class LabelBank:
         t = [LoadBScand(["label"], label_keys=["label"], table=table)]
         if band_height:
             t.append(RetinaBandCropd(["label"], band_height=int(band_height), label_key="label"))
-        t.append(Resized(["label"], spatial_size=[int(s) for s in image_size], mode="nearest"))
+        # nearest-exact: torch's "nearest" shifts boundaries by up to a row (a set made with it before label_size
+        # existed has no label_size in its manifest, so a rerun into it is refused rather than mixed)
+        t.append(Resized(["label"], spatial_size=[int(s) for s in label_size or image_size], mode="nearest-exact"))
         chain = Compose(t)
         maps = torch.stack([torch.as_tensor(chain({"label": it["label"]})["label"]).long() for it in items])
         names = [it["label"] for it in items]
@@ -114,6 +122,7 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
                        mask_sampler: DiffusionSampler | None = None, dataset_dir: str | None = None,
                        band_height: int | None = None, label_flip: bool = False, dmc_smooth: int = 0,
                        table: LabelTable | str | None = "duke_dme", device: str | torch.device = "cpu",
+                       label_size: Sequence[int] | None = None,
                        boundary_model: str | os.PathLike | None = None) -> Callable:
     """The label maps of a synthesis: from ``boundary_model`` or ``label_datalist`` when given, else the stage-2 model.
 
@@ -130,6 +139,8 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
         dmc_smooth: median window of DMC (0: none).
         table: label table for datalist labels.
         device: where the mask UNet runs.
+        label_size: ``[h, w]`` of the label maps (datalist maps are loaded at it, the mask model and the boundary
+            model sample at it); None: ``image_size``.
         boundary_model: a fitted :class:`~monai_oct.recipes.boundaries.BoundaryModel` file (``monai-oct fit-boundaries``).
 
     Returns:
@@ -143,14 +154,14 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
     if boundary_model:
         if label_datalist:
             raise ValueError("synthesis label maps: give --boundary_model or --label_datalist, not both")
-        return boundary_source(boundary_model, image_size, table=table)
+        return boundary_source(boundary_model, label_size or image_size, table=table)
     if label_datalist:
         return LabelBank.from_datalist(label_datalist, image_size, dataset_dir=dataset_dir, band_height=band_height,
-                                       flip=bool(label_flip), table=table)
+                                       flip=bool(label_flip), table=table, label_size=label_size)
     if not mask_ckpt or mask_network is None or mask_sampler is None:
         raise ValueError("synthesis needs label maps: give --mask_ckpt (stage 2 model.pt) or --label_datalist")
     net = load_weights(mask_network, mask_ckpt).to(device)
-    return MaskSampler(net, mask_sampler, image_size, num_classes, DiscreteMaskClustering(num_classes, smooth=int(dmc_smooth)))
+    return MaskSampler(net, mask_sampler, label_size or image_size, num_classes, DiscreteMaskClustering(num_classes, smooth=int(dmc_smooth)))
 
 
 

@@ -5,6 +5,8 @@ from monai_oct.transforms.dmc import DiscreteMaskClustering, DiscreteMaskCluster
 from monai_oct.transforms.drm import DynamicRegionMask, RandDynamicRegionMaskd
 from monai_oct.transforms.encoding import (
     MODES,
+    AreaMaskEncode,
+    AreaMaskEncoded,
     MaskDecode,
     MaskDecoded,
     MaskEncode,
@@ -12,6 +14,7 @@ from monai_oct.transforms.encoding import (
     condition_channels,
     decode_mask,
     encode_mask,
+    encode_mask_resized,
     scalar_levels,
 )
 from monai_oct.transforms.io import LoadBScan, LoadBScand

@@ -20,6 +20,12 @@ encoding may pretend to know them. The default (``unannotated=None``) is, per mo
   guess. A sample without any annotated pixel falls back to 0.0.
 
 Either can be chosen explicitly (``"neutral"`` / ``"nearest"``). Decoding never produces 255.
+
+A label map may be finer than the network (labels at the written size, e.g. a 224x512 band, the image UNet at
+64x128): :func:`encode_mask_resized` (:class:`AreaMaskEncode`, :class:`AreaMaskEncoded`) encodes the map at its
+own resolution and area-averages the encoding down to the network's size, so a boundary between two of the
+network's pixels shows as an intermediate value in the pixel it crosses (never a coarse map, whose boundaries are
+quantised to the coarse rows, see DESIGN "Label precision beats image resolution").
 """
 
 from __future__ import annotations
@@ -51,8 +57,11 @@ __all__ = [
     "scalar_levels",
     "encode_mask",
     "decode_mask",
+    "encode_mask_resized",
     "MaskEncode",
     "MaskEncoded",
+    "AreaMaskEncode",
+    "AreaMaskEncoded",
     "MaskDecode",
     "MaskDecoded",
 ]
@@ -159,6 +168,54 @@ def encode_mask(label, num_classes: int, mode: str = "onehot", unannotated: str 
         out = torch.where(neutral[:, None], torch.zeros((), dtype=out.dtype, device=out.device), out)
     out = out if batch else out[0]
     return _restore_meta(out, src)
+
+
+def _check_size(spatial_size) -> tuple[int, int]:
+    """``spatial_size`` as ``(H, W)`` of positive ints; raises ValueError naming the value otherwise."""
+    try:
+        size = tuple(int(s) for s in spatial_size)
+        ok = len(size) == 2 and all(s > 0 and s == v for s, v in zip(size, spatial_size))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"spatial_size must be two positive integers [H, W], got {spatial_size!r}")
+    return size
+
+
+def encode_mask_resized(label, num_classes: int, spatial_size: Sequence[int], mode: str = "onehot",
+                        unannotated: str | None = None) -> torch.Tensor:
+    """Encode a label map at its own resolution, then area-resize the encoding to ``spatial_size``.
+
+    The condition of a network smaller than the label map: each output pixel is the mean of the encoded label
+    pixels it covers (``torch.nn.functional.interpolate(mode="area")``), so a one-hot boundary that falls inside
+    an output pixel gives that pixel the fraction of each class (strictly between -1 and 1) instead of moving
+    the boundary to a pixel edge. Unannotated pixels enter the mean as their encoding (0.0 for onehot/neutral).
+    With the scalar encoding the mean of two class levels is the level of some third class (between NFL and
+    INL lies GCL-IPL's level): allowed, as the network sees it, but only onehot keeps "a mix of classes a and
+    b" apart from "class c". A ``spatial_size`` larger than the label repeats pixels (area = nearest when
+    enlarging): a label coarser than the network adds no precision.
+
+    Args:
+        label: class ids ``(1, h, w)`` or ``(B, 1, h, w)`` (as :func:`encode_mask`).
+        num_classes: C.
+        spatial_size: ``[H, W]`` of the condition.
+        mode: ``"scalar"`` or ``"onehot"``.
+        unannotated: ``"neutral"``, ``"nearest"`` or None (per-mode default, see :func:`encode_mask`).
+
+    Returns:
+        float32 ``(ch, H, W)`` or ``(B, ch, H, W)`` in [-1, 1]; exactly :func:`encode_mask` (metadata included)
+        when ``(h, w) == (H, W)``, else a plain tensor (the label's spatial metadata no longer applies).
+
+    Raises:
+        ValueError: for a ``spatial_size`` that is not two positive integers, or as :func:`encode_mask`.
+    """
+    size = _check_size(spatial_size)
+    enc = encode_mask(label, num_classes, mode, unannotated)
+    if tuple(enc.shape[-2:]) == size:
+        return enc
+    t = as_tensor(enc)
+    out = torch.nn.functional.interpolate(t if t.ndim == 4 else t[None], size=size, mode="area")
+    return out if t.ndim == 4 else out[0]
 
 
 def decode_mask(x, num_classes: int, mode: str = "onehot", method: str | None = None,
@@ -320,3 +377,50 @@ class MaskDecoded(MapTransform):
         for key, out_key in self.key_iterator(d, self.output_keys):
             d[out_key] = self.decoder(d[key])
         return d
+
+
+class AreaMaskEncode(MaskEncode):
+    """Encode a label map at its own resolution and area-resize the encoding (see :func:`encode_mask_resized`).
+
+    Args:
+        num_classes: C.
+        spatial_size: ``[H, W]`` of the condition (the network's size).
+        mode: ``"scalar"`` or ``"onehot"``.
+        unannotated: ``"neutral"``, ``"nearest"`` or None (per-mode default).
+
+    Returns (``__call__``): the float32 condition ``(ch, H, W)`` / ``(B, ch, H, W)``.
+
+    Raises:
+        ValueError: as :func:`encode_mask_resized`.
+    """
+
+    def __init__(self, num_classes: int, spatial_size: Sequence[int], mode: str = "onehot",
+                 unannotated: str | None = None) -> None:
+        super().__init__(num_classes, mode, unannotated)
+        self.spatial_size = _check_size(spatial_size)
+
+    def __call__(self, label) -> torch.Tensor:
+        """Encode ``label`` (``(1, h, w)`` or ``(B, 1, h, w)``) at ``spatial_size``."""
+        return encode_mask_resized(label, self.num_classes, self.spatial_size, self.mode, self.unannotated)
+
+
+class AreaMaskEncoded(MaskEncoded):
+    """Dictionary twin of :class:`AreaMaskEncode`.
+
+    Args:
+        keys: label keys to encode.
+        num_classes: C.
+        spatial_size: ``[H, W]`` of the condition.
+        mode: ``"scalar"`` or ``"onehot"``.
+        output_key: write the encoding under this key (one per input key) and keep the label; None replaces it.
+        unannotated: ``"neutral"``, ``"nearest"`` or None (per-mode default).
+        allow_missing_keys: don't raise for missing keys.
+
+    Raises:
+        ValueError: as :class:`MaskEncoded` and :func:`encode_mask_resized`.
+    """
+
+    def __init__(self, keys: KeysCollection, num_classes: int, spatial_size: Sequence[int], mode: str = "onehot",
+                 output_key=None, unannotated: str | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, num_classes, mode, output_key, unannotated, allow_missing_keys)
+        self.encoder = AreaMaskEncode(num_classes, spatial_size, mode, unannotated)
