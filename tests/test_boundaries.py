@@ -220,6 +220,8 @@ def test_synthesize_bundle_with_a_boundary_model(phantom_dir, tmp_path):
     assert [read_label(it["label"]).tolist() for it in items] == [e.tolist() for e in expected]
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["generation"]["checkpoint_sha256"]) == {"image", "boundaries"}
+    labels = manifest["generation"]["config"]["labels"]  # stage-2 settings play no part in these maps
+    assert labels["label_size"] == [32, 64] and labels["mask_decode"] is None and labels["mask_encoding"] is None
     bad = tmp_path / "bad.npz"
     bad.write_text("x")
     res = subprocess.run(bundle_command(OCT_DDPM_BUNDLE, stage_configs("synthesize"), output_dir=tmp_path / "s2",

@@ -12,13 +12,17 @@ the writer writes the label at its own size.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.transforms import Compose, Resized
 from torch import nn
 
+from monai_oct.core.io import read_json, write_json
 from monai_oct.core.labels import LabelTable
+from monai_oct.engines.distributed import get_rank, get_world_size
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.networks.checkpoint import load_weights
 from monai_oct.networks.diffusion import check_image_size
@@ -27,34 +31,106 @@ from monai_oct.recipes.items import resolve_items
 from monai_oct.recipes.sketches import LayerThicknessStats, RandomSketchDataset
 from monai_oct.transforms.band import RetinaBandCropd
 from monai_oct.transforms.dmc import DiscreteMaskClustering
+from monai_oct.transforms.encoding import condition_channels
 from monai_oct.transforms.io import LoadBScand
 from monai_oct.transforms.sketch import LayerSketch
+from monai_oct.transforms.topology import LayerOrderDecode, merge_decoding_reports
+from monai_oct.transforms.utils import check_mode
 
 __all__ = ["MaskSampler", "LabelBank", "build_label_source", "SketchSource", "sketch_source"]
 
 
 class MaskSampler:
-    """Label maps from the stage-2 mask DDPM: sample a scalar-encoded map, then DMC to class ids.
+    """Label maps from the stage-2 mask DDPM: sample a map in its encoding, decode it to class ids at ``label_size``.
+
+    RetiDiff samples a scalar-encoded map and clusters it into ids with DMC
+    (:class:`~monai_oct.transforms.dmc.DiscreteMaskClustering`), pixel by pixel, so nothing keeps the layers in
+    order. ``decode`` chooses what follows the sampling:
+
+    - scalar + ``"dmc"`` (default, the paper's): values bilinearly enlarged to ``label_size`` (when larger), DMC.
+    - scalar + ``"topology"``: the same, then :class:`~monai_oct.transforms.topology.LayerOrderDecode` of the ids
+      (the valid map that changes fewest pixels).
+    - onehot + ``"topology"`` (default): the C channels bilinearly enlarged to ``label_size`` (smooth class
+      scores, so boundaries land between the sampled pixels), then ``LayerOrderDecode`` of the scores.
+    - onehot + ``"argmax"``: the enlarged channels' argmax (no anatomical constraint).
 
     Args:
-        network: the unconditional mask DDPM (1 channel in and out).
+        network: the unconditional mask DDPM (1 channel in and out for scalar, C for onehot).
         sampler: its sampler.
-        image_size: ``[H, W]`` of the maps.
+        image_size: ``[H, W]`` the network samples at.
         num_classes: C.
-        dmc: the decoder (default ``DiscreteMaskClustering(num_classes)``).
+        dmc: the scalar decoder (default ``DiscreteMaskClustering(num_classes)``).
+        encoding: ``"scalar"`` or ``"onehot"``, as the network was trained (``--mask_encoding``).
+        label_size: ``[h, w]`` of the returned maps (None: ``image_size``); may be larger than ``image_size``.
+        decode: ``"dmc"`` (scalar), ``"argmax"`` (onehot) or ``"topology"`` (either); None: dmc / topology.
+        table: label table of the topology decoding.
+        min_fluid: fluid components smaller than this are given back to their layer (topology decoding).
+        report_path: with ``"topology"``, a JSON file that keeps the decoding report of every sample (by index,
+            so a resumed synthesis adds to it) and their sum under ``"total"`` (:func:`merge_decoding_reports` keys);
+            a multi-process run writes one file per rank (``<name>.rank<r>.json``). None: ``report`` only.
+
+    Raises:
+        ValueError: for an unknown encoding or decode, a decode that does not fit the encoding, a ``label_size``
+            smaller than ``image_size``, or a network whose channels do not fit the encoding.
     """
 
     def __init__(self, network: nn.Module, sampler: DiffusionSampler, image_size: Sequence[int], num_classes: int,
-                 dmc: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 dmc: Callable[[torch.Tensor], torch.Tensor] | None = None, encoding: str = "scalar",
+                 label_size: Sequence[int] | None = None, decode: str | None = None,
+                 table: LabelTable | str = "duke_dme", min_fluid: int = 16,
+                 report_path: str | os.PathLike | None = None) -> None:
         self.network, self.sampler = network.eval(), sampler
-        self.shape = (1, int(image_size[0]), int(image_size[1]))
+        self.encoding = check_mode(encoding)
+        self.num_classes = int(num_classes)
+        self.shape = (condition_channels(num_classes, self.encoding), int(image_size[0]), int(image_size[1]))
         check_image_size(network, self.shape)
+        if getattr(network, "out_channels", self.shape[0]) != self.shape[0]:
+            raise ValueError(f"a {self.encoding} mask DDPM of {num_classes} classes has {self.shape[0]} channel(s), this network "
+                             f"{network.out_channels}: give the --mask_encoding stage 2 was trained with")
+        self.label_size = tuple(int(s) for s in (label_size or image_size))
+        if len(self.label_size) != 2 or any(a < b for a, b in zip(self.label_size, self.shape[1:])):
+            raise ValueError(f"label_size {list(self.label_size)} must be [h, w] no smaller than image_size {list(self.shape[1:])}")
+        allowed = ("dmc", "topology") if self.encoding == "scalar" else ("argmax", "topology")
+        self.decode = decode or allowed[0 if self.encoding == "scalar" else 1]
+        if self.decode not in allowed:
+            raise ValueError(f"mask_decode {self.decode!r} does not fit mask_encoding {self.encoding!r}; use one of {allowed}")
         self.dmc = dmc if dmc is not None else DiscreteMaskClustering(num_classes)
+        self.topology = LayerOrderDecode(table, min_fluid) if self.decode == "topology" else None
+        self.report_path = None
+        self.reports: dict[str, dict] = {}
+        if report_path is not None and self.topology is not None:
+            path = Path(report_path)
+            self.report_path = path.with_name(f"{path.stem}.rank{get_rank()}{path.suffix}") if get_world_size() > 1 else path
+            if self.report_path.is_file():
+                self.reports = dict(read_json(self.report_path, "label decoding report").get("per_sample", {}))
+
+    @property
+    def report(self) -> dict:
+        """The summed decoding report of every sample decoded so far (zeros without topology decoding)."""
+        return merge_decoding_reports(*self.reports.values())
 
     def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> dict:
-        """``{"label": (B, 1, H, W) int64 ids}`` for ``indices``, drawing from their ``generators``."""
-        values = self.sampler(self.network, generators, self.shape, None, device)
-        return {"label": self.dmc(values).to(device)}
+        """``{"label": (B, 1, *label_size) int64 ids}`` for ``indices``, drawing from their ``generators``."""
+        values = self.sampler(self.network, generators, self.shape, None, device).float()
+        if tuple(values.shape[-2:]) != self.label_size:
+            values = F.interpolate(values, size=self.label_size, mode="bilinear", align_corners=False)
+        if self.encoding == "scalar":
+            labels = self.dmc(values).to(device)
+        else:
+            labels = values.argmax(1, keepdim=True) if self.decode == "argmax" else values
+        if self.topology is None:
+            return {"label": labels.long()}
+        return {"label": self._decode(labels, indices).to(device)}
+
+    def _decode(self, labels: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+        """Topology-decode each map, keep its report by index, rewrite the report file."""
+        out = []
+        for i, one in zip(indices, labels):
+            out.append(self.topology(one))
+            self.reports[str(int(i))] = self.topology.last_report
+        if self.report_path is not None:
+            write_json(self.report_path, {"total": self.report, "per_sample": self.reports})
+        return torch.stack(out).long()
 
 
 
@@ -122,7 +198,7 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
                        mask_sampler: DiffusionSampler | None = None, dataset_dir: str | None = None,
                        band_height: int | None = None, label_flip: bool = False, dmc_smooth: int = 0,
                        table: LabelTable | str | None = "duke_dme", device: str | torch.device = "cpu",
-                       label_size: Sequence[int] | None = None,
+                       label_size: Sequence[int] | None = None, mask_options: Mapping[str, Any] | None = None,
                        boundary_model: str | os.PathLike | None = None) -> Callable:
     """The label maps of a synthesis: from ``boundary_model`` or ``label_datalist`` when given, else the stage-2 model.
 
@@ -139,9 +215,11 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
         dmc_smooth: median window of DMC (0: none).
         table: label table for datalist labels.
         device: where the mask UNet runs.
-        label_size: ``[h, w]`` of the label maps (datalist maps are loaded at it, the mask model and the boundary
-            model sample at it); None: ``image_size``.
-        boundary_model: a fitted :class:`~monai_oct.recipes.boundaries.BoundaryModel` file (``monai-oct fit-boundaries``).
+        label_size: ``[h, w]`` of the label maps (datalist maps are loaded at it, the mask model's samples are
+            enlarged to it); None: ``image_size``.
+        mask_options: further :class:`MaskSampler` arguments (``encoding``, ``decode``, ``min_fluid``, ``report_path``).
+        boundary_model: a fitted :class:`~monai_oct.recipes.boundaries.BoundaryModel` file (``monai-oct fit-boundaries``),
+            drawn at ``label_size``.
 
     Returns:
         a :class:`~monai_oct.recipes.boundaries.BoundarySource`, :class:`LabelBank` or :class:`MaskSampler`.
@@ -161,7 +239,8 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
     if not mask_ckpt or mask_network is None or mask_sampler is None:
         raise ValueError("synthesis needs label maps: give --mask_ckpt (stage 2 model.pt) or --label_datalist")
     net = load_weights(mask_network, mask_ckpt).to(device)
-    return MaskSampler(net, mask_sampler, label_size or image_size, num_classes, DiscreteMaskClustering(num_classes, smooth=int(dmc_smooth)))
+    return MaskSampler(net, mask_sampler, image_size, num_classes, DiscreteMaskClustering(num_classes, smooth=int(dmc_smooth)),
+                       label_size=label_size, table=table or "duke_dme", **dict(mask_options or {}))
 
 
 

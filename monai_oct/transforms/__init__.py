@@ -21,6 +21,7 @@ from monai_oct.transforms.io import LoadBScan, LoadBScand
 from monai_oct.transforms.record import KeepPathd, RecordKeyd, RecordShaped
 from monai_oct.transforms.restore import RestoreBScan, RestoreBScand
 from monai_oct.transforms.save import SaveLabelMap, SaveLabelMapd
+from monai_oct.transforms.topology import LayerOrderDecode, LayerOrderDecoded, layer_order_decode, merge_decoding_reports
 
 # layer sketches (Wu et al.)
 from monai_oct.transforms.sketch import FLUID_STYLES, LayerSketch, LayerSketchd
