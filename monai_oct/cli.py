@@ -55,6 +55,25 @@ def _cmd_sketch_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit_boundaries(args: argparse.Namespace) -> int:
+    from monai_oct.core.io import DataError
+    from monai_oct.recipes.boundaries import BoundaryModel
+
+    try:
+        model = BoundaryModel.fit_datalist(args.datalist, band_height=args.band_height, dataset_dir=args.root,
+                                           key=args.key, table=args.table, max_items=args.max_items,
+                                           num_control=args.num_control)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = model.save(args.out)
+    with_fluid = len(set(model.fluid_runs[:, 0].astype(int).tolist()))
+    print(f"fitted a boundary model on {model.num_maps} label maps of {args.datalist} -> {out}")
+    print(f"  {model.stddev.size} shape components at {model.num_control} control columns; "
+          f"fluid carried from {with_fluid} of the maps")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monai_oct.demo import run_demo
 
@@ -131,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="resize the (band-cropped) labels to H W first, as the DDPM's --image_size (e.g. 64 128)")
     ss.set_defaults(func=_cmd_sketch_stats)
+
+    fb = sub.add_parser("fit-boundaries", help="fit the boundary-curve label generator (synthesis --boundary_model) on a labelled datalist")
+    fb.add_argument("datalist", help="Decathlon-style datalist JSON with 'label' entries")
+    fb.add_argument("--out", required=True, help="output file (BoundaryModel): .json, else .npz")
+    fb.add_argument("--band-height", type=int, default=224,
+                    help="rows of the retina band cropped around the layers, at full resolution (0: whole B-scans)")
+    fb.add_argument("--root", default=None, help="folder relative paths start from")
+    fb.add_argument("--key", default=None, help="list to read (default: 'train' or the only list)")
+    fb.add_argument("--table", default="duke_dme", help="label table (default: duke_dme)")
+    fb.add_argument("--max-items", type=int, default=None, help="fit on the first N items only")
+    fb.add_argument("--num-control", type=int, default=32, help="control columns across the width")
+    fb.set_defaults(func=_cmd_fit_boundaries)
 
     de = sub.add_parser("demo", help="run the main job on built-in phantom data")
     de.add_argument("--out", default="runs/demo", help="output folder")

@@ -26,6 +26,7 @@ from monai_oct.engines.distributed import get_rank, get_world_size
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.networks.checkpoint import load_weights
 from monai_oct.networks.diffusion import check_image_size
+from monai_oct.recipes.boundaries import boundary_source
 from monai_oct.recipes.items import resolve_items
 from monai_oct.recipes.sketches import LayerThicknessStats, RandomSketchDataset
 from monai_oct.transforms.band import RetinaBandCropd
@@ -197,8 +198,9 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
                        mask_sampler: DiffusionSampler | None = None, dataset_dir: str | None = None,
                        band_height: int | None = None, label_flip: bool = False, dmc_smooth: int = 0,
                        table: LabelTable | str | None = "duke_dme", device: str | torch.device = "cpu",
-                       label_size: Sequence[int] | None = None, mask_options: Mapping[str, Any] | None = None) -> Callable:
-    """The label maps of a synthesis: from ``label_datalist`` when given, else sampled from the stage-2 model.
+                       label_size: Sequence[int] | None = None, mask_options: Mapping[str, Any] | None = None,
+                       boundary_model: str | os.PathLike | None = None) -> Callable:
+    """The label maps of a synthesis: from ``boundary_model`` or ``label_datalist`` when given, else the stage-2 model.
 
     Args:
         image_size: ``[H, W]``.
@@ -216,13 +218,21 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
         label_size: ``[h, w]`` of the label maps (datalist maps are loaded at it, the mask model's samples are
             enlarged to it); None: ``image_size``.
         mask_options: further :class:`MaskSampler` arguments (``encoding``, ``decode``, ``min_fluid``, ``report_path``).
+        boundary_model: a fitted :class:`~monai_oct.recipes.boundaries.BoundaryModel` file (``monai-oct fit-boundaries``),
+            drawn at ``label_size``.
 
     Returns:
-        a :class:`LabelBank` or :class:`MaskSampler`.
+        a :class:`~monai_oct.recipes.boundaries.BoundarySource`, :class:`LabelBank` or :class:`MaskSampler`.
 
     Raises:
-        ValueError: when neither a datalist nor a mask checkpoint (with network and sampler) is given.
+        ValueError: when neither a datalist nor a mask checkpoint (with network and sampler) is given, or both a
+            boundary model and a datalist.
+        DataError: naming a boundary model file that is missing, bad or fitted for another table.
     """
+    if boundary_model:
+        if label_datalist:
+            raise ValueError("synthesis label maps: give --boundary_model or --label_datalist, not both")
+        return boundary_source(boundary_model, label_size or image_size, table=table)
     if label_datalist:
         return LabelBank.from_datalist(label_datalist, image_size, dataset_dir=dataset_dir, band_height=band_height,
                                        flip=bool(label_flip), table=table, label_size=label_size)
