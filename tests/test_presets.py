@@ -80,6 +80,21 @@ def test_cpu_mini_64x128_gives_the_first_mini_settings(stage):
     assert preset_stages(DDPM, "cpu_mini_64x128")[stage].items() <= want.items()
 
 
+#: what the mini scale changed for issue 13: labels at the written size, a one-hot stage 2 trained twice as long, N = 400
+NEW_MINI = {"label_size": [224, 512], "mask_encoding": "onehot"}
+
+
+@pytest.mark.parametrize("stage", sorted(OLD_MINI))
+def test_cpu_mini_is_the_first_mini_scale_at_full_label_resolution(stage):
+    cfg = DDPM / "configs"
+    want = dict(OLD_MINI[stage], **NEW_MINI)
+    if stage == "train_masks":
+        want["max_epochs"] = 100
+    if stage in ("synthesize", "synthesize_sketch"):
+        want["num_samples"] = 400
+    assert _resolved([cfg / "common.yaml", cfg / f"{stage}.yaml", preset_file(DDPM, "cpu_mini")], want) == want
+
+
 @pytest.mark.parametrize(("preset", "size"), [("cpu_mini_64x128", [64, 128]), ("cpu_mini", [128, 256])])
 def test_cpu_mini_segmentation_presets(preset, size):
     cfg = SEG / "configs"
