@@ -25,9 +25,9 @@ import torch
 from ignite.engine import Engine
 
 from monai_oct.engines.diffusion import DiffusionTrainer
+from monai_oct.engines.distributed import unwrap
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.networks.autoencoder import LatentCodec
-from monai_oct.networks.diffusion import check_image_size
 
 __all__ = ["LatentDiffusionTrainer", "LatentSampler", "latent_sampler", "pool_condition"]
 
@@ -70,6 +70,8 @@ class LatentDiffusionTrainer(DiffusionTrainer):
             return super()._iteration(engine, batchdata)
         batch = dict(batchdata)
         images = torch.as_tensor(batch[self.image_key]).to(engine.state.device, non_blocking=self.non_blocking).float()
+        if not self._size_checked:  # named in image pixels, before the UNet's own check names the latent size
+            self.latent.latent_size(images.shape, unwrap(engine.network))
         batch[self.image_key] = self.latent.encode(images)
         cond = batch.get(self.condition_key)
         if cond is not None:
@@ -116,8 +118,7 @@ class LatentSampler:
                 smaller than the latent, or a decoded band count other than ``C``.
         """
         c, h, w = (int(s) for s in shape)
-        size = self.latent.latent_size((h, w))
-        check_image_size(network, size)
+        size = self.latent.latent_size((h, w), network)
         cond = pool_condition(condition, size) if condition is not None else None
         z = self.sampler(network, generators, (self.latent.latent_channels, *size), cond, device)
         images = self.latent.decode(z.to(next(self.latent.parameters()).device)).float()

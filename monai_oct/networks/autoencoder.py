@@ -92,13 +92,24 @@ class LatentCodec(nn.Module):
         """Stay in eval mode: the autoencoder is frozen (a trainer's ``network.train()`` never reaches it)."""
         return super().train(False)
 
-    def latent_size(self, size: Sequence[int]) -> tuple[int, int]:
+    def latent_size(self, size: Sequence[int], network: nn.Module | None = None) -> tuple[int, int]:
         """``(H // f, W // f)`` of an image of ``size`` ``(..., H, W)``.
 
+        Args:
+            size: the image size.
+            network: the latent diffusion UNet (a MONAI ``DiffusionModelUNet``), whose down-samplings the latent
+                must also divide by; None: only ``f`` is checked.
+
         Raises:
-            ValueError: when a side does not divide by ``f`` (names the size and ``f``).
+            ValueError: when a side does not divide by ``f`` (times the UNet's down-sampling), naming the size,
+                the factor and image sizes that work.
         """
-        check_divisible(size, self.compression, f"the autoencoder compresses by f={self.compression}")
+        factor, why = self.compression, f"the autoencoder compresses by f={self.compression}"
+        if network is not None:
+            levels = len(getattr(network, "block_out_channels", ())) or 1
+            factor *= 2 ** (levels - 1)
+            why += f" and the latent UNet down-samples {levels - 1} times"
+        check_divisible(size, factor, why)
         h, w = (int(s) for s in tuple(size)[-2:])
         return h // self.compression, w // self.compression
 
