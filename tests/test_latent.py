@@ -176,3 +176,24 @@ def test_latent_ckpt_of_another_autoencoder_stops_with_the_file_named(phantom_di
     res = subprocess.run(cmd, env=bundle_env(BUNDLE_ENV), capture_output=True, text=True, timeout=180)
     lines = [l for l in (res.stdout + res.stderr).splitlines() if l.strip()]
     assert res.returncode != 0 and any(f"{meta}: scale_factor 'big'" in l for l in lines[-3:]), lines[-5:]
+
+
+def test_check_properties_train_autoencoder(phantom_dir, tmp_path):
+    """The autoencoder stage is a MONAI train workflow like the others (model-zoo properties), with no sample grid
+    (a diffusion sampler) among its handlers and the latent scale after the checkpoint."""
+    from monai.bundle import ConfigWorkflow
+
+    from monai_oct.handlers.checkpoint import TrainingCheckpoint
+    from monai_oct.handlers.latent import LatentScale
+    from monai_oct.handlers.samples import SampleGrid
+
+    w = ConfigWorkflow(config_file=[str(BUNDLE / "configs" / c) for c in stage_configs("train_autoencoder")],
+                       workflow_type="train", logging_file=False, dataset_dir=str(phantom_dir), output_dir=str(tmp_path),
+                       device="cpu", image_size=[32, 64], ae_crop_size=[16, 32], ae_channels=[8, 16, 16])
+    w.initialize()
+    assert w.check_properties() == []
+    assert w.train_inferer is w.trainer.inferer
+    handlers = w.parser.get_parsed_content("train#all_handlers")
+    kinds = [type(h) for h in handlers]
+    assert SampleGrid not in kinds and kinds.index(TrainingCheckpoint) < kinds.index(LatentScale)
+    assert w.parser.get_parsed_content("discriminator") is None and w.parser.get_parsed_content("perceptual") is None
