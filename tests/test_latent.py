@@ -197,3 +197,12 @@ def test_check_properties_train_autoencoder(phantom_dir, tmp_path):
     kinds = [type(h) for h in handlers]
     assert SampleGrid not in kinds and kinds.index(TrainingCheckpoint) < kinds.index(LatentScale)
     assert w.parser.get_parsed_content("discriminator") is None and w.parser.get_parsed_content("perceptual") is None
+
+
+def test_autoencoder_crop_not_divisible_by_f_is_named():
+    """A 30-row crop comes back 28 rows from an f=4 autoencoder; the trainer names the size and f instead of
+    failing in the loss on mismatched shapes."""
+    ae = autoencoder_kl(**AE)
+    tr = AutoencoderTrainer("cpu", 1, [{"image": torch.zeros(2, 1, 30, 64)}], ae, torch.optim.Adam(ae.parameters()))
+    with pytest.raises(ValueError, match=r"image size \[30, 64\] does not divide by 4 \(the autoencoder compresses by f=4: --ae_crop_size"):
+        tr.run()

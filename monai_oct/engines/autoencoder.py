@@ -27,7 +27,10 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import nn
 from torch.optim import Optimizer
 
+from monai_oct.engines.distributed import unwrap
 from monai_oct.engines.guard import check_finite_loss
+from monai_oct.networks.autoencoder import compression
+from monai_oct.networks.sizes import check_divisible
 
 __all__ = ["AutoencoderTrainer", "kl_loss", "latent_scale_factor", "perceptual_loss", "patch_discriminator"]
 
@@ -107,8 +110,9 @@ class AutoencoderTrainer(SupervisedTrainer):
         kwargs: passed to ``SupervisedTrainer``.
 
     Raises:
-        ValueError: for a discriminator without its optimizer; FloatingPointError during training when a loss
-            is NaN/inf (names the iteration and epoch).
+        ValueError: for a discriminator without its optimizer, or during training for crops whose sides do not
+            divide by the compression f (names the size); FloatingPointError during training when a loss is
+            NaN/inf (names the iteration and epoch).
     """
 
     def __init__(self, device: str | torch.device, max_epochs: int, train_data_loader: Iterable, network: AutoencoderKL,
@@ -130,12 +134,17 @@ class AutoencoderTrainer(SupervisedTrainer):
         self.adv_loss = PatchAdversarialLoss(criterion="least_squares") if discriminator is not None else None
         self.clip_grad_norm = float(clip_grad_norm) if clip_grad_norm else None
         self.image_key = image_key
+        self._size_checked = False
 
     def _iteration(self, engine: Engine, batchdata: Mapping[str, Any]) -> dict:  # type: ignore[override]
         """One step; returns ``{"image", "pred" (reconstruction), "loss", "l1", "kl"[, "d_loss"]}``."""
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
         images = torch.as_tensor(batchdata[self.image_key]).to(engine.state.device, non_blocking=self.non_blocking).float()
+        if not self._size_checked:  # the decoder returns H // f * f rows: a crop must divide by f
+            f = compression(unwrap(engine.network).encoder.channels)
+            check_divisible(images.shape, f, f"the autoencoder compresses by f={f}: --ae_crop_size and --image_size must divide by it")
+            self._size_checked = True
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         recon, z_mu, z_sigma = engine.network(images)
