@@ -350,34 +350,47 @@ def main(argv: list[str] | None = None) -> int:
     plan.add("stage3", lambda: run.bundle("stage3_finetune", s3 / "model.pt", ddpm_configs(cfg, "finetune"), dataset_dir=str(duke),
                                           datalist=real, pretrained_ckpt=str(s1 / "model.pt"), output_dir=str(s3), **geo), after=["stage1"])
     bmodel = out / "boundary_model.json"
-    if "boundaries" in sources:
-        plan.add("boundaries", lambda: run.step("fit_boundaries", bmodel, [
-            sys.executable, "-m", "monai_oct", "fit-boundaries", real, "--band-height", str(g["band_height"]), "--out", str(bmodel)]))
-    if "dmc" in sources:
-        plan.add("stage2", lambda: run.bundle("stage2_masks", s2 / "model.pt", ddpm_configs(cfg, "train_masks"), dataset_dir=str(duke),
-                                              datalist=real, output_dir=str(s2), **geo))
-
-    # 4. synthesis: N pairs per label source, one image per real train mask
     synth = {"image_ckpt": str(s3 / "model.pt"), **geo}
     sets_dir = {src: out / ("synth_N" if i == 0 else f"synth_N_{src}") for i, src in enumerate(sources)}
     s66 = out / "synth_66"
-    for src, d in sets_dir.items():
-        label_args = {"boundary_model": str(bmodel)} if src == "boundaries" else {"mask_ckpt": str(s2 / "model.pt")}
-        plan.add(f"synth_{src}", lambda src=src, d=d, la=label_args: run.bundle(
-            f"synthesize_N_{src}", d / "datalist.json", ddpm_configs(cfg, "synthesize"), num_samples=n, output_dir=str(d),
-            **la, **synth), after=["stage3", "boundaries" if src == "boundaries" else "stage2"])
-    plan.add("synth_66", lambda: run.bundle("synthesize_66", s66 / "datalist.json", ddpm_configs(cfg, "synthesize"),
-                                            label_datalist=real, num_samples=66, output_dir=str(s66), **synth), after=["stage3"])
-
-    # 5. segmentation: R/S rows (seeds for 66/0 and 66/N), teacher pseudo-labels, the other label source's rows
     results: dict[str, dict] = {net: {} for net in cfg["networks"]}
+    quality: dict[str, dict | None] = {}
     main_src, sN = sources[0], sets_dir[sources[0]]
     sN_list = str(sN / "datalist.json")
+    teacher0 = out / "seg" / f"{cfg['networks'][0]}_R66_S0_seed{seeds[0]}" / "model_final.pt"
+
+    def add_source(src: str) -> None:
+        """The label model of ``src`` (the boundary model's fit, or stage 2) and its N synthetic pairs (step 4)."""
+        if src == "boundaries":
+            plan.add("labels_boundaries", lambda: run.step("fit_boundaries", bmodel, [
+                sys.executable, "-m", "monai_oct", "fit-boundaries", real, "--band-height", str(g["band_height"]), "--out", str(bmodel)]))
+            label_args = {"boundary_model": str(bmodel)}
+        else:
+            plan.add("labels_dmc", lambda: run.bundle("stage2_masks", s2 / "model.pt", ddpm_configs(cfg, "train_masks"), dataset_dir=str(duke),
+                                                      datalist=real, output_dir=str(s2), **geo))
+            label_args = {"mask_ckpt": str(s2 / "model.pt")}
+        d = sets_dir[src]
+        plan.add(f"synth_{src}", lambda: run.bundle(f"synthesize_N_{src}", d / "datalist.json", ddpm_configs(cfg, "synthesize"),
+                                                    num_samples=n, output_dir=str(d), **label_args, **synth),
+                 after=["stage3", f"labels_{src}"])
+
+    def add_quality(src: str) -> None:
+        """Step 6 for ``src``: its quality report, the first network's 66/0 model as the adherence teacher."""
+        d = sets_dir[src]
+        plan.add(f"quality_{src}", lambda: quality.__setitem__(
+            src, quality_report(run, out, cfg, d, duke, teacher=teacher0, name="quality" if d == sN else f"quality_{src}")),
+            after=[f"synth_{src}", f"{cfg['networks'][0]}_R66_S0_{seeds[0]}"])
 
     def seg(net: str, sets: dict, seed: int, tag: str = "") -> None:
         for key, m in seg_steps(run, cfg, sets, test, seed, net, tag).items():
             results[net].setdefault(key, {})[seed] = m
 
+    # 4. synthesis of the main set and one image per real train mask
+    add_source(main_src)
+    plan.add("synth_66", lambda: run.bundle("synthesize_66", s66 / "datalist.json", ddpm_configs(cfg, "synthesize"),
+                                            label_datalist=real, num_samples=66, output_dir=str(s66), **synth), after=["stage3"])
+
+    # 5. segmentation: R/S rows (seeds for 66/0 and 66/N), teacher pseudo-labels
     for net in cfg["networks"]:
         for seed in seeds:
             plan.add(f"{net}_R66_S0_{seed}", lambda net=net, seed=seed: seg(net, {"R66_S0": ([real], None)}, seed, f"_seed{seed}"))
@@ -398,19 +411,17 @@ def main(argv: list[str] | None = None) -> int:
             seg(net, {"R66_SN_pseudo": ([real, str(pseudo / "datalist.json")], ratio)}, seeds[0], f"_seed{seeds[0]}")
 
         plan.add(f"{net}_R66_SN_pseudo", pseudo_rows, after=[f"synth_{main_src}", f"{net}_R66_S0_{seeds[0]}"])
-        for src in sources[1:]:
-            other = str(sets_dir[src] / "datalist.json")
+    add_quality(main_src)
+
+    # the other label sources last (comparison rows: 0/N and 66/N, the first seed)
+    for src in sources[1:]:
+        add_source(src)
+        other = str(sets_dir[src] / "datalist.json")
+        for net in cfg["networks"]:
             plan.add(f"{net}_{src}_rows", lambda net=net, src=src, other=other: seg(
                 net, {f"R0_SN_{src}": ([other], None), f"R66_SN_{src}": ([real, other], ratio)}, seeds[0], f"_seed{seeds[0]}"),
                 after=[f"synth_{src}"])
-
-    # 6. quality of each synthetic set, the first network's 66/0 model as the adherence teacher
-    quality: dict[str, dict | None] = {}
-    teacher0 = out / "seg" / f"{cfg['networks'][0]}_R66_S0_seed{seeds[0]}" / "model_final.pt"
-    for src, d in sets_dir.items():
-        plan.add(f"quality_{src}", lambda src=src, d=d: quality.__setitem__(
-            src, quality_report(run, out, cfg, d, duke, teacher=teacher0, name="quality" if d == sN else f"quality_{src}")),
-            after=[f"synth_{src}", f"{cfg['networks'][0]}_R66_S0_{seeds[0]}"])
+        add_quality(src)
     plan.run()
 
     compare = {}
