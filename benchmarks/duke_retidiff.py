@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p = benchmark_parser(__doc__, SCALES, "runs/bench_retidiff")
     p.add_argument("--compare-samplers", action="store_true", help="also sample the same masks with DDPM-1000 and DDIM")
     p.add_argument("--seeds", default=None, help="segmentation seeds of the 66/0 and 66/N rows, e.g. 0,1,2 (default: the scale's)")
+    p.add_argument("--comparison-samples", type=int, default=None,
+                   help="pairs of each label source after the first (default: N, as the main set)")
     p.add_argument("--label-sources", default=None, help="label sources of the synthetic sets, first = the main set: "
                                                          "boundaries, dmc (default: the scale's)")
     a = p.parse_args(argv)
@@ -330,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data, out, duke, test = paths
     n = a.num_samples or cfg["ddpm"]["num_samples"]
+    n_other = a.comparison_samples or n
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else list(cfg["seeds"])
     sources = a.label_sources.split(",") if a.label_sources else list(cfg["label_sources"])
     if not seeds or set(sources) - {"boundaries", "dmc"} or not sources:
@@ -369,9 +372,9 @@ def main(argv: list[str] | None = None) -> int:
             plan.add("labels_dmc", lambda: run.bundle("stage2_masks", s2 / "model.pt", ddpm_configs(cfg, "train_masks"), dataset_dir=str(duke),
                                                       datalist=real, output_dir=str(s2), **geo))
             label_args = {"mask_ckpt": str(s2 / "model.pt")}
-        d = sets_dir[src]
+        d, k = sets_dir[src], n if src == main_src else n_other
         plan.add(f"synth_{src}", lambda: run.bundle(f"synthesize_N_{src}", d / "datalist.json", ddpm_configs(cfg, "synthesize"),
-                                                    num_samples=n, output_dir=str(d), **label_args, **synth),
+                                                    num_samples=k, output_dir=str(d), **label_args, **synth),
                  after=["stage3", f"labels_{src}"])
 
     def add_quality(src: str) -> None:
@@ -430,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.dry_run:
         return 0
     write_results(out, a, cfg, n, test, results, compare, quality, time.time() - t_start, run.log,
-                  {"seeds": seeds, "label_sources": sources, "sets": {k: str(v) for k, v in sets_dir.items()}})
+                  {"seeds": seeds, "label_sources": sources, "sets": {k: str(v) for k, v in sets_dir.items()},
+                   "comparison_samples": n_other})
     return 0
 
 
@@ -603,7 +607,7 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
     src = plan["label_sources"]
     rows = [("R66_S0", "66", "0"), ("R0_S66", "0", "66 (real masks)"), ("R0_SN", "0", f"{n} ({src[0]})"),
             ("R66_SN", "66", f"{n} ({src[0]})"), ("R66_SN_pseudo", "66", f"{n} ({src[0]}, teacher labels)")]
-    rows += [(f"{k}_{s}", r, f"{n} ({s})") for s in src[1:] for k, r in (("R0_SN", "0"), ("R66_SN", "66"))]
+    rows += [(f"{k}_{s}", r, f"{plan['comparison_samples']} ({s})") for s in src[1:] for k, r in (("R0_SN", "0"), ("R66_SN", "66"))]
     means = {net: {key: seed_mean(runs) for key, runs in res.items()} for net, res in results.items()}
     meta = {"scale": a.scale, "settings": {k: v for k, v in cfg.items()}, "num_samples": n, "seed": a.seed, **plan,
             "test_datalist": str(test), "device": a.device, "mix_ratio": a.mix_ratio, "jobs": a.jobs, "threads": a.threads,
@@ -630,8 +634,8 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
         lines.append("")
     for s_name, q in quality.items():
         if q:
-            sec = timings.get(f"synthesize_N_{s_name}")
-            cost = f"; {sec / n:.2f} s per pair (labels + DDIM images, this step's wall time / N)" if sec else ""
+            sec, k = timings.get(f"synthesize_N_{s_name}"), n if s_name == src[0] else plan["comparison_samples"]
+            cost = f"; {sec / k:.2f} s per pair (labels + DDIM images, this step's wall time / N)" if sec else ""
             lines += [f"## Quality of the {s_name} synthetic set{cost}", ""] + quality_table(q) + [""]
     lines += ["## Step times (minutes)", "", "| step | min |", "|---|---:|"] + [f"| {k} | {v / 60:.1f} |" for k, v in timings.items()]
     (out / "results.md").write_text("\n".join(lines) + "\n")
