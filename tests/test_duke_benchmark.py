@@ -1,0 +1,94 @@
+"""The pieces of ``benchmarks/duke_retidiff.py`` that decide what runs and what is reported: the step plan
+(dependencies, steps at once, failures), per-subject Dice and the seed means of results.json."""
+
+import importlib.util
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("duke_retidiff", ROOT / "benchmarks" / "duke_retidiff.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plan_respects_dependencies_and_the_number_of_jobs(bench):
+    plan, order, lock = bench.Plan(jobs=2), [], threading.Lock()
+    running, peak = [0], [0]
+
+    def step(name):
+        def run():
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+                order.append(name)
+        return run
+
+    plan.add("a", step("a"))
+    plan.add("b", step("b"), after=["a"])
+    plan.add("c", step("c"))
+    plan.add("d", step("d"))
+    plan.add("e", step("e"), after=["b", "d"])
+    plan.run()
+    assert sorted(order) == list("abcde")
+    assert order.index("a") < order.index("b") < order.index("e") and order.index("d") < order.index("e")
+    assert peak[0] == 2  # never more than jobs at once, and it did run two at once
+
+
+def test_plan_stops_starting_steps_after_a_failure_and_raises_it(bench):
+    plan, ran = bench.Plan(jobs=1), []
+
+    def fail():
+        raise RuntimeError("step a failed")
+
+    plan.add("a", fail)
+    plan.add("b", lambda: ran.append("b"))
+    with pytest.raises(RuntimeError, match="step a failed"):
+        plan.run()
+    assert ran == []
+
+
+def test_plan_rejects_unknown_dependencies_and_repeated_names(bench):
+    plan = bench.Plan(jobs=1)
+    plan.add("a", lambda: None)
+    with pytest.raises(ValueError, match="waits on unknown steps \\['z'\\]"):
+        plan.add("b", lambda: None, after=["z"])
+    with pytest.raises(ValueError, match="added twice"):
+        plan.add("a", lambda: None)
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        bench.Plan(jobs=0)
+
+
+def test_per_subject_dice_and_seed_means(bench, tmp_path):
+    csv = tmp_path / "per_image.csv"
+    head = "image," + ",".join(f"dice_{c}" for c in range(10)) + ",pa_all\n"
+    rows = ["a/Subject_07_00.png," + ",".join(["1.0"] * 9 + ["0.5"]) + ",0.9",
+            "a/Subject_07_01.png," + ",".join(["0.5"] * 9 + [""]) + ",0.9",  # no fluid: NaN, skipped for class 9
+            "a/Subject_08_00.png," + ",".join(["0.8"] * 10) + ",0.9"]
+    csv.write_text(head + "\n".join(rows) + "\n")
+    got = bench.per_subject_dice(csv)
+    # Subject 07: classes 1-8 average 0.75 over the two images, fluid 0.5 from the one image that has it
+    assert got["Subject_07"] == pytest.approx((8 * 0.75 + 0.5) / 9, abs=1e-4)
+    assert got["Subject_08"] == pytest.approx(0.8)
+    runs = {0: {"mean_dice": 0.7, "mean_pa": 0.8, "pixel_accuracy": 0.9, "groups": {"IRF": {"dice": 0.2}},
+                "classes": {"9": {"dice": 0.2}}, "per_subject": {"Subject_07": 0.6}},
+            1: {"mean_dice": 0.8, "mean_pa": 0.9, "pixel_accuracy": 0.95, "groups": {"IRF": {"dice": 0.4}},
+                "classes": {"9": {"dice": 0.4}}, "per_subject": {"Subject_07": 0.8}}}
+    m = bench.seed_mean(runs)
+    assert m["seeds"] == [0, 1] and m["mean_dice"] == pytest.approx(0.75) and m["groups"]["IRF"]["dice"] == pytest.approx(0.3)
+    assert m["per_subject"]["Subject_07"] == pytest.approx(0.7) and np.isfinite(m["pixel_accuracy"])
+    table = bench.seed_table({"R66_S0": runs}, ["R66_S0", "R66_SN"])
+    assert len(table) == 3 and "0.750 ± 0.050" in table[2]
