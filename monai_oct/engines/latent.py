@@ -28,6 +28,7 @@ from monai_oct.engines.diffusion import DiffusionTrainer
 from monai_oct.engines.distributed import unwrap
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.networks.autoencoder import LatentCodec
+from monai_oct.transforms.encoding import area_resize
 
 __all__ = ["LatentDiffusionTrainer", "LatentSampler", "latent_sampler", "pool_condition"]
 
@@ -39,11 +40,9 @@ def pool_condition(condition: torch.Tensor, size: Sequence[int]) -> torch.Tensor
         ValueError: when ``size`` is larger than the condition (a coarser condition adds no precision).
     """
     h, w = (int(s) for s in size)
-    if tuple(condition.shape[-2:]) == (h, w):
-        return condition
     if condition.shape[-2] < h or condition.shape[-1] < w:
         raise ValueError(f"condition of size {list(condition.shape[-2:])} is smaller than the latent size {[h, w]}")
-    return torch.nn.functional.interpolate(condition, size=(h, w), mode="area")
+    return area_resize(condition, (h, w))
 
 
 class LatentDiffusionTrainer(DiffusionTrainer):

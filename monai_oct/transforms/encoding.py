@@ -56,6 +56,7 @@ __all__ = [
     "condition_channels",
     "scalar_levels",
     "encode_mask",
+    "area_resize",
     "decode_mask",
     "encode_mask_resized",
     "MaskEncode",
@@ -211,11 +212,18 @@ def encode_mask_resized(label, num_classes: int, spatial_size: Sequence[int], mo
     """
     size = _check_size(spatial_size)
     enc = encode_mask(label, num_classes, mode, unannotated)
-    if tuple(enc.shape[-2:]) == size:
-        return enc
-    t = as_tensor(enc)
-    out = torch.nn.functional.interpolate(t if t.ndim == 4 else t[None], size=size, mode="area")
-    return out if t.ndim == 4 else out[0]
+    return enc if tuple(enc.shape[-2:]) == size else area_resize(as_tensor(enc), size)
+
+
+def area_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Area-average an encoded condition ``(ch, H, W)`` or ``(B, ch, H, W)`` to ``size`` (unchanged when it has
+    that size): the one resize of a condition to a coarser network, pixel (:func:`encode_mask_resized`) or latent
+    (:func:`monai_oct.engines.latent.pool_condition`)."""
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    out = torch.nn.functional.interpolate(x if x.ndim == 4 else x[None], size=size, mode="area")
+    return out if x.ndim == 4 else out[0]
 
 
 def decode_mask(x, num_classes: int, mode: str = "onehot", method: str | None = None,
