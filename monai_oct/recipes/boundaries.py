@@ -44,7 +44,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Compose
 from scipy import ndimage
 from scipy.interpolate import PchipInterpolator
 
@@ -52,8 +51,7 @@ from monai_oct.core.geometry import as_2d_label, boundaries_of, regions_from_bou
 from monai_oct.core.io import DataError, atomic_path, read_json, write_json
 from monai_oct.core.labels import LabelTable, get_label_table
 from monai_oct.recipes.items import resolve_items
-from monai_oct.transforms.band import RetinaBandCropd
-from monai_oct.transforms.io import LoadBScand
+from monai_oct.recipes.pipelines import bscan_transforms
 
 __all__ = ["BoundaryModel", "BoundarySource", "boundary_source"]
 
@@ -185,10 +183,7 @@ class BoundaryModel:
             DataError: a missing datalist or label file, or an item without ``label``.
         """
         items = resolve_items(datalist, key, dataset_dir, require_label=True)[:max_items or None]
-        t = [LoadBScand(["label"], label_keys=["label"], table=table)]
-        if band_height:
-            t.append(RetinaBandCropd(["label"], band_height=int(band_height), label_key="label"))
-        chain = Compose(t)
+        chain = bscan_transforms(keys=["label"], band_height=int(band_height) if band_height else None, table=table)
         names = [it["label"] for it in items]
         maps = [np.asarray(chain({"label": n})["label"])[0] for n in names]
         where = f"{datalist} ({len(maps)} label maps" + (f", {band_height}-row band)" if band_height else ")")
