@@ -67,6 +67,15 @@ SCALES: dict[str, dict[str, Any]] = {
         "networks": ["unet"], "seeds": [0, 1, 2], "label_sources": ["boundaries", "dmc"],
         "compare": {"num_samples": 16, "fast_steps": 50},
     },
+    "mini_latent": {
+        "preset": "cpu_mini_latent", "seg_preset": "cpu_mini", "latent": True,
+        "why": ("mini's segmenter and boundary-model label maps, with the images generated at the written 224x512 by "
+                "latent diffusion: stage 0 trains MONAI's AutoencoderKL (f = 4) on the 164 unannotated bands, stages 1 "
+                "and 3 train the same UNet (32,64,64,128) on its 4x56x128 latents, conditioned on the one-hot label "
+                "area-averaged to 56x128; DDIM-50 latents decoded; N=400"),
+        "networks": ["unet"], "seeds": [0, 1, 2], "label_sources": ["boundaries"],
+        "compare": {"num_samples": 16, "fast_steps": 50},
+    },
     "mini64": {
         "preset": "cpu_mini_64x128",
         "why": ("the first mini scale (published 64x128 rows): a 224-row retina band resized to 64x128 for every "
@@ -89,12 +98,13 @@ SCALES: dict[str, dict[str, Any]] = {
 
 def scale_settings(scales: dict[str, dict[str, Any]], scale: str) -> dict[str, Any]:
     """A scale's settings: its entry of ``scales`` plus ``ddpm``, the oct_ddpm preset's shared values, ``ddpm_stages``,
-    its per-stage values, and ``seg``, the oct_layer_seg preset's (as :func:`monai_oct.recipes.presets.load_preset`
-    reads them; results.json records them all)."""
+    its per-stage values, and ``seg``, the oct_layer_seg preset's (``seg_preset`` where the entry names one, else
+    ``preset``; as :func:`monai_oct.recipes.presets.load_preset` reads them; results.json records them all)."""
     cfg = dict(scales[scale])
+    cfg.setdefault("seg_preset", cfg["preset"])
     cfg["ddpm"] = load_preset(DDPM.parent, cfg["preset"])
     cfg["ddpm_stages"] = preset_stages(DDPM.parent, cfg["preset"])
-    cfg["seg"] = load_preset(SEG.parent, cfg["preset"])
+    cfg["seg"] = load_preset(SEG.parent, cfg["seg_preset"])
     return cfg
 
 
@@ -105,7 +115,7 @@ def ddpm_configs(cfg: dict[str, Any], stage: str) -> list[Path]:
 
 def seg_configs(cfg: dict[str, Any], *stages: str) -> list[Path]:
     """The config files of an oct_layer_seg run: train.yaml, the preset, then ``stages`` (e.g. ``"evaluate"``)."""
-    return [SEG / "train.yaml", preset_file(SEG.parent, cfg["preset"])] + [SEG / f"{s}.yaml" for s in stages]
+    return [SEG / "train.yaml", preset_file(SEG.parent, cfg["seg_preset"])] + [SEG / f"{s}.yaml" for s in stages]
 
 
 class Runner:
@@ -347,13 +357,21 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1-3. the diffusion stages and the boundary model (the critical path first: Plan starts steps in this order)
     geo = {"seed": a.seed, "progress": False}
-    s1, s2, s3 = out / "stage1_pretrain", out / "stage2_masks", out / "stage3_finetune"
+    s0, s1, s2, s3 = out / "stage0_autoencoder", out / "stage1_pretrain", out / "stage2_masks", out / "stage3_finetune"
+    unlabeled = unlabeled_datalist(data, out)
+    image_geo = dict(geo)  # what stages 1, 3 and the syntheses share: latent scales add the autoencoder
+    if cfg.get("latent"):
+        plan.add("stage0", lambda: run.bundle("stage0_autoencoder", s0 / "model.pt", ddpm_configs(cfg, "train_autoencoder"),
+                                              datalist=str(unlabeled), dataset_dir=str(data), output_dir=str(s0), **geo))
+        image_geo["latent_ckpt"] = str(s0 / "model.pt")
     plan.add("stage1", lambda: run.bundle("stage1_pretrain", s1 / "model.pt", ddpm_configs(cfg, "pretrain"),
-                                          datalist=str(unlabeled_datalist(data, out)), dataset_dir=str(data), output_dir=str(s1), **geo))
+                                          datalist=str(unlabeled), dataset_dir=str(data), output_dir=str(s1), **image_geo),
+             after=["stage0"] if cfg.get("latent") else [])
     plan.add("stage3", lambda: run.bundle("stage3_finetune", s3 / "model.pt", ddpm_configs(cfg, "finetune"), dataset_dir=str(duke),
-                                          datalist=real, pretrained_ckpt=str(s1 / "model.pt"), output_dir=str(s3), **geo), after=["stage1"])
+                                          datalist=real, pretrained_ckpt=str(s1 / "model.pt"), output_dir=str(s3), **image_geo),
+             after=["stage1"])
     bmodel = out / "boundary_model.json"
-    synth = {"image_ckpt": str(s3 / "model.pt"), **geo}
+    synth = {"image_ckpt": str(s3 / "model.pt"), **image_geo}
     sets_dir = {src: out / ("synth_N" if i == 0 else f"synth_N_{src}") for i, src in enumerate(sources)}
     s66 = out / "synth_66"
     results: dict[str, dict] = {net: {} for net in cfg["networks"]}

@@ -92,3 +92,20 @@ def test_per_subject_dice_and_seed_means(bench, tmp_path):
     assert m["per_subject"]["Subject_07"] == pytest.approx(0.7) and np.isfinite(m["pixel_accuracy"])
     table = bench.seed_table({"R66_S0": runs}, ["R66_S0", "R66_SN"])
     assert len(table) == 3 and "0.750 ± 0.050" in table[2]
+
+
+def test_latent_scale_trains_the_autoencoder_first_and_gives_it_to_every_image_stage(bench, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "duke_dme").mkdir(parents=True)
+    (data / "duke_dme" / "datalist_train.json").write_text('{"train": [{"image": "a.png", "label": "a_label.png"}]}')
+    out = tmp_path / "out"
+    assert bench.main(["--scale", "mini_latent", "--out", str(out), "--data", str(data), "--dry-run"]) == 0
+    lines = {ln.split(":")[0].removeprefix("[run ] "): ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[run ]")}
+    ae = str(out / "stage0_autoencoder" / "model.pt")
+    assert list(lines).index("stage0_autoencoder") < list(lines).index("stage1_pretrain")
+    assert "train_autoencoder.yaml" in lines["stage0_autoencoder"] and "cpu_mini_latent.yaml" in lines["stage0_autoencoder"]
+    for step in ("stage1_pretrain", "stage3_finetune", "synthesize_N_boundaries", "synthesize_66"):
+        assert f"--latent_ckpt {ae}" in lines[step], step
+    seg = lines["seg_unet_R66_S0_seed0"]
+    assert "oct_layer_seg/configs/presets/cpu_mini.yaml" in seg and "--latent_ckpt" not in seg  # the mini segmenter, unchanged
+    assert "stage2_masks" not in lines  # the latent scale's label maps come from the boundary model only

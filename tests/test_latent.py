@@ -120,6 +120,36 @@ def test_latent_trainer_learns_latents_and_pixel_mode_is_the_pixel_trainer(tmp_p
         tr.run()
 
 
+def test_latent_cache_draws_what_encode_draws_and_encodes_each_image_once(tmp_path):
+    codec = load_latent(_saved_autoencoder(tmp_path))
+    unet = conditional_diffusion_unet(4, 0, channels=[8, 16], num_res_blocks=1)
+    images = torch.rand(3, 1, 64, 128) * 2 - 1
+
+    def trainer(cache: int) -> LatentDiffusionTrainer:
+        return LatentDiffusionTrainer("cpu", 1, [{"image": images}], unet, torch.optim.Adam(unet.parameters()),
+                                      diffusion_scheduler("ddpm", 50), latent=codec, latent_cache=cache)
+
+    plain, cached = trainer(0), trainer(8)
+    for _ in range(2):  # first call: all misses; second: all hits, from the cache alone
+        torch.manual_seed(1)
+        want = plain._encode(images)
+        torch.manual_seed(1)
+        assert torch.allclose(cached._encode(images), want, atol=1e-5)
+    assert (cached.cache_misses, cached.cache_hits) == (3, 3)
+    torch.manual_seed(2)
+    assert not torch.allclose(cached._encode(images), want)  # a fresh draw each time, not a frozen latent
+    flipped = images.flip(-1)
+    cached._encode(flipped[:1])  # another image (a flip): encoded, and the oldest entry beyond the bound goes
+    assert cached.cache_misses == 4 and len(cached._moments) == 4
+    small = trainer(2)
+    torch.manual_seed(1)
+    got = small._encode(images)  # a batch larger than the cache still gets its latents
+    torch.manual_seed(1)
+    assert torch.allclose(got, plain._encode(images), atol=1e-5) and len(small._moments) == 2
+    with pytest.raises(ValueError, match="latent_cache must be >= 0"):
+        trainer(-1)
+
+
 def test_autoencoder_trainer_with_discriminator_and_no_download():
     torch.manual_seed(0)
     ae = autoencoder_kl(**AE)

@@ -130,3 +130,16 @@ def test_presets_say_what_is_missing():
     cfg = DDPM / "configs"
     with pytest.raises(Exception, match="stage_value"):  # a bundle stage the preset does not cover fails early
         _resolved([cfg / "common.yaml", cfg / "train_sketch.yaml", preset_file(DDPM, "paper")], ["max_epochs"])
+
+
+def test_cpu_mini_latent_is_cpu_mini_in_the_latent_space_of_its_autoencoder():
+    cfg = DDPM / "configs"
+    keys = ["image_size", "channels", "learning_rate", "ema_decay", "max_epochs", "batch_size", "label_size"]
+    ae = _resolved([cfg / "common.yaml", cfg / "train_autoencoder.yaml", preset_file(DDPM, "cpu_mini_latent")],
+                   keys + ["ae_channels", "latent_channels"])
+    assert ae == {"image_size": [224, 512], "channels": [32, 64, 64, 128], "learning_rate": 2.0e-4, "ema_decay": 0.999,
+                  "max_epochs": 80, "batch_size": 8, "label_size": [224, 512], "ae_channels": [32, 64, 64], "latent_channels": 4}
+    for stage in ("pretrain", "finetune", "synthesize"):
+        mini = _resolved([cfg / "common.yaml", cfg / f"{stage}.yaml", preset_file(DDPM, "cpu_mini")], keys)
+        latent = _resolved([cfg / "common.yaml", cfg / f"{stage}.yaml", preset_file(DDPM, "cpu_mini_latent")], keys)
+        assert latent == dict(mini, image_size=[224, 512]), stage  # only the pixel size differs: the UNet sees 56x128 latents

@@ -121,6 +121,17 @@ class LatentCodec(nn.Module):
         return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
 
     @torch.no_grad()
+    def encode_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior ``(mu, sigma)`` of ``(B, C, H, W)`` images, unscaled; :meth:`sample_latents` draws from it
+        what :meth:`encode` draws (raises ValueError for sides not divisible by ``f``)."""
+        self.latent_size(images.shape)
+        return self.autoencoder.encode(images)
+
+    def sample_latents(self, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Scaled latents drawn from the posterior ``(mu, sigma)`` of :meth:`encode_moments` (``AutoencoderKL.sampling``)."""
+        return self.autoencoder.sampling(mu, sigma) * self.scale_factor
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` of scaled latents, clamped to [-1, 1]."""
         return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor).clamp(-1.0, 1.0)
