@@ -180,8 +180,10 @@ class SamplerEngine(Engine):
             ValueError: naming the folder and the differing keys (old -> new), or pairs without a manifest.
         """
         out, old = self.writer.output_dir, None
-        recorded = [self.manifest_path] + ([out / "manifest.json"] if self.shard is not None else [])
-        for path in recorded:  # a shard's own record, else a set made in this folder before
+        recorded = [self.manifest_path]
+        if self.shard is not None:  # else the folder's set, else another shard (of the same generation, checked below)
+            recorded += [out / "manifest.json", *shard_manifests(out)]
+        for path in recorded:  # a shard's own record first
             if path.is_file():
                 old = read_json(path, "synthesis manifest")
                 break
