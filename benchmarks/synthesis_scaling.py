@@ -107,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 num_inference_steps=args.steps, batch_size=args.batch, num_threads=args.threads, device="cpu",
                 progress=False, seed=0)
 
+    load_before = os.getloadavg()  # the machine may be shared: what else ran is part of the numbers
     rows = []
     one = work / "p1"
     wall = _run_together([bundle_command(BUNDLE, _configs(args.preset), output_dir=one, **base)], [work / "p1.log"], env)
@@ -130,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         r["sampling_pairs_per_s"] = args.num_samples / r["sampling_s"]
 
     print(f"synthesis scaling: N = {args.num_samples}, DDIM-{args.steps}, preset {args.preset}, batch {args.batch}, "
-          f"{args.threads} thread(s) a process, {os.cpu_count()} CPU(s)")
+          f"{args.threads} thread(s) a process, {os.cpu_count()} CPU(s), load average {load_before[0]:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after")
     print("| processes | wall s | merge s | pairs/s | speed-up | sampling pairs/s | identical to 1 process |")
     print("|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
@@ -138,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{r['speed_up']:.2f} | {r['sampling_pairs_per_s']:.3f} | {r.get('identical', '-')} |")
     result = {"num_samples": args.num_samples, "steps": args.steps, "preset": args.preset, "batch_size": args.batch,
               "threads": args.threads, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-              "torch": torch.__version__, "rows": rows}
+              "torch": torch.__version__, "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              "rows": rows}
     if args.out:
         write_json(args.out, result)
         print(f"wrote {args.out}")

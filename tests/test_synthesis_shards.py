@@ -184,3 +184,12 @@ def test_merge_errors_missing_shard_mixed_generations_none(tmp_path, capsys):
         merge_synthesis(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no such shard folder"):
         merge_synthesis(tmp_path / "out", [tmp_path / "nope"])
+
+
+def test_torchrun_ranks_split_a_shard_further(tmp_path):
+    """Under torchrun a shard's ranks share its indices: shard 1/2 of 7 is 1, 3, 5; rank 0 of 2 writes 1, 5."""
+    eng = _synthesis(tmp_path / "s", num_samples=7, shard="1/2")
+    assert list(eng.indices()) == [1, 3, 5]
+    assert eng.pending(rank=0, world_size=2) == [[1, 5]] and eng.pending(rank=1, world_size=2) == [[3]]
+    assert eng.manifest_path == tmp_path / "s" / "manifests" / "shard-1-of-2.json"
+    assert eng.lock.path == tmp_path / "s" / ".lock.shard-1-of-2"
