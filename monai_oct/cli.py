@@ -74,6 +74,23 @@ def _cmd_fit_boundaries(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge_synthesis(args: argparse.Namespace) -> int:
+    from monai_oct.core.io import DataError
+    from monai_oct.engines.shards import merge_synthesis
+
+    try:
+        datalist = merge_synthesis(args.out, args.shard_dirs, grid_size=args.grid_size)
+    except (DataError, FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from monai_oct.core.io import read_json
+
+    manifest = read_json(Path(args.out) / "manifest.json", "synthesis manifest")
+    print(f"merged {len(manifest['shards'])} shard(s): {manifest['num_samples']} pairs in {args.out} "
+          f"(datalist {datalist}, manifest {Path(args.out) / 'manifest.json'})")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monai_oct.demo import run_demo
 
@@ -162,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--max-items", type=int, default=None, help="fit on the first N items only")
     fb.add_argument("--num-control", type=int, default=32, help="control columns across the width")
     fb.set_defaults(func=_cmd_fit_boundaries)
+
+    mg = sub.add_parser("merge-synthesis", help="merge the shard runs of a synthesis (--shard i/n) into one listed, checked set")
+    mg.add_argument("out", help="the set's folder (may hold shards itself): datalist.json, manifest.json, grid.png are written here")
+    mg.add_argument("shard_dirs", nargs="*", metavar="SHARD_DIR", help="other folders holding shard runs (their pairs are copied into OUT)")
+    mg.add_argument("--grid-size", type=int, default=16, help="pairs shown in grid.png")
+    mg.set_defaults(func=_cmd_merge_synthesis)
 
     de = sub.add_parser("demo", help="run the main job on built-in phantom data")
     de.add_argument("--out", default="runs/demo", help="output folder")

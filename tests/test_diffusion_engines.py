@@ -486,7 +486,7 @@ def test_same_seed_same_training():
 
 # ---- synthesis engine: per-sample seed streams, lock, checked manifest ----------------------------------------------
 
-def _synthesis(out, seed=0, num_samples=4, steps=2, overwrite=False, config=None, num_classes=3):
+def _synthesis(out, seed=0, num_samples=4, steps=2, overwrite=False, config=None, num_classes=3, shard=None):
     """A tiny SamplerEngine: 16x16, labels from a 2-map LabelBank, one-hot condition, DDIM."""
     from monai_oct.engines.synthesis import SamplerEngine
     from monai_oct.engines.writer import PairWriter
@@ -497,7 +497,7 @@ def _synthesis(out, seed=0, num_samples=4, steps=2, overwrite=False, config=None
     sampler = DiffusionSampler(diffusion_scheduler("ddim", 20, "cosine", "v_prediction"), steps)
     return SamplerEngine(num_samples, LabelBank(labels), _net(cond=num_classes), sampler, [16, 16], num_classes,
                          PairWriter(out), batch_size=2, seed=seed, progress=False, overwrite=overwrite,
-                         config=dict(config or {"label_datalist": None}))
+                         config=dict(config or {"label_datalist": None}), shard=shard)
 
 
 def _pairs(out):

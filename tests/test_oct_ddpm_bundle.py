@@ -234,6 +234,34 @@ def test_synthesize_rerun_with_other_seed_stops_unless_overwrite(phantom_dir, tm
     assert not set(first.values()) & {p.read_bytes() for p in (out / "images").iterdir()}  # seeds 0 and 1 share no image
 
 
+@pytest.mark.slow
+def test_synthesize_in_two_shards_then_merge(phantom_dir, tmp_path):
+    """The real synthesize.yaml with --shard 0/2 and --shard 1/2 at the same time into one folder, then
+    ``monai-oct merge-synthesis``: the complete set with both shards' provenance. Each shard's last log line
+    names the merge command; --shard 3/2 stops with the value as the error line."""
+    from monai_oct.cli import main
+
+    out = tmp_path / "synth"
+    args = dict(output_dir=out, dataset_dir=phantom_dir, label_datalist="datalist.json", num_samples=3, sampler="ddim",
+                num_inference_steps=2, image_ckpt=_random_image_ckpt(tmp_path / "img.pt", **TINY), **TINY)
+    logs = [tmp_path / f"log{k}.txt" for k in range(3)]
+    procs = [popen("synthesize", logs[k], **dict(args, shard=v)) for k, v in enumerate(["0/2", "1/2", "3/2"])]
+    for p in procs:
+        p.wait(timeout=180)
+    text = [log.read_text() for log in logs]
+    for k in (0, 1):
+        assert procs[k].returncode == 0, text[k][-3000:]
+        last = [line for line in text[k].splitlines() if line.strip()][-1]
+        assert f"shard {k}/2 complete" in last and f"monai-oct merge-synthesis {out}" in last, last
+    last = [line for line in text[2].splitlines() if line.strip()][-1]
+    assert procs[2].returncode != 0 and "ValueError: --shard '3/2': the shard index i must be in 0..1" in last, text[2][-2000:]
+    assert not (out / "datalist.json").exists() and not (out / "manifest.json").exists()
+    assert main(["merge-synthesis", str(out)]) == 0
+    manifest = check_synthetic(out, 3, (16, 32))
+    assert [(s["shard"], s["num_pairs"]) for s in manifest["shards"]] == [("0/2", 2), ("1/2", 1)]
+    assert manifest["seeds"]["synth_00001.png"] == sample_seed(0, 1)
+
+
 def test_band_crop_takes_an_image_of_band_height_whole():
     img = torch.arange(224 * 8, dtype=torch.float32).reshape(1, 224, 8)
     assert torch.equal(RetinaBandCrop(224)(img), img)

@@ -24,6 +24,14 @@ barrier rank 0 writes the datalist, the completed manifest and the grid. Sample 
 ``(seed, i)`` whichever rank writes it, so a W-process set is byte for byte the 1-process set, and a killed
 multi-process run started again (with any number of processes) writes exactly the missing pairs.
 
+Across commands (``shard="i/n"``, :mod:`monai_oct.engines.shards`): the run writes only the pairs ``k`` with
+``k % n == i`` (under torchrun its ranks split them further), holds ``.lock.shard-i-of-n`` and records itself in
+``manifests/shard-i-of-n.json`` (its generation, indices, host, pid, start and end, status), so shard runs may
+share one folder at the same time; it writes no datalist or set manifest: ``monai-oct merge-synthesis`` does, once
+every shard is complete. A shard resumed writes only its missing pairs; one whose generation differs from its
+own record stops (or, with ``overwrite``, replaces its own pairs only), and one that differs from another shard's
+record in the folder stops, naming that file.
+
 A label source returns ``{"label": (B, 1, h, w) ids}`` and may add ``"cond"`` (its own image condition, e.g.
 the sketch of :class:`~monai_oct.recipes.sources.SketchSource`; otherwise the engine encodes the label map) and
 ``"extras"`` (images written beside each pair, e.g. ``sketches/``). ``(h, w)`` is the source's label size, which
@@ -39,22 +47,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from ignite.engine import Engine
 from torch import nn
 
-from monai_oct.core.datalist import write_datalist
-from monai_oct.core.io import read_image, read_json, read_label, write_json, write_png
+from monai_oct.core.io import read_json, write_json
 from monai_oct.core.records import differences, plain
 from monai_oct.core.seeding import sample_generators, sample_seed
-from monai_oct.core.visualise import pair_grid
 from monai_oct.engines.distributed import barrier, get_rank, get_world_size, is_main_process
 from monai_oct.engines.sampler import DiffusionSampler
+from monai_oct.engines.shards import MANIFEST_DIR, parse_shard, set_files, shard_manifests, shard_name, write_set_index
 from monai_oct.engines.writer import FolderLock, PairWriter
 from monai_oct.networks.diffusion import check_image_size
 from monai_oct.transforms.encoding import encode_mask_resized
@@ -90,13 +97,19 @@ class SamplerEngine(Engine):
         runtime: settings recorded but not compared (device, threads, ...).
         overwrite: replace a set made with other settings (its pairs are removed first) instead of stopping.
         grid_size: pairs shown in ``grid.png``.
+        shard: ``"i/n"`` (or ``[i, n]``): write only the pairs ``k % n == i``, recorded in
+            ``manifests/shard-i-of-n.json``, for ``monai-oct merge-synthesis`` to list; None: the whole set.
+
+    Raises:
+        ValueError: a bad ``num_samples``, ``batch_size``, ``seed`` or ``shard`` (names the value).
     """
 
     def __init__(self, num_samples: int, label_source: Callable, image_network: nn.Module, image_sampler: DiffusionSampler,
                  image_size: Sequence[int], num_classes: int, writer: PairWriter, encoding: str = "onehot",
                  batch_size: int = 8, seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
                  manifest: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
-                 runtime: Mapping[str, Any] | None = None, overwrite: bool = False, grid_size: int = 16) -> None:
+                 runtime: Mapping[str, Any] | None = None, overwrite: bool = False, grid_size: int = 16,
+                 shard: str | Sequence[int] | None = None) -> None:
         super().__init__(self._iteration)
         if int(num_samples) < 1 or int(batch_size) < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
@@ -113,7 +126,8 @@ class SamplerEngine(Engine):
         self.overwrite = bool(overwrite)
         self.grid_size = int(grid_size)
         self.skipped = 0
-        self.lock = FolderLock(writer.output_dir)
+        self.shard = parse_shard(shard)
+        self.lock = FolderLock(writer.output_dir, ".lock" if self.shard is None else f".lock.{shard_name(self.shard)}")
         if progress and is_main_process():
             from ignite.handlers import ProgressBar
 
@@ -121,8 +135,19 @@ class SamplerEngine(Engine):
 
     @property
     def manifest_path(self) -> Path:
-        """``output_dir/manifest.json``."""
+        """``output_dir/manifest.json``, or a shard's ``output_dir/manifests/shard-i-of-n.json``."""
+        if self.shard is not None:
+            return self.writer.output_dir / MANIFEST_DIR / f"{shard_name(self.shard)}.json"
         return self.writer.output_dir / "manifest.json"
+
+    def indices(self, num_samples: int | None = None) -> range:
+        """The indices this run writes, of ``range(num_samples)`` (default N): all, or the shard's ``k % n == i``."""
+        i, n = self.shard or (0, 1)
+        return range(i, self.num_samples if num_samples is None else int(num_samples), n)
+
+    def _own_indices(self) -> list[int] | None:
+        """The indices whose files this run may clean or clear: None (every file) without a shard."""
+        return None if self.shard is None else list(self.indices())
 
     def generation(self) -> dict:
         """Every setting that determines the pairs (besides ``num_samples``), as recorded and compared.
@@ -155,13 +180,21 @@ class SamplerEngine(Engine):
             ValueError: naming the folder and the differing keys (old -> new), or pairs without a manifest.
         """
         out, old = self.writer.output_dir, None
-        if self.manifest_path.is_file():
-            old = read_json(self.manifest_path, "synthesis manifest")
-        have = [i for i in range(max(self.num_samples, int((old or {}).get("num_samples", 0) or 0))) if self.writer.done(i)]
+        recorded = [self.manifest_path]
+        if self.shard is not None:  # else the folder's set, else another shard (of the same generation, checked below)
+            recorded += [out / "manifest.json", *shard_manifests(out)]
+        for path in recorded:  # a shard's own record first
+            if path.is_file():
+                old = read_json(path, "synthesis manifest")
+                break
+        if self.shard is not None:
+            self._check_other_shards(generation)
+        upto = max(self.num_samples, int((old or {}).get("num_samples", 0) or 0))
+        have = [i for i in self.indices(upto) if self.writer.done(i)]
         if old is None and not have:
             return
         if old is None:
-            problem = f"holds {len(have)} pair(s) but no manifest.json, so the seed and config that made them are unknown"
+            problem = f"holds {len(have)} pair(s) but no {self.manifest_path.name}, so the seed and config that made them are unknown"
         elif "generation" not in old:
             problem = "has a manifest.json without a 'generation' record (an older version's)"
         else:
@@ -175,26 +208,52 @@ class SamplerEngine(Engine):
         if not self.overwrite:
             raise ValueError(f"{out} {problem}; use another --output_dir, or --overwrite true to replace its pairs")
         recorded = (old or {}).get("generation") or {}
-        gone = self.writer.clear(recorded.get("extra_dirs") or (), recorded.get("prefix"))
-        for name in ("datalist.json", "grid.png", "manifest.json"):
+        own = None if self.shard is None else list(self.indices(upto))
+        gone = self.writer.clear(recorded.get("extra_dirs") or (), recorded.get("prefix"), indices=own)
+        for name in ("datalist.json", "grid.png", "manifest.json") if self.shard is None else ():
             (out / name).unlink(missing_ok=True)
+        self.manifest_path.unlink(missing_ok=True)
         logger.info("synthesis: --overwrite: removed %d file(s) of the set in %s (%s)", gone, out, problem)
 
-    def _write_manifest(self, generation: dict, status: str, **extra: Any) -> None:
+    def _check_other_shards(self, generation: dict) -> None:
+        """Stop a shard whose settings differ from another shard's record in the folder (the merge would refuse).
+
+        Raises:
+            ValueError: naming the other shard's manifest and the differing keys.
+        """
+        for path in shard_manifests(self.writer.output_dir):
+            if path == self.manifest_path:
+                continue
+            other = read_json(path, "shard manifest")
+            diff = differences(other.get("generation") or {}, generation)  # num_samples may grow: the merge checks it
+            if diff:
+                keys = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                raise ValueError(f"{self.writer.output_dir}: shard {shard_name(self.shard)} differs from {path} ({keys}); "
+                                 "shards of one set need the same settings: use another --output_dir")
+
+    def _manifest(self, generation: dict, status: str, **extra: Any) -> dict:
+        share = self.indices()
         manifest = {
             "status": status,
             "num_samples": self.num_samples,
             "seed": self.seed,
-            "seeds": {self.writer.name(i): sample_seed(self.seed, i) for i in range(self.num_samples)},
+            "seeds": {self.writer.name(i): sample_seed(self.seed, i) for i in share},
             "generation": generation,
             "runtime": plain({"batch_size": self.batch_size, "device": str(self.device), **self.runtime}),
             **{k: v for k, v in self.extra_manifest.items()},
-            **extra,
         }
-        write_json(self.manifest_path, manifest)
+        if self.shard is not None:
+            manifest.update(shard=f"{self.shard[0]}/{self.shard[1]}", indices=list(share), host=socket.gethostname(),
+                            pid=os.getpid(), processes=get_world_size(), started=getattr(self, "_started", None))
+        manifest.update(extra)
+        return manifest
+
+    def _write_manifest(self, generation: dict, status: str, **extra: Any) -> None:
+        write_json(self.manifest_path, self._manifest(generation, status, **extra))
 
     def pending(self, rank: int = 0, world_size: int = 1, clean: bool = True) -> list[list[int]]:
-        """Batches of the indices still to write of this rank's share (``i % world_size == rank``).
+        """Batches of the indices still to write of this rank's share (every ``world_size``-th of :meth:`indices`,
+        from the ``rank``-th: ``i % world_size == rank`` without a shard).
 
         Args:
             rank: this process's rank.
@@ -203,8 +262,8 @@ class SamplerEngine(Engine):
                 removal while another rank writes would take that rank's temporary file away).
         """
         if clean:
-            self.writer.clean()
-        share = range(int(rank), self.num_samples, int(world_size))
+            self.writer.clean(self._own_indices())
+        share = self.indices()[int(rank)::int(world_size)]
         todo = [i for i in share if not self.writer.done(i)]
         self.skipped = len(share) - len(todo)
         return [todo[k: k + self.batch_size] for k in range(0, len(todo), self.batch_size)]
@@ -238,7 +297,8 @@ class SamplerEngine(Engine):
             if rank == 0:
                 self._generation = self.generation()
                 self._check_folder(self._generation)
-                self.writer.clean()
+                self.writer.clean(self._own_indices())
+                self._started = _now()
                 self._write_manifest(self._generation, "running")
             barrier()  # the others start once the folder is checked and cleaned
             batches = self.pending(rank, world, clean=False)
@@ -251,9 +311,13 @@ class SamplerEngine(Engine):
                 self.run(batches, max_epochs=1)
             barrier()  # every share written
             if rank == 0:
-                self.finalize()
+                self.finalize_shard() if self.shard is not None else self.finalize()
         finally:
             self.lock.release()
+        if self.shard is not None and rank == 0:  # the last line the user sees
+            logger.info("synthesis: shard %d/%d complete (%s); the set needs a merge once every shard is complete: "
+                        "monai-oct merge-synthesis %s [other shard folders]", *self.shard, self.manifest_path,
+                        self.writer.output_dir)
         return self.writer.output_dir / "datalist.json"
 
     def finalize(self) -> None:
@@ -262,22 +326,30 @@ class SamplerEngine(Engine):
         Raises:
             RuntimeError: when a pair is missing (names it).
         """
-        out = self.writer.output_dir
-        missing = [self.writer.name(i) for i in range(self.num_samples) if not self.writer.done(i)]
+        manifest = self._manifest(getattr(self, "_generation", None) or self.generation(), "complete",
+                                  files=set_files(self.writer, self.num_samples),
+                                  seconds=round(time.time() - getattr(self, "_t0", time.time()), 3))
+        write_set_index(self.writer, self.num_samples, manifest, self.num_classes, self.grid_size)
+
+    def finalize_shard(self) -> None:
+        """Complete a shard's ``manifests/shard-i-of-n.json`` (its files, end time, seconds); no datalist.
+
+        Raises:
+            RuntimeError: when a pair of the shard is missing (names it).
+        """
+        missing = [self.writer.name(i) for i in self.indices() if not self.writer.done(i)]
         if missing:
-            raise RuntimeError(f"{out}: {len(missing)} pair(s) missing after synthesis, e.g. {missing[0]}")
-        pairs = [self.writer.paths(i) for i in range(self.num_samples)]
-        write_datalist(out / "datalist.json", [{"image": str(im), "label": str(lab)} for im, lab in pairs], key="training")
-        files = [f"{sub}/{self.writer.name(i)}" for i in range(self.num_samples) for sub in ("images", "labels")]
-        files += [f"{d}/{self.writer.name(i)}" for d in self.writer.extra_dirs for i in range(self.num_samples)]
-        self._write_manifest(getattr(self, "_generation", None) or self.generation(), "complete", files=files,
-                             seconds=round(time.time() - getattr(self, "_t0", time.time()), 3))
-        k = min(self.grid_size, self.num_samples)
-        imgs = torch.stack([torch.as_tensor(read_image(self.writer.paths(i)[0]), dtype=torch.float32)[None] for i in range(k)])
-        labs = torch.stack([torch.as_tensor(read_label(self.writer.paths(i)[1]).astype(np.int64))[None] for i in range(k)])
-        write_png(out / "grid.png", pair_grid(imgs / 127.5 - 1.0, labs, self.num_classes))
-        logger.info("synthetic dataset: %d pairs in %s (datalist %s, grid %s)", self.num_samples, out, out / "datalist.json",
-                    out / "grid.png")
+            raise RuntimeError(f"{self.writer.output_dir}: {len(missing)} pair(s) of shard {shard_name(self.shard)} "
+                               f"missing after synthesis, e.g. {missing[0]}")
+        self.manifest = self._manifest(getattr(self, "_generation", None) or self.generation(), "complete",
+                                       files=[f for i in self.indices() for f in self.writer.files(i)], ended=_now(),
+                                       seconds=round(time.time() - getattr(self, "_t0", time.time()), 3))
+        write_json(self.manifest_path, self.manifest)
+
+
+def _now() -> str:
+    """The local time, ISO 8601 with its offset (a shard's start and end)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _sha256(path: str | os.PathLike) -> str:

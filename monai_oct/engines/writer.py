@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monai_oct.core.io import remove_temporaries, write_png
+from monai_oct.core.io import remove_temporaries, temp_path, write_png
 from monai_oct.core.visualise import image_to_uint8
 
 __all__ = ["PairWriter", "FolderLock"]
@@ -80,11 +80,17 @@ class PairWriter:
         """Whether every file of sample ``index`` exists."""
         return all(p.is_file() for p in self.paths(index)) and all(self.extra_path(d, index).is_file() for d in self.extra_dirs)
 
+    def files(self, index: int) -> list[str]:
+        """Every file of sample ``index``, relative to ``output_dir``: image, label, then the extra images."""
+        n = self.name(index)
+        return [f"images/{n}", f"labels/{n}", *(f"{d}/{n}" for d in self.extra_dirs)]
+
     def describe(self) -> dict:
         """What of the writer determines the files: ``{"output_size", "prefix", "extra_dirs"}``."""
         return {"output_size": self.output_size, "prefix": self.prefix, "extra_dirs": list(self.extra_dirs)}
 
-    def clear(self, extra_dirs: Sequence[str] = (), prefix: str | None = None) -> int:
+    def clear(self, extra_dirs: Sequence[str] = (), prefix: str | None = None,
+              indices: Sequence[int] | None = None) -> int:
         """Remove every pair file and temporary, before a synthesis that replaces the folder's set.
 
         Only pair files go (``<prefix>*.png``, with this writer's prefix and ``prefix``, in images/, labels/, this
@@ -93,21 +99,42 @@ class PairWriter:
         Args:
             extra_dirs: extra folders of the set being replaced.
             prefix: file name prefix of the set being replaced.
+            indices: remove only these samples' files (a shard's, beside other shards writing theirs).
 
         Returns:
             how many files were removed.
         """
-        n = self.clean()
+        n = self.clean(indices)
         for sub in dict.fromkeys(("images", "labels", *self.extra_dirs, *extra_dirs)):
             for pre in dict.fromkeys((self.prefix, prefix or self.prefix)):
-                for p in (self.output_dir / str(sub)).glob(f"{pre}*.png"):
-                    p.unlink(missing_ok=True)
-                    n += 1
+                if indices is None:
+                    found = list((self.output_dir / str(sub)).glob(f"{pre}*.png"))
+                else:
+                    found = [self.output_dir / str(sub) / f"{pre}{int(i):05d}.png" for i in indices]
+                for p in found:
+                    if p.is_file():
+                        p.unlink(missing_ok=True)
+                        n += 1
         return n
 
-    def clean(self) -> int:
-        """Remove temporary files a killed run left behind; returns how many."""
-        return sum(remove_temporaries(self.output_dir / sub) for sub in ("", "images", "labels", *self.extra_dirs))
+    def clean(self, indices: Sequence[int] | None = None) -> int:
+        """Remove temporary files a killed run left behind; returns how many.
+
+        Args:
+            indices: only these samples' temporaries (a shard must not take another shard's half-written file
+                away); None: every temporary of the folder.
+        """
+        subs = ("", "images", "labels", *self.extra_dirs)
+        if indices is None:
+            return sum(remove_temporaries(self.output_dir / sub) for sub in subs)
+        n = 0
+        for sub in subs[1:]:
+            for i in indices:
+                tmp = temp_path(self.output_dir / sub / self.name(i))
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+                    n += 1
+        return n
 
     def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
               extras: Mapping[str, torch.Tensor] | None = None) -> None:
