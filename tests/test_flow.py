@@ -22,6 +22,16 @@ from monai_oct.schedulers import SCHEDULERS, FlowEulerScheduler, FlowHeunSchedul
 M, S, T = 0.5, 0.5, 1000  # the analytic data: every pixel ~ N(M, S^2)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread for these tiny networks: conftest's two threads spin against each other on a shared CPU
+    (measured: the 30-iteration training below takes 64 s with 2 threads beside another job, 0.9 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class GaussianVelocity(nn.Module):
     """The exact velocity of MONAI's linear path for data ~ N(m, s^2) per pixel. With u = t/T,
     x_u = (1 - u) x0 + u noise ~ N((1 - u) m, var), var = (1 - u)^2 s^2 + u^2, and r = x_u - (1 - u) m:
@@ -207,6 +217,7 @@ def test_bundle_pretrain_flow_then_synthesize_euler(phantom_dir, tmp_path):
               sampler="euler", num_inference_steps=3, image_ckpt=ckpt, **tiny)
     gen = check_synthetic(out, 2, (16, 32))["generation"]
     assert gen["sampler"] == "FlowEulerScheduler" and gen["prediction_type"] == "flow", gen
+    assert gen["config"]["flow_timestep_transform"] is False and gen["config"]["flow_base_numel"] == 4096, gen
     with pytest.raises(subprocess.CalledProcessError) as err:  # TINY's v_prediction and the default ddpm sampler
         run_bundle(OCT_DDPM_BUNDLE, stage_configs("synthesize"), in_process=False, env=BUNDLE_ENV, timeout=120,
                    output_dir=tmp_path / "synth2", dataset_dir=phantom_dir, label_datalist="datalist.json",
