@@ -156,8 +156,8 @@ def test_flow_and_diffusion_samplers_do_not_mix(tmp_path):
 
 def test_trainer_flow_overfits_a_fixed_batch_with_condition_and_dropout():
     """30 iterations of a tiny conditional UNet with prediction_type flow (logit-normal timesteps, the 2D shift,
-    condition dropout) on one fixed batch: every loss finite, the last 5 at most 3/4 of the first 5 (fresh noise and t every iteration); the trainer draws t
-    with the scheduler's sample_timesteps (floats in [0, T) with the transform)."""
+    condition dropout) on one fixed batch: every loss finite, the last 5 at most 3/4 of the first 5 (fresh noise and
+    t every iteration); the trainer draws t with the scheduler's sample_timesteps (floats in [0, T) with the shift)."""
     from monai_oct.networks.diffusion import conditional_diffusion_unet
 
     torch.manual_seed(0)

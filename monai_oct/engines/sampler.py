@@ -7,9 +7,10 @@ scheduler's; the loop only
 - draws each sample's initial noise from its own ``torch.Generator`` and hands the list of generators to
   ``step``, which draws each sample's per-step noise from it too: a sample does not depend on the batch it
   shares or on the order of the batches, so a restarted synthesis reproduces it bit for bit (on the same device);
-- calls the network once per entry of the scheduler's ``timesteps`` (a two-stage solver such as Heun lists each
-  timestep it evaluates at, :class:`~monai_oct.schedulers.flow.FlowHeunScheduler`) on a preallocated input (the condition already in place), under
-  ``torch.autocast`` when ``amp_dtype`` asks for it (the update stays float32);
+- calls the network once per entry of the scheduler's ``timesteps`` (a two-stage solver lists each timestep it
+  evaluates at, :class:`~monai_oct.schedulers.flow.FlowHeunScheduler`) on a preallocated input (the condition
+  already in place), under ``torch.autocast`` when ``amp_dtype`` asks for it (the update stays float32);
+- for a scheduler with rectified flow's ``use_timestep_transform``, sets its timesteps for the ``H x W`` sampled;
 - applies classifier-free guidance (optional): ``guidance_scale = s`` runs the condition and the all-zero
   "unconditional" condition (what ``p_uncond`` dropout trains) in one doubled batch and uses
   ``uncond + s * (cond - uncond)``.

@@ -118,8 +118,8 @@ class TrainingCheckpoint:
         stale_files: other files of an earlier run removed when this one starts afresh (e.g. the best-validation
             ``model.pt`` another handler writes), besides ``last.pt``, the final and raw weights and ``model.json``.
         model_info: written as ``model.json`` beside the final weights when training completes (what samplers
-            check a checkpoint against, e.g. ``{"prediction_type": ...}``; :func:`~monai_oct.networks.checkpoint.read_model_info`);
-            None: no ``model.json``.
+            check a checkpoint against, e.g. ``{"prediction_type": ...}``;
+            :func:`~monai_oct.networks.checkpoint.read_model_info`); None: no ``model.json``.
 
     Raises:
         ValueError: when ``save_dict`` has no ``"model"`` and no ``final_model`` is given.
@@ -291,11 +291,11 @@ class TrainingCheckpoint:
         if not is_main_process():
             return
         self.save(engine)
+        if self.model_info is not None:  # first: final weights never stand without what they were trained for
+            write_model_info(self.output_dir / self.final_filename, self.model_info)
         save_checkpoint(self.final_model.state_dict(), self.output_dir / self.final_filename)
         if self.raw_model is not None:
             save_checkpoint(self.raw_model.state_dict(), self.output_dir / self.raw_filename)
-        if self.model_info is not None:
-            write_model_info(self.output_dir / self.final_filename, self.model_info)
         _append_jsonl(self.log_file, {"event": "completed", "epoch": engine.state.epoch,
                                       "iteration": engine.state.iteration, "time": time.time()})
 
