@@ -2,15 +2,17 @@
 against one bare UNet forward, and a whole ``DiffusionSampler`` run against ``NFE x forward``.
 
 The network is the mini recipe's conditional UNet (``conditional_diffusion_unet``: channels 32,64,64,128, 1 res block,
-1 image + 10 condition channels, random weights: speed does not depend on them), v-prediction, cosine, T = 1000.
+1 image + 10 condition channels, random weights: speed does not depend on them), v-prediction, cosine, T = 1000
+(``euler`` / ``heun``: ``prediction_type="flow"``). ``NFE`` is the length of the sampler's ``timesteps``: ``--steps`` for
+every sampler but ``heun``, whose ``K`` steps evaluate the network ``2K - 1`` times.
 Columns, each the best of ``--repeats`` (a shared CPU disturbs some runs):
 
 - ``forward s``: one bare ``network(x, t)`` at ``--batch`` (``NFE`` of them timed together, interleaved with the
   sampler runs);
 - ``step ms``: one ``scheduler.step`` (conversion to x0, clip, the update, its noise), timed along a whole chain of
-  ``--steps`` steps with a fixed network output;
+  ``NFE`` calls with a fixed network output;
 - ``step / forward``: the solver's share of a step;
-- ``sampler / (NFE x forward)``: a whole ``DiffusionSampler`` run of ``--steps`` steps over ``steps x forward``; the
+- ``sampler / (NFE x forward)``: a whole ``DiffusionSampler`` run of ``--steps`` steps over ``NFE x forward``; the
   issue's target is <= 1.05.
 
 Run (1 thread, beside other work: ``nice``)::
@@ -32,14 +34,14 @@ from monai_oct.core.io import write_json
 from monai_oct.core.seeding import sample_generators
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.networks.diffusion import conditional_diffusion_unet
-from monai_oct.schedulers import SCHEDULERS, diffusion_scheduler
+from monai_oct.schedulers import FLOW_SAMPLERS, SCHEDULERS, diffusion_scheduler
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, nargs=2, default=[64, 128], metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=10, help="NFE of each sampler run")
+    p.add_argument("--steps", type=int, default=10, help="steps K of each sampler run (NFE = K; heun: 2K - 1)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64, 128])
@@ -71,8 +73,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     cond = torch.rand(b, cc, h, w) * 2 - 1
     rows = []
     for kind in args.samplers.split(","):
-        sched = diffusion_scheduler(kind, 1000, "cosine", "v_prediction")
+        sched = diffusion_scheduler(kind, 1000, "cosine", "flow" if kind in FLOW_SAMPLERS else "v_prediction")
         sampler = DiffusionSampler(sched, args.steps)
+        nfe = len(sampler.timesteps)
         out, x0 = torch.randn(b, 1, h, w) * 0.1, torch.randn(b, 1, h, w)
 
         def chain() -> None:
@@ -80,13 +83,13 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             for ts in sampler.timesteps:
                 x = sched.step(out, ts, x, generator=gens)[0]
 
-        step = _best_time(chain, args.repeats) / args.steps
+        step = _best_time(chain, args.repeats) / nfe
         bare, run = [], []
         for _ in range(args.repeats):
-            bare.append(_best_time(lambda: [net(inp, t) for _ in range(args.steps)], 1))
+            bare.append(_best_time(lambda: [net(inp, t) for _ in range(nfe)], 1))
             run.append(_best_time(lambda: sampler(net, sample_generators(range(b)), (1, h, w), cond), 1))
-        forward = min(bare) / args.steps
-        rows.append({"sampler": kind, "nfe": args.steps, "forward_s": forward, "step_ms": 1000 * step,
+        forward = min(bare) / nfe
+        rows.append({"sampler": kind, "nfe": nfe, "forward_s": forward, "step_ms": 1000 * step,
                      "step_over_forward": step / forward, "overhead": min(run) / min(bare)})
     return rows
 

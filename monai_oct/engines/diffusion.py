@@ -7,7 +7,11 @@ target of the scheduler's ``prediction_type`` with MSE:
 - ``"epsilon"``: the noise;
 - ``"v_prediction"``: ``v = sqrt(a_t) * noise - sqrt(1 - a_t) * x0`` (``scheduler.get_velocity``, from the
   scheduler's cumulative alphas ``a_t``);
-- ``"sample"``: the clean image.
+- ``"sample"``: the clean image;
+- ``"flow"`` (rectified flow, on :class:`~monai_oct.schedulers.flow.FlowEulerScheduler`, MONAI's ``RFlowScheduler``):
+  ``t`` from the scheduler's ``sample_timesteps`` (uniform or logit-normal, optionally shifted by image size),
+  ``x_t = (1 - t/T) x0 + (t/T) noise`` (its ``add_noise``) and the velocity ``x0 - noise`` (MAISI's target; the
+  sign that MONAI's Euler step ``x + (t - t_next)/T * v`` integrates towards the data).
 
 Condition dropout (``p_uncond``) zeroes the whole condition of a random subset of the batch, so the
 network also learns the unconditional score the sampler's classifier-free guidance needs; the zero
@@ -32,7 +36,16 @@ from monai_oct.engines.guard import check_finite_loss
 from monai_oct.networks.diffusion import check_image_size
 from monai_oct.schedulers import PREDICTION_TYPES
 
-__all__ = ["DiffusionTrainer", "diffusion_target"]
+__all__ = ["DiffusionTrainer", "diffusion_target", "draw_timesteps"]
+
+
+def draw_timesteps(scheduler: Scheduler, images: torch.Tensor) -> torch.Tensor:
+    """One training timestep per image: the scheduler's ``sample_timesteps`` where it has one (rectified flow:
+    uniform / logit-normal, shifted with its timestep transform), else uniform integers in ``[0, T)``."""
+    sample = getattr(scheduler, "sample_timesteps", None)
+    if sample is not None:
+        return sample(images)
+    return torch.randint(0, scheduler.num_train_timesteps, (images.shape[0],), device=images.device).long()
 
 
 def diffusion_target(scheduler: Scheduler, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -49,6 +62,8 @@ def diffusion_target(scheduler: Scheduler, images: torch.Tensor, noise: torch.Te
         return scheduler.get_velocity(images, noise, timesteps)
     if pt == "sample":
         return images
+    if pt == "flow":
+        return images - noise
     raise ValueError(f"unknown prediction_type {pt!r}; expected one of {PREDICTION_TYPES}")
 
 
@@ -65,9 +80,10 @@ class DiffusionTrainer(SupervisedTrainer):
         train_data_loader: yields the batches.
         network: the diffusion UNet (``in_channels = image + condition channels``).
         optimizer: its optimizer.
-        scheduler: the MONAI noise scheduler (``DDPMScheduler``) defining the forward process.
+        scheduler: the MONAI noise scheduler defining the forward process (``diffusion_scheduler("ddpm", ...)``;
+            for ``prediction_type="flow"`` ``diffusion_scheduler("euler", ..., prediction_type="flow")``).
         condition_channels: channels of the condition (0 = unconditional network).
-        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``; None: the scheduler's.
+        prediction_type: ``"epsilon"``, ``"v_prediction"``, ``"sample"`` or ``"flow"``; None: the scheduler's.
         p_uncond: probability of zeroing a sample's condition (classifier-free guidance training).
         clip_grad_norm: clip the gradient norm to this value (None/0: no clipping).
         image_key: the image's key in a batch.
@@ -145,7 +161,7 @@ class DiffusionTrainer(SupervisedTrainer):
             self._size_checked = True
         cond = self._condition(batchdata, images)
         noise = torch.randn_like(images)
-        timesteps = torch.randint(0, self.noise_scheduler.num_train_timesteps, (images.shape[0],), device=images.device).long()
+        timesteps = draw_timesteps(self.noise_scheduler, images)
         target = diffusion_target(self.noise_scheduler, images, noise, timesteps, self.prediction_type)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)

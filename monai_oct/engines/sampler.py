@@ -7,8 +7,10 @@ scheduler's; the loop only
 - draws each sample's initial noise from its own ``torch.Generator`` and hands the list of generators to
   ``step``, which draws each sample's per-step noise from it too: a sample does not depend on the batch it
   shares or on the order of the batches, so a restarted synthesis reproduces it bit for bit (on the same device);
-- calls the network once per timestep on a preallocated input (the condition already in place), under
-  ``torch.autocast`` when ``amp_dtype`` asks for it (the update stays float32);
+- calls the network once per entry of the scheduler's ``timesteps`` (a two-stage solver lists each timestep it
+  evaluates at, :class:`~monai_oct.schedulers.flow.FlowHeunScheduler`) on a preallocated input (the condition
+  already in place), under ``torch.autocast`` when ``amp_dtype`` asks for it (the update stays float32);
+- for a scheduler with rectified flow's ``use_timestep_transform``, sets its timesteps for the ``H x W`` sampled;
 - applies classifier-free guidance (optional): ``guidance_scale = s`` runs the condition and the all-zero
   "unconditional" condition (what ``p_uncond`` dropout trains) in one doubled batch and uses
   ``uncond + s * (cond - uncond)``.
@@ -24,9 +26,33 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from torch import nn
 
 from monai_oct.engines.amp import autocast_dtype
-from monai_oct.schedulers import PerSampleDDIMScheduler, RespacedDDPMScheduler, randn_per_sample
+from monai_oct.networks.checkpoint import model_info_path, read_model_info
+from monai_oct.schedulers import (DIFFUSION_SAMPLERS, FLOW, FLOW_SAMPLERS, SCHEDULERS, PerSampleDDIMScheduler,
+                                  RespacedDDPMScheduler, randn_per_sample)
 
-__all__ = ["DiffusionSampler"]
+__all__ = ["DiffusionSampler", "check_trained_with"]
+
+
+def check_trained_with(scheduler: Scheduler, checkpoint: str | None) -> None:
+    """Stop when ``checkpoint``'s ``model.json`` records a ``prediction_type`` that ``scheduler`` cannot sample.
+
+    Args:
+        scheduler: the sampler's scheduler.
+        checkpoint: the weights to be sampled; None, or weights without ``model.json`` (from elsewhere, or from an
+            older run): nothing is checked.
+
+    Raises:
+        ValueError: naming the checkpoint, its prediction type, the sampler and the sampler's prediction type.
+    """
+    trained = read_model_info(checkpoint).get("prediction_type") if checkpoint else None
+    ours = str(scheduler.prediction_type)
+    if trained is None or str(trained) == ours:
+        return
+    name = next((k for k, c in SCHEDULERS.items() if type(scheduler) is c), type(scheduler).__name__)
+    fits = "|".join(FLOW_SAMPLERS if trained == FLOW else DIFFUSION_SAMPLERS)
+    raise ValueError(f"{checkpoint}: trained with prediction_type {trained!r} ({model_info_path(checkpoint)}), but the "
+                     f"sampler {name!r} ({type(scheduler).__name__}) is set up for prediction_type {ours!r}: sample it "
+                     f"with --prediction_type {trained} --sampler {fits}")
 
 
 class DiffusionSampler:
@@ -42,21 +68,26 @@ class DiffusionSampler:
         amp_dtype: autocast dtype of the network call: ``"bfloat16"`` (CPU and CUDA), ``"float16"`` (CUDA only) or
             None (float32); see :func:`monai_oct.engines.amp.autocast_dtype`.
         amp: the older switch, an alias: with ``amp_dtype`` None, True means float16 on CUDA (nothing on CPU).
+        checkpoint: the weights this sampler will sample (optional): when the ``model.json`` their stage wrote beside
+            them records a ``prediction_type`` other than the scheduler's, construction stops naming both.
 
     Raises:
         TypeError: for MONAI's own ``DDPMScheduler`` / ``DDIMScheduler`` (whose ``step`` takes one generator for the
             batch, and for DDPM is wrong on a respaced chain): use :func:`monai_oct.schedulers.diffusion_scheduler`.
-        ValueError: for a bad number of steps, an unknown ``amp_dtype`` or ``eta`` for a scheduler without it.
+        ValueError: for a bad number of steps, an unknown ``amp_dtype`` or ``eta`` for a scheduler without it, or a
+            ``checkpoint`` trained for another prediction type (e.g. a flow model and a diffusion sampler).
     """
 
     def __init__(self, scheduler: Scheduler, num_inference_steps: int = 50, guidance_scale: float | None = None,
-                 eta: float = 0.0, amp_dtype: str | torch.dtype | None = None, amp: bool = False) -> None:
+                 eta: float = 0.0, amp_dtype: str | torch.dtype | None = None, amp: bool = False,
+                 checkpoint: str | None = None) -> None:
         if isinstance(scheduler, (DDPMScheduler, DDIMScheduler)) and not isinstance(
                 scheduler, (RespacedDDPMScheduler, PerSampleDDIMScheduler)):
             raise TypeError(f"MONAI's {type(scheduler).__name__} draws one noise for the whole batch (and its DDPM step "
                             "is wrong on a respaced chain); use monai_oct.schedulers.diffusion_scheduler('ddpm' | 'ddim')")
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        check_trained_with(scheduler, checkpoint)
         self.scheduler = scheduler
         self.num_inference_steps = int(num_inference_steps)
         self.guidance_scale = None if guidance_scale is None or float(guidance_scale) == 1.0 else float(guidance_scale)
@@ -101,6 +132,9 @@ class DiffusionSampler:
         c_img, h, w = (int(s) for s in shape)
         if condition is not None and (condition.ndim != 4 or condition.shape[0] != b or tuple(condition.shape[2:]) != (h, w)):
             raise ValueError(f"condition of shape {tuple(condition.shape)} does not match {b} samples of size {(h, w)}")
+        if getattr(self.scheduler, "use_timestep_transform", False):  # rectified flow's shift depends on H x W
+            self.scheduler.set_timesteps(self.num_inference_steps, input_img_size_numel=h * w)
+            self.timesteps = [int(t) for t in self.scheduler.timesteps]
         guided = self.guidance_scale is not None and condition is not None
         n = 2 * b if guided else b
         x = randn_per_sample((b, c_img, h, w), generators, device)

@@ -35,7 +35,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from monai_oct.core.io import remove_temporaries
 from monai_oct.core.records import differences, plain
 from monai_oct.engines.distributed import is_main_process, unwrap
-from monai_oct.networks.checkpoint import load_checkpoint, save_checkpoint
+from monai_oct.networks.checkpoint import MODEL_INFO_FILE, load_checkpoint, save_checkpoint, write_model_info
 from monai_oct.optim import depends_on_length, scale_base_lr
 
 __all__ = ["AtomicSaver", "TrainingCheckpoint", "TrainingLog", "APPLIED_ON_RESUME"]
@@ -116,7 +116,10 @@ class TrainingCheckpoint:
         final_filename: the final weights' file name.
         raw_filename: the raw weights' file name.
         stale_files: other files of an earlier run removed when this one starts afresh (e.g. the best-validation
-            ``model.pt`` another handler writes), besides ``last.pt`` and the final and raw weights.
+            ``model.pt`` another handler writes), besides ``last.pt``, the final and raw weights and ``model.json``.
+        model_info: written as ``model.json`` beside the final weights when training completes (what samplers
+            check a checkpoint against, e.g. ``{"prediction_type": ...}``;
+            :func:`~monai_oct.networks.checkpoint.read_model_info`); None: no ``model.json``.
 
     Raises:
         ValueError: when ``save_dict`` has no ``"model"`` and no ``final_model`` is given.
@@ -126,7 +129,8 @@ class TrainingCheckpoint:
                  raw_model: torch.nn.Module | None = None, epoch_interval: int = 1, iteration_interval: int = 0,
                  resume: bool = True, log_file: str | os.PathLike | None = None,
                  hyperparameters: Mapping[str, Any] | None = None, final_filename: str = "model.pt",
-                 raw_filename: str = "model_raw.pt", stale_files: Sequence[str] = ()) -> None:
+                 raw_filename: str = "model_raw.pt", stale_files: Sequence[str] = (),
+                 model_info: Mapping[str, Any] | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.save_dict = {k: v for k, v in save_dict.items() if v is not None}
         if final_model is None and "model" not in self.save_dict:
@@ -139,6 +143,7 @@ class TrainingCheckpoint:
         self.hyperparameters = _Hyperparameters(hyperparameters or {})
         self.final_filename, self.raw_filename = final_filename, raw_filename
         self.stale_files = tuple(str(f) for f in stale_files or ())
+        self.model_info = plain(dict(model_info)) if model_info else None
         self.resumed_from: dict[str, int] | None = None
         self.checkpoint: Checkpoint | None = None
         self._saved_iteration = -1
@@ -222,7 +227,7 @@ class TrainingCheckpoint:
     def _remove_stale_results(self) -> None:
         """A run that starts afresh removes the final weights and ``last.pt`` an earlier run left in ``output_dir``,
         so that, should it fail, no earlier model is taken for its result."""
-        names = (self.final_filename, self.raw_filename, self.last_path.name, *self.stale_files)
+        names = (self.final_filename, self.raw_filename, self.last_path.name, MODEL_INFO_FILE, *self.stale_files)
         stale = [self.output_dir / n for n in dict.fromkeys(names)]
         removed = [p.name for p in stale if p.is_file()]
         for name in removed:
@@ -286,6 +291,8 @@ class TrainingCheckpoint:
         if not is_main_process():
             return
         self.save(engine)
+        if self.model_info is not None:  # first: final weights never stand without what they were trained for
+            write_model_info(self.output_dir / self.final_filename, self.model_info)
         save_checkpoint(self.final_model.state_dict(), self.output_dir / self.final_filename)
         if self.raw_model is not None:
             save_checkpoint(self.raw_model.state_dict(), self.output_dir / self.raw_filename)

@@ -12,16 +12,44 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from monai_oct.core.io import DataError, atomic_path
+from monai_oct.core.io import DataError, atomic_path, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_weights", "maybe_load_weights", "adapt_input_channels", "load_checkpoint", "save_checkpoint"]
+__all__ = ["load_weights", "maybe_load_weights", "adapt_input_channels", "load_checkpoint", "save_checkpoint",
+           "MODEL_INFO_FILE", "model_info_path", "read_model_info", "write_model_info"]
+
+#: what a training stage records beside its weights (e.g. the diffusion stages' ``prediction_type``).
+MODEL_INFO_FILE = "model.json"
+
+
+def model_info_path(ckpt: str | os.PathLike) -> Path:
+    """``model.json`` beside a checkpoint (one for ``model.pt``, ``model_raw.pt`` and ``last.pt`` of a stage)."""
+    return Path(ckpt).parent / MODEL_INFO_FILE
+
+
+def write_model_info(ckpt: str | os.PathLike, info: Mapping[str, Any]) -> Path:
+    """Write ``info`` as ``model.json`` beside ``ckpt`` (atomically); returns its path."""
+    return write_json(model_info_path(ckpt), dict(info))
+
+
+def read_model_info(ckpt: str | os.PathLike | None) -> dict[str, Any]:
+    """The ``model.json`` beside ``ckpt``; ``{}`` when there is none (weights from elsewhere, or older runs).
+
+    Raises:
+        DataError: when ``model.json`` exists but is not a JSON object (names the file).
+    """
+    if ckpt is None or not model_info_path(ckpt).is_file():
+        return {}
+    info = read_json(model_info_path(ckpt), "model info")
+    if not isinstance(info, dict):
+        raise DataError(f"{model_info_path(ckpt)}: expected a JSON object, got {type(info).__name__}")
+    return info
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
