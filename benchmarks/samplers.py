@@ -218,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = scale_settings(SCALES, a.scale)
     samplers = [s.strip() for s in a.samplers.split(",") if s.strip()]
     unknown = [s for s in samplers if s not in DIFFUSION_SAMPLERS + FLOW_SAMPLERS]
-    nfes = [int(x) for x in a.nfe.split(",")] if a.nfe else list(cfg["nfe"])
+    try:
+        nfes = [int(x) for x in a.nfe.split(",")] if a.nfe else list(cfg["nfe"])
+    except ValueError:
+        p.error(f"--nfe takes comma-separated integers, got {a.nfe!r}")
     T = int(cfg["ddpm"]["num_train_timesteps"])
     if unknown or not samplers or not nfes or min(nfes) < 1 or max(nfes) > T:
         p.error(f"--samplers takes {', '.join(DIFFUSION_SAMPLERS + FLOW_SAMPLERS)} (got {a.samplers!r}) and --nfe "
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.add("boundaries", lambda: run.step("fit_boundaries", bmodel, [
         sys.executable, "-m", "monai_oct", "fit-boundaries", real, "--band-height", str(g["band_height"]), "--out", str(bmodel)]))
     net = cfg["networks"][0]
-    teacher, teacher_metrics = a.teacher, {}
+    teacher, teacher_metrics = a.teacher.resolve() if a.teacher else None, {}
     if teacher is None:
         teacher = out / "seg" / f"{net}_R66_S0_seed{seeds[0]}" / "model_final.pt"
         plan.add("teacher", lambda: teacher_metrics.update(

@@ -103,6 +103,9 @@ def test_given_checkpoints_and_teacher_train_nothing_and_dice_cells_are_checked(
     with pytest.raises(SystemExit):
         _dry_run(bench, tmp_path, capsys, "--samplers", "ddim", "--nfe", "2000")
     assert "--nfe values in [1, 1000]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _dry_run(bench, tmp_path, capsys, "--nfe", "20,ten")
+    assert "--nfe takes comma-separated integers, got '20,ten'" in capsys.readouterr().err
 
 
 def test_results_writer_tables_every_cell_beside_the_reference(bench, tmp_path):
