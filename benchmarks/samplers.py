@@ -292,12 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     digests = {c.name: label_digest(out / "cells" / c.name) for c in cells}
     meta = {"scale": a.scale, "why": cfg["why"], "settings": cfg, "num_samples": n, "seed": a.seed, "seeds": seeds,
             "nfe": nfes, "samplers": samplers, "reference": f"{REFERENCE}_{max(nfes)}", "bf16": bf16.name if bf16 else None,
+            "dice_cells": [c.name for c in dice],
             "models": {k: str(v) for k, v in models.items()}, "flow_init": None if a.flow_ckpt else a.flow_init,
             "teacher": str(teacher), "teacher_metrics": teacher_metrics.get("R66_S0"), "test_datalist": str(test),
             "device": a.device, "jobs": a.jobs, "threads": a.threads, "labels_identical": len(set(digests.values())) == 1,
             "versions": _versions(), "expected_minutes": est, "wall_time_min": round((time.time() - t_start) / 60, 1),
             "step_minutes": {k: round(v / 60, 2) for k, v in run.log.items()}}
-    rows = [cell_row(c, run.log.get(f"synth_{c.name}"), n, quality.get(c.name), seg.get(c.name)) for c in cells]
+    rows = [cell_row(c, synthesis_seconds(out / "cells" / c.name), run.log.get(f"synth_{c.name}"), n, quality.get(c.name),
+                     seg.get(c.name)) for c in cells]
     write_results(out, meta, rows)
     return 0
 
@@ -337,10 +339,21 @@ def add_models(plan: Plan, run: Runner, cfg: dict, a: Any, out: Path, data: Path
     return {m: (given[m].resolve() if given[m] is not None else stage3[m] / "model.pt") for m in ("v", "flow")}, trained
 
 
-def cell_row(cell: Cell, seconds: float | None, n: int, q: dict | None, runs: dict[int, dict] | None) -> dict[str, Any]:
-    """One row of the table: the cell's sampler, steps, NFE, precision, s/pair, FD, FD/floor, KID (and its floor),
-    teacher adherence and the downstream Dice per seed with their mean and spread (half of max - min); NaN where a
-    measurement is missing."""
+def synthesis_seconds(folder: Path) -> float | None:
+    """The synthesis engine's own seconds (``manifest.json`` ``seconds``: label maps, images and their writing, without
+    the bundle process's start-up, which is 15-20 s on this CPU: as long as a whole NFE-5 cell of 64 pairs)."""
+    try:
+        return float(json.loads((folder / "manifest.json").read_text())["seconds"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def cell_row(cell: Cell, seconds: float | None, step_seconds: float | None, n: int, q: dict | None,
+             runs: dict[int, dict] | None) -> dict[str, Any]:
+    """One row of the table: the cell's sampler, steps, NFE, precision, s/pair (the engine's ``seconds`` / n; the
+    whole step's ``step_seconds`` / n too), FD, FD/floor, KID (and its floor), teacher adherence and the downstream
+    Dice per seed with their mean and spread (half of max - min, NaN for one seed); NaN where a measurement is
+    missing."""
     nan = float("nan")
     f, adh = (q or {}).get("frechet") or {}, (q or {}).get("adherence") or {}
     fd, floor = f.get("fd_matched", nan), f.get("fd_floor", nan)
@@ -348,10 +361,11 @@ def cell_row(cell: Cell, seconds: float | None, n: int, q: dict | None, runs: di
     vals = list(dice.values())
     return {"cell": cell.name, "sampler": cell.sampler, "model": cell.model, "nfe_budget": cell.nfe, "steps": cell.steps,
             "nfe": cell.evaluations, "amp_dtype": cell.amp_dtype, "s_per_pair": seconds / n if seconds else nan,
+            "step_s_per_pair": step_seconds / n if step_seconds else nan,
             "fd": fd, "fd_floor": floor, "fd_over_floor": fd / floor if floor == floor and floor else nan,
             "kid": f.get("kid_matched", nan), "kid_floor": f.get("kid_floor", nan), "adherence": adh.get("mean_dice", nan),
             "dice_seeds": dice, "dice_mean": float(np.mean(vals)) if vals else nan,
-            "dice_spread": float(np.ptp(vals)) / 2 if vals else nan,
+            "dice_spread": float(np.ptp(vals)) / 2 if len(vals) > 1 else nan,
             "segmentation": seed_mean(runs) if runs else None}
 
 
@@ -388,20 +402,22 @@ def write_results(out: Path, meta: dict, rows: list[dict]) -> None:
              f"device {meta['device']}, {meta['jobs']} step(s) at once, {meta['threads'] or 'default'} thread(s) each; "
              f"wall time {meta['wall_time_min']} min; versions {meta['versions']}.", "",
              "NFE = network evaluations per image: K steps, heun 2K - 1 (K the largest with 2K - 1 <= the cell's NFE). "
-             "s/pair = the synthesis step's wall time / N (label map + image; steps run at once share the CPU). "
+             "s/pair = the synthesis engine's time / N (label map + image + writing, from its manifest.json; without the "
+             "15-20 s start-up of the bundle process; steps run at once share the CPU). "
              "FD / KID: TF-Inception, synthetic vs Duke train bands at matched sizes; floor = real train vs real val. "
              "Adherence: the teacher's (66/0 segmenter) mean Dice 1-9 against the conditioning labels. "
              f"Dice: mean Dice 1-9 on `{meta['test_datalist']}` of a segmenter trained on 66 real + these {n} pairs, "
-             f"seeds {meta['seeds']}, mean ± half the range; only the Dice cells (the reference {meta['reference']}, "
-             f"each sampler at NFE {' and '.join(map(str, DICE_NFE))}, the bf16 cell) are segmented, since every cell "
-             "x 3 seeds of segmentation runs does not fit.", ""]
+             f"seeds {meta['seeds']}, mean ± half the range; only the Dice cells are segmented ({', '.join(meta['dice_cells']) or 'none'}; "
+             f"by default the reference {meta['reference']}, each sampler at NFE {' and '.join(map(str, DICE_NFE))} and "
+             "the bf16 cell), since every cell x 3 seeds of segmentation runs does not fit.", ""]
     if teacher:
         lines += [f"66/0 (the teacher, seed {meta['seeds'][0]}): mean Dice 1-9 {teacher.get('mean_dice', float('nan')):.3f}.", ""]
     lines += ["| sampler | K | NFE | s/pair | FD | FD/floor | KID | adherence | Dice mean ± spread | Dice per seed | Δ Dice vs reference |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         name = r["sampler"] + (f" ({r['amp_dtype']})" if r["amp_dtype"] else "") + (" (reference)" if r is ref else "")
-        dice = f"{_f(r['dice_mean'], '.3f')} ± {_f(r['dice_spread'], '.3f')}" if r["dice_seeds"] else "-"
+        k = len(r["dice_seeds"])
+        dice = f"{r['dice_mean']:.3f} ± {r['dice_spread']:.3f}" if k > 1 else f"{r['dice_mean']:.3f} (1 seed)" if k else "-"
         delta = _f(r["dice_mean"] - ref["dice_mean"], "+.3f") if ref and r["dice_seeds"] and r is not ref else "-"
         lines.append(f"| {name} | {r['steps']} | {r['nfe']} | {_f(r['s_per_pair'], '.3f')} | {_f(r['fd'], '.1f')} | "
                      f"{_f(r['fd_over_floor'], '.2f')} | {_f(r['kid'], '.4f')} | {_f(r['adherence'], '.3f')} | {dice} | "
@@ -415,13 +431,14 @@ def write_results(out: Path, meta: dict, rows: list[dict]) -> None:
     lines += ["", "## Step times (minutes)", "", "| step | min |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in meta["step_minutes"].items()]
     write_text(out / "results.md", "\n".join(lines) + "\n")
-    nfe_plot(rows, out / "nfe.png")
+    nfe_plot(rows, out / "nfe.png", meta["reference"])
     print(f"\nresults: {out / 'results.md'}")
 
 
-def nfe_plot(rows: list[dict], path: Path, size: tuple[int, int] = (420, 300)) -> None:
+def nfe_plot(rows: list[dict], path: Path, reference: str | None = None, size: tuple[int, int] = (420, 300)) -> None:
     """``path``: two panels, downstream Dice and FD against NFE (log x axis), one line a sampler (float32 cells;
-    the bf16 cell a lone marker). Drawn with PIL: matplotlib is no dependency of the toolkit (nor installed here).
+    the bf16 cell a square), the ``reference`` cell's value a grey line across. Drawn with PIL: matplotlib is no
+    dependency of the toolkit (nor installed here).
     """
     from PIL import Image, ImageDraw
 
@@ -444,12 +461,16 @@ def nfe_plot(rows: list[dict], path: Path, size: tuple[int, int] = (420, 300)) -
             draw.text((x0 + 10, y0 + ph // 2), "not measured", fill="black")
             continue
         lo, hi = min(vals), max(vals)
-        lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1e-12 else (lo, hi)
+        pad = 0.08 * (hi - lo) if hi - lo > 1e-12 else 0.5  # points off the frame
+        lo, hi = lo - pad, hi + pad
 
         def pt(nfe: float, v: float) -> tuple[float, float]:
-            return (x0 + pw * (np.log10(nfe) - lx0) / (lx1 - lx0 or 1), y0 + ph * (1 - (v - lo) / (hi - lo)))
+            return (x0 + 12 + (pw - 24) * (np.log10(nfe) - lx0) / (lx1 - lx0 or 1), y0 + ph * (1 - (v - lo) / (hi - lo)))
 
-        for nfe in sorted(set(xs)):
+        ref = next((r[key] for r in rows if r["cell"] == reference and r[key] == r[key]), None)
+        if ref is not None:
+            draw.line([x0, pt(1, ref)[1], x0 + pw, pt(1, ref)[1]], fill=(160, 160, 160), width=1)
+        for nfe in sorted({r["nfe_budget"] for r in rows}):  # the grid's NFE (heun's points sit at 2K - 1 beside them)
             x = pt(nfe, lo)[0]
             draw.line([x, y0 + ph, x, y0 + ph + 4], fill="black")
             draw.text((x - 8, y0 + ph + 6), str(nfe), fill="black")

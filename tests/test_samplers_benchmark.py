@@ -117,15 +117,16 @@ def test_results_writer_tables_every_cell_beside_the_reference(bench, tmp_path):
                 "adherence": {"mean_dice": 0.7}}
 
     C = bench.Cell
-    rows = [bench.cell_row(C("ddpm", 1000), 640.0, 64, quality(150.0), {0: metrics(0.80), 1: metrics(0.82), 2: metrics(0.81)}),
-            bench.cell_row(C("ddpm", 20), 12.8, 64, quality(300.0), None),
-            bench.cell_row(C("heun", 20), 12.8, 64, quality(180.0), {0: metrics(0.79), 1: metrics(0.80), 2: metrics(0.78)}),
-            bench.cell_row(C("dpmpp2m", 20, "bfloat16"), 6.4, 64, None, None)]
+    rows = [bench.cell_row(C("ddpm", 1000), 640.0, 660.0, 64, quality(150.0), {0: metrics(0.80), 1: metrics(0.82), 2: metrics(0.81)}),
+            bench.cell_row(C("ddpm", 20), 12.8, 30.0, 64, quality(300.0), None),
+            bench.cell_row(C("heun", 20), 12.8, 30.0, 64, quality(180.0), {0: metrics(0.79), 1: metrics(0.80), 2: metrics(0.78)}),
+            bench.cell_row(C("dpmpp2m", 20, "bfloat16"), 6.4, None, 64, None, {0: metrics(0.81)})]
     assert rows[2]["steps"] == 10 and rows[2]["nfe"] == 19 and rows[0]["s_per_pair"] == pytest.approx(10.0)
+    assert rows[0]["step_s_per_pair"] == pytest.approx(660.0 / 64) and np.isnan(rows[3]["step_s_per_pair"])
     assert rows[0]["dice_mean"] == pytest.approx(0.81) and rows[0]["dice_spread"] == pytest.approx(0.01)
     assert rows[1]["fd_over_floor"] == pytest.approx(3.0) and np.isnan(rows[1]["dice_mean"]) and np.isnan(rows[3]["fd"])
     meta = {"scale": "mini", "why": "test", "num_samples": 64, "seed": 0, "seeds": [0, 1, 2], "reference": "ddpm_1000",
-            "bf16": "dpmpp2m_20_bf16", "labels_identical": True, "models": {"v": "v.pt", "flow": "f.pt"}, "flow_init": "flow",
+            "bf16": "dpmpp2m_20_bf16", "dice_cells": ["ddpm_1000", "heun_20", "dpmpp2m_20_bf16"], "labels_identical": True, "models": {"v": "v.pt", "flow": "f.pt"}, "flow_init": "flow",
             "device": "cpu", "jobs": 1, "threads": 1, "wall_time_min": 1.0, "versions": {}, "test_datalist": "val.json",
             "teacher_metrics": metrics(0.79), "step_minutes": {"synth_ddpm_1000": 10.7}}
     bench.write_results(tmp_path, meta, rows)
@@ -137,6 +138,8 @@ def test_results_writer_tables_every_cell_beside_the_reference(bench, tmp_path):
     assert table[2].startswith("| ddpm | 20 | 20 | 0.200 | 300.0 | 3.00 |") and table[2].endswith("| - | - | - |")
     assert table[3].startswith("| heun | 10 | 19 |") and table[3].endswith("| 0.790 ± 0.010 | 0.790, 0.800, 0.780 | -0.020 |")
     assert table[4].startswith("| dpmpp2m (bfloat16) | 20 | 20 | 0.100 | - | - | - |")
+    assert table[4].endswith("| 0.810 (1 seed) | 0.810 | +0.000 |")  # no spread from one seed
+    assert "only the Dice cells are segmented (ddpm_1000, heun_20, dpmpp2m_20_bf16;" in md
     assert "label maps identical across cells: True" in md and "66/0 (the teacher, seed 0): mean Dice 1-9 0.790" in md
     assert "lowest FD at NFE 20: heun" in md
     saved = json.loads((tmp_path / "results.json").read_text())
