@@ -35,9 +35,9 @@ Writes ``results.md`` (sampler, NFE, s/pair, FD, FD/floor, KID, adherence, Dice 
     python benchmarks/samplers.py --scale mini --dry-run                              # the commands and the expected time
     python benchmarks/samplers.py --scale mini --v-ckpt runs/bench13/stage3_finetune/model.pt --nfe 20,10 --samplers ddim,dpmpp2m
 
-Expected time of ``--scale mini`` (the dry run prints it for the chosen cells): on this 2-core CPU about 27 h with
+Expected time of ``--scale mini`` (the dry run prints it for the chosen cells): on this 2-core CPU about 28 h with
 one step at a time (synthesis ~10 h: ~7100 NFE per pair over the 37 cells at ~0.08 s per NFE and pair; segmentation
-~14 h: the 14 Dice cells x 3 seeds of ~20-minute runs; quality ~2 h), so the issue's 90 minutes do not hold on the CPU: run it with
+~14 h: the 14 Dice cells x 3 seeds of ~20-minute runs; quality ~2 h; the four diffusion stages ~1.3 h), so the issue's 90 minutes do not hold on the CPU: run it with
 ``--device cuda`` or trim ``--nfe`` / ``--samplers`` / ``--dice-cells``.
 """
 
