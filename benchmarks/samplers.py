@@ -30,15 +30,18 @@ repeats nothing:
 Writes ``results.md`` (sampler, NFE, s/pair, FD, FD/floor, KID, adherence, Dice mean +- spread), ``results.json`` and
 ``nfe.png`` (Dice and FD against NFE, log x axis, one line a sampler) to ``--out``.
 
-    python benchmarks/samplers.py --scale tiny --out runs/samplers_tiny --threads 1   # smoke of the chain (numbers meaningless)
+    python benchmarks/samplers.py --scale tiny --out runs/samplers_tiny --jobs 2 --threads 1   # smoke (numbers meaningless), ~15 min
+    python benchmarks/samplers.py --scale tiny --out runs/samplers_tiny --jobs 2 --threads 1 --samplers ddpm,heun --nfe 5 \
+        --dice-cells ddpm:5,heun:5 --bf16-sampler ddpm                                   # 3 cells: 4.8 min measured
     python benchmarks/samplers.py --scale mini --out runs/samplers_mini --device cuda  # the issue's setting, N = 64
     python benchmarks/samplers.py --scale mini --dry-run                              # the commands and the expected time
     python benchmarks/samplers.py --scale mini --v-ckpt runs/bench13/stage3_finetune/model.pt --nfe 20,10 --samplers ddim,dpmpp2m
 
 Expected time of ``--scale mini`` (the dry run prints it for the chosen cells): on this 2-core CPU about 28 h with
 one step at a time (synthesis ~10 h: ~7100 NFE per pair over the 37 cells at ~0.08 s per NFE and pair; segmentation
-~14 h: the 14 Dice cells x 3 seeds of ~20-minute runs; quality ~2 h; the four diffusion stages ~1.3 h), so the issue's 90 minutes do not hold on the CPU: run it with
-``--device cuda`` or trim ``--nfe`` / ``--samplers`` / ``--dice-cells``.
+~14 h: the 14 Dice cells x 3 seeds of ~20-minute runs; quality ~2 h; the four diffusion stages ~1.3 h), so the
+issue's 90 minutes do not hold on the CPU: run it with ``--device cuda`` or trim ``--nfe`` / ``--samplers`` /
+``--dice-cells``.
 """
 
 from __future__ import annotations
@@ -70,9 +73,10 @@ from duke_retidiff import (  # noqa: E402
 from monai_oct.schedulers import DIFFUSION_SAMPLERS, FLOW_SAMPLERS  # noqa: E402
 
 #: Scales: the bundles' preset that sizes every stage, what this benchmark decides (N, NFE grid, segmentation
-#: seeds) and the costs its time estimate uses (measured on this 2-core CPU, one step at a time beside other work:
-#: ``s_per_nfe_pair`` from the mini DDIM-50 synthesis of ``benchmarks/results/duke_retidiff_mini.md``, the rest
-#: from its step times); ``why`` goes into results.md.
+#: seeds) and the costs its time estimate uses (measured on this 2-core CPU beside other work: at mini
+#: ``s_per_nfe_pair`` from the DDIM-50 synthesis of ``benchmarks/results/duke_retidiff_mini.md``, the rest from its
+#: step times; at tiny the step times of a 3-cell run; ``startup_min``: a synthesis bundle's start-up; ``seg_min``:
+#: train + evaluate); ``why`` goes into results.md.
 SCALES: dict[str, dict[str, Any]] = {
     "mini": {
         "preset": "cpu_mini",
@@ -80,13 +84,13 @@ SCALES: dict[str, dict[str, Any]] = {
                 "unannotated scans, stage 3 100 epochs of the 66 pairs), N = 64 boundary-model label maps written at "
                 "224x512, NFE 1000/100/50/20/10/5, MONAI UNet segmentation (1485 iterations) on 66 real + N, seeds 0, 1, 2"),
         "networks": ["unet"], "seeds": [0, 1, 2], "num_samples": 64, "nfe": [1000, 100, 50, 20, 10, 5],
-        "cost": {"s_per_nfe_pair": 0.08, "stage_min": 20.0, "seg_min": 20.0, "quality_min": 3.0},
+        "cost": {"s_per_nfe_pair": 0.08, "startup_min": 0.3, "stage_min": 20.0, "seg_min": 20.0, "quality_min": 3.0},
     },
     "tiny": {
         "preset": "cpu_smoke",
         "why": "smoke test of the whole chain (32x64 models of one epoch, T = 100, N = 4; numbers meaningless)",
         "networks": ["unet"], "seeds": [0], "num_samples": 4, "nfe": [20, 5],
-        "cost": {"s_per_nfe_pair": 0.002, "stage_min": 0.4, "seg_min": 0.5, "quality_min": 0.5},
+        "cost": {"s_per_nfe_pair": 0.002, "startup_min": 0.3, "stage_min": 0.4, "seg_min": 0.9, "quality_min": 1.0},
     },
 }
 
@@ -182,7 +186,7 @@ def expected_minutes(cost: dict[str, float], cells: list[Cell], n: int, dice: li
     """The CPU time a scale's run takes, one step at a time, from its measured ``cost`` (see :data:`SCALES`):
     ``{"stages", "synthesis", "quality", "segmentation", "total"}`` in minutes."""
     est = {"stages": stages * cost["stage_min"],
-           "synthesis": sum(c.evaluations for c in cells) * n * cost["s_per_nfe_pair"] / 60,
+           "synthesis": sum(c.evaluations for c in cells) * n * cost["s_per_nfe_pair"] / 60 + len(cells) * cost["startup_min"],
            "quality": len(cells) * cost["quality_min"],
            "segmentation": (len(dice) * len(seeds) + 1) * cost["seg_min"]}  # + 1: the teacher
     est["total"] = sum(est.values())
