@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--bf16-sampler: unknown sampler {a.bf16_sampler!r}")
         cells.append(bf16)
         dice.append(bf16)
+    missing = [f"--{k.replace('_', '-')} {v}" for k, v in (("v_ckpt", a.v_ckpt), ("flow_ckpt", a.flow_ckpt), ("teacher", a.teacher))
+               if v is not None and not v.is_file()]
+    if missing:
+        p.error(f"no such checkpoint: {', '.join(missing)}")
     paths = resolve_data(a)
     if paths is None:
         return 2

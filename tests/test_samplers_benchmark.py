@@ -89,6 +89,11 @@ def test_mini_dry_run_plans_every_cell_on_its_model_and_segments_only_the_dice_c
 
 def test_given_checkpoints_and_teacher_train_nothing_and_dice_cells_are_checked(bench, tmp_path, capsys):
     v, flow, teacher = tmp_path / "v.pt", tmp_path / "flow.pt", tmp_path / "teacher.pt"
+    with pytest.raises(SystemExit):
+        _dry_run(bench, tmp_path, capsys, "--flow-ckpt", str(flow))
+    assert f"no such checkpoint: --flow-ckpt {flow}" in capsys.readouterr().err.splitlines()[-1]
+    for f in (v, flow, teacher):
+        f.write_bytes(b"weights")
     steps, _ = _dry_run(bench, tmp_path, capsys, "--v-ckpt", str(v), "--flow-ckpt", str(flow), "--teacher", str(teacher),
                         "--samplers", "ddim,heun", "--nfe", "20,5", "--dice-cells", "heun:5", "--bf16-sampler", "none")
     assert not [k for k in steps if k.startswith("stage")] and "seg_unet_R66_S0_seed0" not in steps
