@@ -10,7 +10,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= runs/demo
-PYTEST_ARGS ?=
+# tests run in 2 pytest-xdist workers (most are single-threaded bundle subprocesses, so 2 workers use both cores;
+# 16.8 min in one process on the 2-core machine); PYTEST_ARGS= runs them in one process
+PYTEST_ARGS ?= -n 2
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.monai_oct-installed
 

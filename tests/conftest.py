@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread per pytest-xdist worker (`make test` runs -n 2: the workers already fill the cores), else up to two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 #: ../shared/data beside the repository (real data; absent on a user's fresh machine).
 SHARED_DATA = Path(os.environ.get("MONAI_OCT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
