@@ -16,10 +16,13 @@ reported as ``failed: <reason>`` in its cells; the other rows still run.
 Columns:
 
 - training: median seconds per iteration at ``--batch`` after ``--warmup`` iterations;
-- sampling: seconds per image (batch ``--batch``) for DDIM-25/50/100, measured whole, and DDPM-1000 =
+- sampling: seconds per image (batch ``--batch``) for each ``--samplers`` kind (default ``ddim``; any of
+  ``monai_oct.schedulers.SCHEDULERS``, e.g. ``dpmpp2m heun``: flow samplers on a flow network) at 25/50/100 steps,
+  measured whole, and DDPM-1000 =
   1000 x the per-step time of a ``--ddpm_steps``-step DDPM run (same per-step work: one UNet call, the update and
   the per-sample noise), so it is extrapolated unless ``--ddpm_steps 1000``;
-- overhead = sampler time / (steps x one bare UNet forward at the same batch and settings), best of ``--repeats``
+- overhead = sampler time / (network evaluations x one bare UNet forward at the same batch and settings; ``heun``
+  evaluates ``2K - 1`` times in ``K`` steps), best of ``--repeats``
   interleaved repeats (other processes share a CPU); target <= 1.05;
 - peak memory: CUDA ``torch.cuda.max_memory_allocated`` in the phase (tensors only, weights included); CPU the
   rise of the process's peak resident set over its size at the start of the phase (Linux: ``VmHWM`` reset through
@@ -69,7 +72,7 @@ from ignite.engine import Events
 from monai_oct.core.seeding import sample_generators
 from monai_oct.engines import DiffusionSampler, DiffusionTrainer
 from monai_oct.networks import conditional_diffusion_unet
-from monai_oct.schedulers import diffusion_scheduler
+from monai_oct.schedulers import FLOW_SAMPLERS, SCHEDULERS, diffusion_scheduler
 
 __all__ = ["Variant", "VARIANTS", "PeakMemory", "parse_args", "run_variant", "format_table", "main"]
 
@@ -113,7 +116,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {sorted(VARIANTS)}")
     p.add_argument("--warmup", type=int, default=2, help="training iterations before timing (compile: >= 1)")
     p.add_argument("--iterations", type=int, default=8, help="timed training iterations (median reported)")
-    p.add_argument("--ddim_steps", type=int, nargs="+", default=[25, 50, 100])
+    p.add_argument("--ddim_steps", type=int, nargs="+", default=[25, 50, 100],
+                   help="steps of each --samplers run (heun: 2K - 1 network evaluations for K steps)")
+    p.add_argument("--samplers", nargs="+", default=["ddim"], choices=sorted(k for k in SCHEDULERS if k != "ddpm"),
+                   help="samplers timed at each --ddim_steps besides DDPM-T (flow samplers on a flow network)")
     p.add_argument("--ddpm_steps", type=int, default=20, help="timed DDPM steps; DDPM-T = T x per-step time")
     p.add_argument("--bare_steps", type=int, default=20, help="bare UNet forwards per timing block")
     p.add_argument("--repeats", type=int, default=2, help="interleaved sampling repeats (best of)")
@@ -293,9 +299,11 @@ def time_sampling(args: argparse.Namespace, v: Variant, device: torch.device) ->
     amp = {"amp_dtype": "bfloat16"} if v.bf16 else {}
     samplers = {f"DDPM-{args.timesteps}": (DiffusionSampler(
         diffusion_scheduler("ddpm", args.timesteps, "cosine", "v_prediction"), args.ddpm_steps, **amp), args.ddpm_steps)}
-    for n in args.ddim_steps:
-        samplers[f"DDIM-{n}"] = (DiffusionSampler(diffusion_scheduler("ddim", args.timesteps, "cosine", "v_prediction"),
-                                                  n, **amp), n)
+    for kind in args.samplers:
+        pt = "flow" if kind in FLOW_SAMPLERS else "v_prediction"  # speed does not depend on the (random) weights
+        for n in args.ddim_steps:
+            s = DiffusionSampler(diffusion_scheduler(kind, args.timesteps, "cosine", pt), n, **amp)
+            samplers[sampler_key(kind, n)] = (s, len(s.timesteps))  # network evaluations (heun: 2n - 1)
 
     def bare(steps: int) -> None:
         for _ in range(steps):
@@ -343,7 +351,7 @@ def time_sampling(args: argparse.Namespace, v: Variant, device: torch.device) ->
         if key not in best:
             continue
         per_step = best[key]
-        total_steps = args.timesteps if key.startswith("DDPM") else n
+        total_steps = args.timesteps if key == f"DDPM-{args.timesteps}" else n
         out[key] = per_step * total_steps / b  # seconds per image
         if bare_t is not None:
             out[f"{key} overhead"] = per_step / bare_t
@@ -435,9 +443,15 @@ def _cell(x: Any, fmt: str = "{:.4f}") -> str:
     return fmt.format(x)
 
 
+def sampler_key(kind: str, steps: int) -> str:
+    """A sampling column: ``DDIM-50``, ``DPMPP2M-20``, ``HEUN-10`` (steps, not network evaluations)."""
+    return f"{kind.upper()}-{steps}"
+
+
 def sampler_keys(args: argparse.Namespace) -> list[str]:
-    """The sampling columns: ``DDPM-T`` then ``DDIM-n`` for each ``--ddim_steps``."""
-    return [f"DDPM-{args.timesteps}"] + [f"DDIM-{n}" for n in args.ddim_steps]
+    """The sampling columns: ``DDPM-T`` then, for each ``--samplers`` kind, one per ``--ddim_steps``."""
+    return [f"DDPM-{args.timesteps}"] + [sampler_key(k, n) for k in getattr(args, "samplers", ["ddim"])
+                                         for n in args.ddim_steps]
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -475,7 +489,7 @@ def format_table(result: dict[str, Any]) -> str:
     if a.ddpm_steps < a.timesteps:
         notes.append(f"* {ddpm} extrapolated: {a.timesteps} x the per-step time of a {a.ddpm_steps}-step DDPM run "
                      "(same per-step work: UNet call, update, per-sample noise).")
-    notes.append(f"overhead = sampler time / (steps x bare UNet forward at batch {a.batch}, same options), target <= 1.05. "
+    notes.append(f"overhead = sampler time / (network evaluations x bare UNet forward at batch {a.batch}, same options), target <= 1.05. "
                  f"Peak memory: {result['memory_method']}.")
     return "\n".join(lines + notes) + "\n"
 

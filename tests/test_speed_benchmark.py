@@ -68,6 +68,17 @@ def test_quick_table_has_every_row_and_finite_overhead(speed, quick_result):
     assert out.with_suffix(".md").read_text() == table
 
 
+def test_every_sampler_of_the_table_has_its_column_and_overhead(speed):
+    """--samplers times DPM-Solver++ and the flow samplers too; overhead is per network evaluation (heun: 2K - 1)."""
+    res = speed.main(["--quick", "--threads", "1", "--variants", "baseline", "--samplers", "ddim", "dpmpp2m", "heun",
+                      "--ddim_steps", "3"])
+    row = res["rows"][0]
+    for c in ("DDPM-1000", "DDIM-3", "DPMPP2M-3", "HEUN-3"):
+        assert row[c] > 0 and 0.1 < row[f"{c} overhead"] < 20, (c, row.get(c), row.get(f"{c} overhead"))
+        assert c in res["table"]
+    assert 1.1 < row["HEUN-3"] / row["DDIM-3"] < 5  # 5 evaluations against 3, each about one forward
+
+
 def test_unavailable_option_is_reported_not_raised(quick_result):
     res, _ = quick_result
     comp = next(r for r in res["rows"] if r["variant"] == "compile")
