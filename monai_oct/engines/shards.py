@@ -88,9 +88,8 @@ def shard_manifests(folder: str | os.PathLike) -> list[Path]:
 
 
 def set_files(writer: PairWriter, num_samples: int) -> list[str]:
-    """The files of an N-pair set, as ``manifest.json`` lists them: images and labels, then the extra images."""
-    files = [f for i in range(num_samples) for f in writer.files(i)[:2]]
-    return files + [f for d in writer.extra_dirs for f in (f"{d}/{writer.name(i)}" for i in range(num_samples))]
+    """The files of an N-pair set, as ``manifest.json`` lists them: each pair's image, label and extra images."""
+    return [f for i in range(num_samples) for f in writer.files(i)]
 
 
 def write_set_index(writer: PairWriter, num_samples: int, manifest: Mapping[str, Any], num_classes: int,

@@ -63,9 +63,9 @@ class PairWriter:
         if bad:
             raise ValueError(f"extra_dirs must be plain folder names other than images/labels, got {bad}")
 
-    def name(self, index: int) -> str:
-        """File name of sample ``index``."""
-        return f"{self.prefix}{int(index):05d}.png"
+    def name(self, index: int, prefix: str | None = None) -> str:
+        """File name of sample ``index`` (with ``prefix`` instead of the writer's, e.g. a replaced set's)."""
+        return f"{self.prefix if prefix is None else prefix}{int(index):05d}.png"
 
     def paths(self, index: int) -> tuple[Path, Path]:
         """``(image path, label path)`` of sample ``index``."""
@@ -110,7 +110,7 @@ class PairWriter:
                 if indices is None:
                     found = list((self.output_dir / str(sub)).glob(f"{pre}*.png"))
                 else:
-                    found = [self.output_dir / str(sub) / f"{pre}{int(i):05d}.png" for i in indices]
+                    found = [self.output_dir / str(sub) / self.name(i, pre) for i in indices]
                 for p in found:
                     if p.is_file():
                         p.unlink(missing_ok=True)

@@ -31,8 +31,8 @@ SCHEDULES = {"linear": "linear_beta", "linear_beta": "linear_beta", "scaled_line
 SCHEDULERS: dict[str, type[Scheduler]] = {"ddpm": RespacedDDPMScheduler, "ddim": PerSampleDDIMScheduler,
                                           "dpmpp2m": DPMSolverPP2MScheduler, "dpmpp3m": DPMSolverPP3MScheduler,
                                           "euler": FlowEulerScheduler, "heun": FlowHeunScheduler}
-#: the samplers of rectified-flow networks (prediction type ``"flow"``).
-FLOW_SAMPLERS = ("euler", "heun")
+#: the samplers of rectified-flow networks (prediction type ``"flow"``): the table's flow scheduler classes.
+FLOW_SAMPLERS = tuple(k for k, c in SCHEDULERS.items() if issubclass(c, FlowEulerScheduler))
 #: the samplers of diffusion networks (epsilon, v_prediction, sample).
 DIFFUSION_SAMPLERS = tuple(k for k in SCHEDULERS if k not in FLOW_SAMPLERS)
 
@@ -77,10 +77,10 @@ def diffusion_scheduler(kind: str = "ddpm", num_train_timesteps: int = 1000, sch
         raise ValueError(f"unknown noise schedule {schedule!r}; choose one of {sorted(set(SCHEDULES))}")
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
-    cls = SCHEDULERS.get(str(kind).lower())
+    kind = str(kind).lower()
+    cls = SCHEDULERS.get(kind)
     if cls is None:
         raise ValueError(f"unknown sampler {kind!r}; choose one of {sorted(SCHEDULERS)}")
-    kind = str(kind).lower()
     if (prediction_type == FLOW) != (kind in FLOW_SAMPLERS):
         fits = "|".join(FLOW_SAMPLERS if prediction_type == FLOW else DIFFUSION_SAMPLERS)
         raise ValueError(f"sampler {kind!r} is a {'flow' if kind in FLOW_SAMPLERS else 'diffusion'} sampler and cannot "

@@ -65,8 +65,8 @@ class FlowEulerScheduler(RFlowScheduler):
                  base_img_size_numel: int = 64 * 64, use_discrete_timesteps: bool = True, **kwargs: Any) -> None:
         if prediction_type != FLOW:
             raise ValueError(f"{type(self).__name__} samples rectified-flow networks (prediction_type {FLOW!r}), got "
-                             f"prediction_type {prediction_type!r}; use a diffusion sampler (ddpm, ddim, dpmpp2m, "
-                             "dpmpp3m) for it")
+                             f"prediction_type {prediction_type!r}; use a diffusion sampler for it "
+                             "(monai_oct.schedulers.DIFFUSION_SAMPLERS)")
         super().__init__(num_train_timesteps, use_discrete_timesteps=bool(use_discrete_timesteps),
                          sample_method=sample_method, use_timestep_transform=bool(use_timestep_transform),
                          base_img_size_numel=int(base_img_size_numel), spatial_dim=2, **kwargs)
