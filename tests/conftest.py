@@ -19,6 +19,23 @@ OCT_DDPM_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "oct_ddpm"
 BUNDLE_ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 
 
+def load_benchmark(name: str, module: str | None = None):
+    """``benchmarks/<name>.py`` imported by path (benchmarks are scripts, not a package) as ``module`` (default
+    ``name``), registered in ``sys.modules`` (dataclasses look their module up there), with ``benchmarks/`` on the
+    path for the benchmarks that import each other."""
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(module or name, folder / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def run_stage(name: str, timeout: float = 180, **overrides) -> str:
     """Run one stage of the oct_ddpm bundle (its :func:`~monai_oct.bundle.stage_configs`) as a subprocess; return its output,
     or fail the test with the output's end when it fails."""

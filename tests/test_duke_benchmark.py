@@ -1,26 +1,17 @@
 """The pieces of ``benchmarks/duke_retidiff.py`` that decide what runs and what is reported: the step plan
 (dependencies, steps at once, failures), per-subject Dice and the seed means of results.json."""
 
-import importlib.util
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from conftest import load_benchmark
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("duke_retidiff", ROOT / "benchmarks" / "duke_retidiff.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
+    return load_benchmark("duke_retidiff")
 
 def test_plan_respects_dependencies_and_the_number_of_jobs(bench):
     plan, order, lock = bench.Plan(jobs=2), [], threading.Lock()
@@ -47,7 +38,6 @@ def test_plan_respects_dependencies_and_the_number_of_jobs(bench):
     assert order.index("a") < order.index("b") < order.index("e") and order.index("d") < order.index("e")
     assert peak[0] == 2  # never more than jobs at once, and it did run two at once
 
-
 def test_plan_stops_starting_steps_after_a_failure_and_raises_it(bench):
     plan, ran = bench.Plan(jobs=1), []
 
@@ -60,7 +50,6 @@ def test_plan_stops_starting_steps_after_a_failure_and_raises_it(bench):
         plan.run()
     assert ran == []
 
-
 def test_plan_rejects_unknown_dependencies_and_repeated_names(bench):
     plan = bench.Plan(jobs=1)
     plan.add("a", lambda: None)
@@ -70,7 +59,6 @@ def test_plan_rejects_unknown_dependencies_and_repeated_names(bench):
         plan.add("a", lambda: None)
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         bench.Plan(jobs=0)
-
 
 def test_per_subject_dice_and_seed_means(bench, tmp_path):
     csv = tmp_path / "per_image.csv"
@@ -92,7 +80,6 @@ def test_per_subject_dice_and_seed_means(bench, tmp_path):
     assert m["per_subject"]["Subject_07"] == pytest.approx(0.7) and np.isfinite(m["pixel_accuracy"])
     table = bench.seed_table({"R66_S0": runs}, ["R66_S0", "R66_SN"])
     assert len(table) == 3 and "0.750 ± 0.050" in table[2]
-
 
 def test_latent_scale_trains_the_autoencoder_first_and_gives_it_to_every_image_stage(bench, tmp_path, capsys):
     data = tmp_path / "data"

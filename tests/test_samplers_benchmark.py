@@ -2,34 +2,24 @@
 prints (each cell's sampler and steps, the model it samples, which cells are segmented), heun's NFE -> K rule and
 the results writer (on fabricated metrics: what is tested is the table and JSON, not the numbers)."""
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from conftest import load_benchmark
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("samplers_benchmark", ROOT / "benchmarks" / "samplers.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclass resolves its annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
-
+    return load_benchmark("samplers", "samplers_benchmark")
 
 def _data(tmp_path: Path) -> Path:
     data = tmp_path / "data"
     (data / "duke_dme").mkdir(parents=True, exist_ok=True)
     (data / "duke_dme" / "datalist_train.json").write_text('{"train": [{"image": "a.png", "label": "a_label.png"}]}')
     return data
-
 
 def _dry_run(bench, tmp_path, capsys, *args) -> tuple[dict[str, str], str]:
     out = tmp_path / "out"
@@ -38,11 +28,9 @@ def _dry_run(bench, tmp_path, capsys, *args) -> tuple[dict[str, str], str]:
     steps = {ln.split(":")[0].removeprefix("[run ] "): ln for ln in text.splitlines() if ln.startswith("[run ]")}
     return steps, text
 
-
 def _arg(line: str, key: str) -> str:
     m = re.search(rf"--{key} (\S+)", line)
     return m.group(1) if m else ""
-
 
 def test_heun_takes_the_largest_k_whose_2k_minus_1_evaluations_fit_the_nfe(bench):
     for nfe, k in [(1000, 500), (100, 50), (50, 25), (20, 10), (10, 5), (5, 3), (1, 1)]:
@@ -51,7 +39,6 @@ def test_heun_takes_the_largest_k_whose_2k_minus_1_evaluations_fit_the_nfe(bench
     assert [bench.steps_for_nfe(s, 20) for s in ("ddpm", "ddim", "dpmpp2m", "dpmpp3m", "euler")] == [20] * 5
     with pytest.raises(ValueError, match="NFE must be >= 1"):
         bench.steps_for_nfe("heun", 0)
-
 
 def test_mini_dry_run_plans_every_cell_on_its_model_and_segments_only_the_dice_cells(bench, tmp_path, capsys):
     steps, text = _dry_run(bench, tmp_path, capsys)
@@ -86,7 +73,6 @@ def test_mini_dry_run_plans_every_cell_on_its_model_and_segments_only_the_dice_c
     assert "seg_unet_R66_S0_seed0" in steps and "seg_unet_R66_S64_ddim_50_seed0" not in steps
     assert "37 cells, 14 with Dice" in text and "'stages': 80.0" in text  # 2 x (stage 1 + stage 3) of 20 min
 
-
 def test_given_checkpoints_and_teacher_train_nothing_and_dice_cells_are_checked(bench, tmp_path, capsys):
     v, flow, teacher = tmp_path / "v.pt", tmp_path / "flow.pt", tmp_path / "teacher.pt"
     with pytest.raises(SystemExit):
@@ -111,7 +97,6 @@ def test_given_checkpoints_and_teacher_train_nothing_and_dice_cells_are_checked(
     with pytest.raises(SystemExit):
         _dry_run(bench, tmp_path, capsys, "--nfe", "20,ten")
     assert "--nfe takes comma-separated integers, got '20,ten'" in capsys.readouterr().err
-
 
 def test_results_writer_tables_every_cell_beside_the_reference(bench, tmp_path):
     def metrics(d):

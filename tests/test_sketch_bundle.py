@@ -4,7 +4,6 @@ and the table writer of ``benchmarks/wu_sketch.py``."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from monai_oct.recipes.sources import sketch_source
 from monai_oct.networks.checkpoint import adapt_input_channels
 from monai_oct.transforms.sketch import LayerSketch
 
-from conftest import run_stage as stage
+from conftest import load_benchmark, run_stage as stage
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "oct_ddpm"
@@ -161,10 +160,7 @@ def test_sketch_stages_on_duke(duke_dir, tmp_path):
 
 
 def _wu_module():
-    spec = importlib.util.spec_from_file_location("wu_sketch", ROOT / "benchmarks" / "wu_sketch.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("wu_sketch")
 
 
 def test_wu_table_writer(tmp_path):

@@ -1,11 +1,8 @@
 """benchmarks/speed.py at --quick settings: every row and column, finite overheads, failures reported not raised;
 and the bf16 autocast path it times in DiffusionSampler / DiffusionTrainer on CPU."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,17 +12,11 @@ from monai_oct.engines import DiffusionSampler, DiffusionTrainer
 from monai_oct.networks import conditional_diffusion_unet
 from monai_oct.schedulers import diffusion_scheduler
 
-SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
-
+from conftest import load_benchmark
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", SPEED)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
+    return load_benchmark("speed", "speed_benchmark")
 
 @pytest.fixture(scope="module")
 def quick_result(speed, tmp_path_factory):
@@ -36,7 +27,6 @@ def quick_result(speed, tmp_path_factory):
                       "--variants", "baseline,no_flash,channels_last,bf16,compile"])
     assert torch.get_num_threads() == threads  # --threads is restored for the rest of the suite
     return res, out
-
 
 def test_quick_table_has_every_row_and_finite_overhead(speed, quick_result):
     res, out = quick_result
@@ -67,7 +57,6 @@ def test_quick_table_has_every_row_and_finite_overhead(speed, quick_result):
     assert [r["variant"] for r in saved["rows"]] == list(rows)
     assert out.with_suffix(".md").read_text() == table
 
-
 def test_every_sampler_of_the_table_has_its_column_and_overhead(speed):
     """--samplers times DPM-Solver++ and the flow samplers too; overhead is per network evaluation (heun: 2K - 1)."""
     res = speed.main(["--quick", "--threads", "1", "--variants", "baseline", "--samplers", "ddim", "dpmpp2m", "heun",
@@ -78,7 +67,6 @@ def test_every_sampler_of_the_table_has_its_column_and_overhead(speed):
         assert c in res["table"]
     assert 1.1 < row["HEUN-3"] / row["DDIM-3"] < 5  # 5 evaluations against 3, each about one forward
 
-
 def test_unavailable_option_is_reported_not_raised(quick_result):
     res, _ = quick_result
     comp = next(r for r in res["rows"] if r["variant"] == "compile")
@@ -87,14 +75,12 @@ def test_unavailable_option_is_reported_not_raised(quick_result):
     line = next(ln for ln in res["table"].splitlines() if ln.startswith("| compile |"))
     assert "failed: InvalidBackend" in line
 
-
 def test_bad_arguments_fail_clearly(speed):
     with pytest.raises(SystemExit):
         speed.parse_args(["--variants", "baseline,turbo"])
     with pytest.raises(SystemExit):
         speed.parse_args(["--size", "60", "128"])  # not a multiple of 8 for 4 levels
     assert speed.parse_args(["--quick", "--batch", "3"]).batch == 3  # explicit options beat --quick's defaults
-
 
 def test_bf16_autocast_on_cpu_sampler_and_trainer():
     torch.manual_seed(0)
@@ -130,7 +116,6 @@ def test_bf16_autocast_on_cpu_sampler_and_trainer():
     assert all(p.dtype == torch.float32 for p in net.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # it stepped (no GradScaler skip)
 
-
 def test_compile_timeout_reports_a_slow_compile(speed):
     # the compile row runs in a child process; 1 s is less than the child needs to import torch, so it is killed
     res = speed.main(["--quick", "--threads", "1", "--variants", "compile", "--compile_timeout", "1"])
@@ -138,7 +123,6 @@ def test_compile_timeout_reports_a_slow_compile(speed):
     assert row["variant"] == "compile"
     assert row["DDIM-50"].startswith("failed: not finished within --compile_timeout 1 s")
     assert "| compile | failed: not finished" in res["table"]
-
 
 def test_child_command_line_round_trips(speed):
     args = speed.parse_args(["--quick", "--channels", "8", "16", "--size", "8", "16", "--compile_mode", "default"])

@@ -5,21 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from ignite.engine import Events
 
 from monai_oct.cli import main
 from monai_oct.engines.shards import merge_synthesis, parse_shard
 
-from test_diffusion_engines import _pairs, _synthesis
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_diffusion_engines import _pairs, _synthesis, one_thread  # noqa: F401 (one_thread: its autouse fixture)
 
 
 N = 5  # two uneven shards: 0, 2, 4 and 1, 3
