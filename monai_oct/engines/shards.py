@@ -31,7 +31,8 @@ from monai_oct.core.seeding import sample_seed
 from monai_oct.core.visualise import pair_grid
 from monai_oct.engines.writer import FolderLock, PairWriter
 
-__all__ = ["parse_shard", "shard_name", "shard_manifests", "write_set_index", "merge_synthesis", "MANIFEST_DIR"]
+__all__ = ["parse_shard", "shard_name", "shard_manifests", "manifest_head", "set_files", "write_set_index",
+           "merge_synthesis", "MANIFEST_DIR"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,15 @@ def shard_name(shard: tuple[int, int]) -> str:
 def shard_manifests(folder: str | os.PathLike) -> list[Path]:
     """The shard manifests of a synthesis folder (``manifests/shard-*.json``), sorted."""
     return sorted((Path(folder) / MANIFEST_DIR).glob("shard-*.json"))
+
+
+def manifest_head(writer: PairWriter, status: str, num_samples: int, seed: int, indices: Sequence[int],
+                  generation: Mapping[str, Any], runtime: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys every synthesis manifest starts with (a run's, a shard's, a merged set's), in this order: ``status``,
+    ``num_samples``, ``seed``, ``seeds`` (each written pair's ``sample_seed(seed, i)``), ``generation``, ``runtime``."""
+    return {"status": status, "num_samples": int(num_samples), "seed": int(seed),
+            "seeds": {writer.name(i): sample_seed(int(seed), i) for i in indices}, "generation": generation,
+            "runtime": runtime}
 
 
 def set_files(writer: PairWriter, num_samples: int) -> list[str]:
@@ -277,14 +287,8 @@ def merge_synthesis(output_dir: str | os.PathLike, shard_dirs: Sequence[str | os
                 write_json(here / MANIFEST_DIR / f"{name}.json", entry["manifest"])
         runtimes = [e["manifest"].get("runtime") or {} for e in shards.values()]
         common = {k: v for k, v in runtimes[0].items() if all(r.get(k, object()) == v for r in runtimes)}
-        seed = int(ref["seed"])
         manifest = {
-            "status": "complete",
-            "num_samples": num_samples,
-            "seed": seed,
-            "seeds": {writer.name(i): sample_seed(seed, i) for i in range(num_samples)},
-            "generation": gen,
-            "runtime": common,
+            **manifest_head(writer, "complete", num_samples, ref["seed"], range(num_samples), gen, common),
             **{k: v for k, v in ref.items() if k not in SHARD_KEYS},
             "files": set_files(writer, num_samples),
             "seconds": round(sum(float(e["manifest"].get("seconds") or 0.0) for e in shards.values()), 3),

@@ -61,7 +61,8 @@ from monai_oct.core.records import differences, plain
 from monai_oct.core.seeding import sample_generators, sample_seed
 from monai_oct.engines.distributed import barrier, get_rank, get_world_size, is_main_process
 from monai_oct.engines.sampler import DiffusionSampler
-from monai_oct.engines.shards import MANIFEST_DIR, parse_shard, set_files, shard_manifests, shard_name, write_set_index
+from monai_oct.engines.shards import (MANIFEST_DIR, manifest_head, parse_shard, set_files, shard_manifests, shard_name,
+                                      write_set_index)
 from monai_oct.engines.writer import FolderLock, PairWriter
 from monai_oct.networks.diffusion import check_image_size
 from monai_oct.transforms.encoding import encode_mask_resized
@@ -233,15 +234,9 @@ class SamplerEngine(Engine):
 
     def _manifest(self, generation: dict, status: str, **extra: Any) -> dict:
         share = self.indices()
-        manifest = {
-            "status": status,
-            "num_samples": self.num_samples,
-            "seed": self.seed,
-            "seeds": {self.writer.name(i): sample_seed(self.seed, i) for i in share},
-            "generation": generation,
-            "runtime": plain({"batch_size": self.batch_size, "device": str(self.device), **self.runtime}),
-            **{k: v for k, v in self.extra_manifest.items()},
-        }
+        runtime = plain({"batch_size": self.batch_size, "device": str(self.device), **self.runtime})
+        manifest = {**manifest_head(self.writer, status, self.num_samples, self.seed, share, generation, runtime),
+                    **self.extra_manifest}
         if self.shard is not None:
             manifest.update(shard=f"{self.shard[0]}/{self.shard[1]}", indices=list(share), host=socket.gethostname(),
                             pid=os.getpid(), processes=get_world_size(), started=getattr(self, "_started", None))
