@@ -86,6 +86,18 @@ SCALES: dict[str, dict[str, Any]] = {
         "networks": ["unet"], "seeds": [0, 1, 2], "num_samples": 64, "nfe": [1000, 100, 50, 20, 10, 5],
         "cost": {"s_per_nfe_pair": 0.08, "startup_min": 0.3, "stage_min": 20.0, "seg_min": 20.0, "quality_min": 3.0},
     },
+    "mini_cpu": {
+        "preset": "cpu_mini",
+        "why": ("mini's models and segmenter, trimmed to what this 2-core CPU does in about two hours with --jobs 2 "
+                "--threads 1: N = 64, the reference DDPM-1000 (plus DDPM-100), the fast samplers at NFE 20 / 10 / 5 "
+                "only (the full grid's NFE 100 and 50 cells cost 1.5 h of synthesis and tell nothing about the target), "
+                "downstream Dice over seeds 0, 1, 2 for DDPM-1000, DPM-Solver++ 2M at NFE 20 and 10 and its bf16 twin"),
+        "networks": ["unet"], "seeds": [0, 1, 2], "num_samples": 64,
+        "cells": ("ddpm:1000,ddpm:100,ddim:20,ddim:10,dpmpp2m:20,dpmpp2m:10,dpmpp2m:5,dpmpp3m:10,dpmpp3m:5,"
+                  "euler:20,euler:10,heun:20,heun:10"),
+        "dice_cells": "ddpm:1000,dpmpp2m:20,dpmpp2m:10",
+        "cost": {"s_per_nfe_pair": 0.03, "startup_min": 0.3, "stage_min": 20.0, "seg_min": 7.0, "quality_min": 3.0},
+    },
     "tiny": {
         "preset": "cpu_smoke",
         "why": "smoke test of the whole chain (32x64 models of one epoch, T = 100, N = 4; numbers meaningless)",
@@ -151,6 +163,24 @@ def grid(samplers: list[str], nfes: list[int]) -> list[Cell]:
     return [Cell(s, n) for s in samplers for n in nfes]
 
 
+def parse_cells(spec: str) -> list[tuple[str, int]]:
+    """``"SAMPLER:NFE,..."`` as ``[(sampler, nfe), ...]`` in the order given, duplicates dropped.
+
+    Raises:
+        ValueError: for an item that is not ``NAME:INTEGER``.
+    """
+    out: list[tuple[str, int]] = []
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        name, sep, nfe = item.partition(":")
+        if not sep or not nfe.strip().lstrip("-").isdigit():
+            raise ValueError(f"expected SAMPLER:NFE,..., got {item!r} in {spec!r}")
+        if (name.strip().lower(), int(nfe)) not in out:
+            out.append((name.strip().lower(), int(nfe)))
+    return out
+
+
 def dice_cells(spec: str, cells: list[Cell], samplers: list[str], nfes: list[int]) -> list[Cell]:
     """The cells whose downstream Dice is measured.
 
@@ -171,7 +201,7 @@ def dice_cells(spec: str, cells: list[Cell], samplers: list[str], nfes: list[int
         want |= {(s, n) for s in samplers for n in DICE_NFE if n in nfes}
     else:
         try:
-            want = {(s, int(n)) for s, n in (x.strip().split(":") for x in spec.split(",") if x.strip())}
+            want = set(parse_cells(spec))
         except ValueError:
             raise ValueError(f"--dice-cells: expected default, all, none or SAMPLER:NFE,..., got {spec!r}") from None
         unknown = sorted(want - {(c.sampler, c.nfe) for c in cells})
@@ -207,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samplers", default=",".join(DIFFUSION_SAMPLERS + FLOW_SAMPLERS),
                    help="comma-separated; the flow samplers (euler, heun) run on the flow model, the others on the v model")
     p.add_argument("--nfe", default=None, help="network evaluations per image, comma-separated (default: the scale's)")
-    p.add_argument("--dice-cells", default="default",
+    p.add_argument("--cells", default=None,
+                   help="SAMPLER:NFE,... the cells themselves instead of the --samplers x --nfe grid (default: the "
+                        "scale's cells where it lists them, e.g. mini_cpu)")
+    p.add_argument("--dice-cells", default=None,
                    help="cells with downstream Dice: default (reference at the largest NFE + each sampler at NFE 20 "
-                        "and 10), all, none, or SAMPLER:NFE,...")
+                        "and 10), all, none, or SAMPLER:NFE,... (default: the scale's, else default)")
     p.add_argument("--bf16-sampler", default="dpmpp2m", help=f"sampled at NFE {BF16_NFE} with --amp_dtype bfloat16 "
                                                               "(its Dice measured too); none: no bf16 cell")
     p.add_argument("--v-ckpt", type=Path, default=None, help="a trained v-prediction stage-3 model.pt (no v training)")
@@ -220,19 +253,23 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     cfg = scale_settings(SCALES, a.scale)
-    samplers = [s.strip() for s in a.samplers.split(",") if s.strip()]
-    unknown = [s for s in samplers if s not in DIFFUSION_SAMPLERS + FLOW_SAMPLERS]
+    spec = a.cells or (cfg.get("cells") if a.nfe is None and a.samplers == p.get_default("samplers") else None)
     try:
-        nfes = [int(x) for x in a.nfe.split(",")] if a.nfe else list(cfg["nfe"])
-    except ValueError:
-        p.error(f"--nfe takes comma-separated integers, got {a.nfe!r}")
+        pairs = parse_cells(spec) if spec else None
+        nfes = [int(x) for x in a.nfe.split(",")] if a.nfe else list(cfg.get("nfe", []))
+    except ValueError as e:
+        p.error(f"--cells: {e}" if spec else f"--nfe takes comma-separated integers, got {a.nfe!r}")
+    samplers = list(dict.fromkeys(s for s, _ in pairs)) if pairs else [s.strip().lower() for s in a.samplers.split(",") if s.strip()]
+    if pairs:
+        nfes = sorted({n for _, n in pairs}, reverse=True)
+    unknown = [s for s in samplers if s not in DIFFUSION_SAMPLERS + FLOW_SAMPLERS]
     T = int(cfg["ddpm"]["num_train_timesteps"])
     if unknown or not samplers or not nfes or min(nfes) < 1 or max(nfes) > T:
-        p.error(f"--samplers takes {', '.join(DIFFUSION_SAMPLERS + FLOW_SAMPLERS)} (got {a.samplers!r}) and --nfe "
-                f"values in [1, {T}] (num_train_timesteps of {cfg['preset']}; got {nfes})")
-    cells = grid(samplers, nfes)
+        p.error(f"--samplers / --cells take {', '.join(DIFFUSION_SAMPLERS + FLOW_SAMPLERS)} (got {unknown or samplers}) "
+                f"and --nfe values in [1, {T}] (num_train_timesteps of {cfg['preset']}; got {nfes})")
+    cells = [Cell(s, n) for s, n in pairs] if pairs else grid(samplers, nfes)
     try:
-        dice = dice_cells(a.dice_cells, cells, samplers, nfes)
+        dice = dice_cells(a.dice_cells or cfg.get("dice_cells", "default"), cells, samplers, nfes)
     except ValueError as e:
         p.error(str(e))
     bf16 = None if a.bf16_sampler.lower() == "none" else Cell(a.bf16_sampler, BF16_NFE, "bfloat16")
@@ -292,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                     seg.setdefault(c.name, {})[seed] = m
 
             plan.add(f"seg_{c.name}_{seed}", seg_cell, after=[f"synth_{c.name}"])
+    reference = max((c for c in cells if c.sampler == REFERENCE and not c.amp_dtype), key=lambda c: c.nfe, default=None)
+    reference = reference.name if reference else None
     est = expected_minutes(cfg["cost"], cells, n, dice, seeds, stages=trained)
     print(f"{len(cells)} cells, {len(dice)} with Dice over seeds {seeds}; expected CPU minutes, one step at a time: {est}")
     plan.run()
@@ -299,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     digests = {c.name: label_digest(out / "cells" / c.name) for c in cells}
     meta = {"scale": a.scale, "why": cfg["why"], "settings": cfg, "num_samples": n, "seed": a.seed, "seeds": seeds,
-            "nfe": nfes, "samplers": samplers, "reference": f"{REFERENCE}_{max(nfes)}", "bf16": bf16.name if bf16 else None,
+            "nfe": nfes, "samplers": samplers, "reference": reference, "bf16": bf16.name if bf16 else None,
             "dice_cells": [c.name for c in dice],
             "models": {k: str(v) for k, v in models.items()}, "flow_init": None if a.flow_ckpt else a.flow_init,
             "teacher": str(teacher), "teacher_metrics": teacher_metrics.get("R66_S0"), "test_datalist": str(test),
