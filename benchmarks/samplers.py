@@ -33,6 +33,9 @@ Writes ``results.md`` (sampler, NFE, s/pair, FD, FD/floor, KID, adherence, Dice 
     python benchmarks/samplers.py --scale tiny --out runs/samplers_tiny --jobs 2 --threads 1   # smoke (numbers meaningless), ~15 min
     python benchmarks/samplers.py --scale tiny --out runs/samplers_tiny --jobs 2 --threads 1 --samplers ddpm,heun --nfe 5 \
         --dice-cells ddpm:5,heun:5 --bf16-sampler ddpm                                   # 3 cells: 4.8 min measured
+    python benchmarks/samplers.py --scale mini_cpu --out runs/samplers14 --jobs 2 --threads 1 \
+        --v-ckpt runs/bench13/stage3_finetune/model.pt --flow-init v \
+        --teacher runs/bench13/seg/unet_R66_S0_seed0/model_final.pt   # the CPU's trimmed grid, N = 64 (about 2 h)
     python benchmarks/samplers.py --scale mini --out runs/samplers_mini --device cuda  # the issue's setting, N = 64
     python benchmarks/samplers.py --scale mini --dry-run                              # the commands and the expected time
     python benchmarks/samplers.py --scale mini --v-ckpt runs/bench13/stage3_finetune/model.pt --nfe 20,10 --samplers ddim,dpmpp2m
@@ -41,7 +44,10 @@ Expected time of ``--scale mini`` (the dry run prints it for the chosen cells): 
 one step at a time (synthesis ~10 h: ~7100 NFE per pair over the 37 cells at ~0.08 s per NFE and pair; segmentation
 ~14 h: the 14 Dice cells x 3 seeds of ~20-minute runs; quality ~2 h; the four diffusion stages ~1.3 h), so the
 issue's 90 minutes do not hold on the CPU: run it with ``--device cuda`` or trim ``--nfe`` / ``--samplers`` /
-``--dice-cells``.
+``--dice-cells``, or list the cells themselves (``--cells ddpm:1000,dpmpp2m:20,...``). ``--scale mini_cpu`` is that
+trim: the same models, N = 64, 14 cells (the NFE 100 and 50 cells of the fast samplers left out) and Dice for the
+DDPM-1000 reference, DPM-Solver++ 2M at NFE 20 and 10 and its bf16 twin, about 2 h with ``--jobs 2`` given the
+trained v model and teacher.
 """
 
 from __future__ import annotations

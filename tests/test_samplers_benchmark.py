@@ -143,3 +143,23 @@ def test_results_writer_tables_every_cell_beside_the_reference(bench, tmp_path):
         px = np.asarray(im.convert("RGB"))
     assert (px != 255).any(axis=-1).mean() > 0.01  # axes, lines, labels drawn
     assert not list(tmp_path.glob(".tmp*")) and not list(tmp_path.glob("*.tmp"))
+
+def test_cells_list_replaces_the_grid_and_mini_cpu_plans_its_own_cells(bench, tmp_path, capsys):
+    assert bench.parse_cells("DDPM:1000, heun:10,ddpm:1000,") == [("ddpm", 1000), ("heun", 10)]
+    with pytest.raises(ValueError, match="expected SAMPLER:NFE"):
+        bench.parse_cells("ddpm:many")
+    steps, _ = _dry_run(bench, tmp_path, capsys, "--cells", "ddpm:1000,dpmpp2m:20,heun:10", "--bf16-sampler", "none")
+    assert {k.removeprefix("synth_") for k in steps if k.startswith("synth_")} == {"ddpm_1000", "dpmpp2m_20", "heun_10"}
+    seg = {re.sub(r"^seg_unet_R66_S64_(.*)_seed\d$", r"\1", k) for k in steps if k.startswith("seg_unet_R66_S64_")}
+    assert seg == {"ddpm_1000", "dpmpp2m_20", "heun_10"}  # default Dice cells: the reference + NFE 20 and 10
+    # mini_cpu: its own cells and Dice cells, the DDPM-1000 reference, no NFE-100/50 cells of the fast samplers
+    out = tmp_path / "cpu"
+    assert bench.main(["--scale", "mini_cpu", "--out", str(out), "--data", str(_data(tmp_path)), "--device", "cpu", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    synth = {ln.split(":")[0].removeprefix("[run ] synth_") for ln in text.splitlines() if ln.startswith("[run ] synth_")}
+    assert "ddpm_1000" in synth and "dpmpp2m_20_bf16" in synth and "ddim_100" not in synth and "heun_20" in synth
+    seg = {re.sub(r"^\[run \] seg_unet_R66_S64_(.*)_seed\d:.*$", r"\1", ln) for ln in text.splitlines() if ln.startswith("[run ] seg_unet_R66_S64_")}
+    assert seg == {"ddpm_1000", "dpmpp2m_20", "dpmpp2m_10", "dpmpp2m_20_bf16"}
+    with pytest.raises(SystemExit):
+        _dry_run(bench, tmp_path, capsys, "--cells", "ddpm:1000,plms:20")
+    assert "['plms']" in capsys.readouterr().err
