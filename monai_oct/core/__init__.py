@@ -18,7 +18,7 @@ from monai_oct.core.io import (
     write_png,
     write_text,
 )
-from monai_oct.core.labels import DUKE_DME, RETIDIFF_GROUPS, UNANNOTATED, LabelTable, get_label_table
+from monai_oct.core.labels import DUKE_DME, FUNDUS_AV, RETIDIFF_GROUPS, UNANNOTATED, LabelTable, get_label_table
 from monai_oct.core.records import differences, plain
 from monai_oct.core.seeding import sample_generators, sample_seed, sample_seeds
 from monai_oct.core.visualise import (
