@@ -35,6 +35,21 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_drive_datalist(args: argparse.Namespace) -> int:
+    from monai_oct.core.drive import write_drive_datalist
+    from monai_oct.core.io import DataError, read_json
+
+    try:
+        dl = write_drive_datalist(args.root, args.out, validation_ids=args.validation_ids, check=not args.no_check)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    lists = read_json(dl, "datalist")
+    print(f"wrote {dl}: " + ", ".join(f"{k} {len(v)} images (ids {', '.join(str(it['id']) for it in v)})"
+                                       for k, v in lists.items()))
+    return 0
+
+
 def _cmd_sketch_stats(args: argparse.Namespace) -> int:
     from monai_oct.core.io import DataError
     from monai_oct.recipes.sketches import LayerThicknessStats
@@ -154,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--num-classes", type=int, default=None, help="accept ids 0..C-1 instead of the table's")
     ck.add_argument("--table", default="duke_dme", help="label table (default: duke_dme)")
     ck.set_defaults(func=_cmd_check_data)
+
+    dd = sub.add_parser("drive-datalist", help="list DRIVE fundus photographs with A/V labels and FOV masks, split 15 / 5 by image")
+    dd.add_argument("--root", required=True, help="the drive_av folder (holding training/{images,av,fov})")
+    dd.add_argument("--out", required=True, help="output folder: datalist.json with 'train' and 'validation' lists")
+    dd.add_argument("--validation-ids", type=int, nargs="+", default=[36, 37, 38, 39, 40], metavar="ID",
+                    help="image ids of the validation list (default: the last five, 36-40)")
+    dd.add_argument("--no-check", action="store_true", help="do not read the files (label ids, FOV masks, sizes) first")
+    dd.set_defaults(func=_cmd_drive_datalist)
 
     ss = sub.add_parser("sketch-stats", help="fit layer-thickness statistics for random sketches on a labelled datalist")
     ss.add_argument("datalist", help="Decathlon-style datalist JSON with 'label' entries")

@@ -10,7 +10,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -18,12 +18,23 @@ from monai_oct.core.io import IMAGE_EXTENSIONS, DataError, check_same_size, read
 from monai_oct.core.labels import DUKE_DME, UNANNOTATED, LabelTable
 
 __all__ = [
+    "PATH_KEYS",
     "load_datalist",
     "write_datalist",
+    "write_datalists",
     "image_folder_datalist",
     "DatasetReport",
     "check_dataset",
 ]
+
+
+#: Item fields that hold file paths: made absolute when a datalist is loaded, relative when it is written
+#: (``fov``: the field-of-view mask of a fundus photograph).
+PATH_KEYS = ("image", "label", "fov")
+
+
+def _rebase(item: dict[str, Any], change) -> dict[str, Any]:
+    return {k: (change(v) if k in PATH_KEYS and isinstance(v, str) else v) for k, v in item.items()}
 
 
 def load_datalist(
@@ -38,7 +49,7 @@ def load_datalist(
             else the only list in the file.
 
     Returns:
-        list of dicts whose ``image``/``label`` (and any other string path fields) are absolute.
+        list of dicts whose path fields (:data:`PATH_KEYS`: ``image``, ``label``, ``fov``) are absolute.
 
     Raises:
         DataError: missing/invalid JSON, unknown key or an empty list.
@@ -70,7 +81,7 @@ def load_datalist(
             item = {"image": item}
         if not isinstance(item, dict) or "image" not in item:
             raise DataError(f"{path}: item {i} has no 'image' entry: {item!r}")
-        out.append({k: (str(base / v) if k in ("image", "label") and isinstance(v, str) else v) for k, v in item.items()})
+        out.append(_rebase(item, lambda v: str(base / v)))
     return out
 
 
@@ -78,12 +89,26 @@ def write_datalist(
     path: str | os.PathLike, items: Sequence[dict[str, Any]], root: str | os.PathLike | None = None, key: str = "train"
 ) -> None:
     """Write ``items`` as a datalist with paths relative to ``root`` (default: the JSON's folder), atomically."""
+    write_datalists(path, {key: items}, root=root)
+
+
+def write_datalists(
+    path: str | os.PathLike, lists: Mapping[str, Sequence[dict[str, Any]]], root: str | os.PathLike | None = None
+) -> Path:
+    """Write several named lists (``{"train": [...], "validation": [...]}``) as one datalist, atomically.
+
+    Args:
+        path: the JSON file.
+        lists: list name -> items; the path fields (:data:`PATH_KEYS`) are written relative to ``root``.
+        root: folder the written paths are relative to; default: the JSON file's folder.
+
+    Returns:
+        ``path``.
+    """
     path = Path(path)
     base = Path(root) if root is not None else path.parent
-    rel = []
-    for item in items:
-        rel.append({k: (os.path.relpath(v, base) if k in ("image", "label") and isinstance(v, str) else v) for k, v in item.items()})
-    write_json(path, {key: rel})
+    return write_json(path, {key: [_rebase(item, lambda v: os.path.relpath(v, base)) for item in items]
+                             for key, items in lists.items()})
 
 
 def image_folder_datalist(folder: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ from monai.utils.type_conversion import convert_data_type
 
 from monai_oct.core.labels import UNANNOTATED, LabelTable, get_label_table
 
-__all__ = ["regions_from_boundaries", "label_boundaries", "as_2d_label", "boundaries_of"]
+__all__ = ["regions_from_boundaries", "label_boundaries", "as_2d_label", "boundaries_of", "four_adjacent"]
 
 
 def regions_from_boundaries(bounds: np.ndarray, height: int) -> np.ndarray:
@@ -100,3 +100,15 @@ def boundaries_of(lab: np.ndarray, table: LabelTable) -> np.ndarray:
             b = (lo + hi) / 2.0
         out[k] = np.where(known, hi, np.clip(b, lo, hi))
     return np.maximum.accumulate(out, axis=0)
+
+
+def four_adjacent(mask: np.ndarray) -> np.ndarray:
+    """The pixels with a 4-neighbour (up, down, left, right) in the bool ``(H, W)`` ``mask`` (the mask not included
+    unless its pixels have such a neighbour): where an artery touching ``mask`` = vein would meet it edge to edge."""
+    mask = np.asarray(mask, dtype=bool)
+    near = np.zeros_like(mask)
+    near[1:] |= mask[:-1]
+    near[:-1] |= mask[1:]
+    near[:, 1:] |= mask[:, :-1]
+    near[:, :-1] |= mask[:, 1:]
+    return near

@@ -1,5 +1,5 @@
-"""Metrics: segmentation Dice / pixel accuracy and the quality of a synthetic set (distances, diversity, memorisation,
-mask adherence, anatomical plausibility)."""
+"""Metrics: segmentation Dice / pixel accuracy, fundus vessel and artery/vein metrics inside the field of view, and the
+quality of a synthetic set (distances, diversity, memorisation, mask adherence, anatomical plausibility)."""
 
 from monai_oct.metrics.adherence import SegmentationTeacher, adherence_report, load_teacher
 from monai_oct.metrics.diversity import diversity_report, ms_ssim_settings, pairwise_ms_ssim
@@ -14,6 +14,14 @@ from monai_oct.metrics.fid import (
     get_extractor,
     kernel_distance,
     segmentation_encoder_extractor,
+)
+from monai_oct.metrics.fundus import (
+    ArteryVeinMetric,
+    VesselMetric,
+    av_adjacency,
+    fundus_plausibility,
+    vessel_connectivity,
+    vessel_probability,
 )
 from monai_oct.metrics.memorisation import memorisation_report, nearest_neighbours, pairwise_distances
 from monai_oct.metrics.plausibility import column_validity, label_plausibility, plausibility_report

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from monai_oct.core.datalist import write_datalist
+from monai_oct.core.datalist import write_datalists
 from monai_oct.core.geometry import regions_from_boundaries
 from monai_oct.core.io import write_png
 
@@ -246,12 +246,7 @@ def write_phantom_dataset(out_dir: str | os.PathLike, num: int = 32, size: Seque
         write_png(lp, lab)
         items.append({"image": str(ip), "label": str(lp)})
     n_val = int(round(num * val_fraction)) if num > 1 else 0
-    dl = out_dir / "datalist.json"
-    write_datalist(dl, items[: num - n_val], root=out_dir, key="train")
+    lists = {"train": items[: num - n_val]}
     if n_val:
-        import json
-
-        data = json.loads(dl.read_text())
-        data["validation"] = [{k: os.path.relpath(v, out_dir) for k, v in it.items()} for it in items[num - n_val:]]
-        dl.write_text(json.dumps(data, indent=1))
-    return dl
+        lists["validation"] = items[num - n_val:]
+    return write_datalists(out_dir / "datalist.json", lists, root=out_dir)

@@ -1,8 +1,9 @@
-"""Array transforms with their dictionary twins (MONAI style)."""
+"""Array transforms with their dictionary twins (MONAI style): OCT bands, mask encodings and decodings, the fundus field of view."""
 
 from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd, locate_retina_rows
 from monai_oct.transforms.dmc import DiscreteMaskClustering, DiscreteMaskClusteringd, nearest_level_decode
 from monai_oct.transforms.drm import DynamicRegionMask, RandDynamicRegionMaskd
+from monai_oct.transforms.fov import MaskOutsideFOV, MaskOutsideFOVd, fov_mask
 from monai_oct.transforms.encoding import (
     MODES,
     AreaMaskEncode,
