@@ -119,3 +119,13 @@ def test_factory_knows_both_and_gdnet_adds_graph_reasoning():
     assert isinstance(y.reason, torch.nn.Identity) and y.depth == 4 and y.classifier.in_channels == 4
     with pytest.raises(ValueError, match="scales"):
         GDNet(scales=())
+
+
+def test_parameter_counts_are_the_documented_ones():
+    """The bundle docs' network table states each network's parameters at the bundle defaults."""
+    doc = (ROOT / "bundles" / "oct_layer_seg" / "docs" / "README.md").read_text()
+    rows = dict(re.findall(r"^\s*\| `(\w+)` \|[^|]*\| ([\d,]+) \|", doc, flags=re.M))
+    assert set(rows) == set(SEGMENTATION_NETWORKS)
+    for name, count in rows.items():
+        net = segmentation_network(name, in_channels=1, out_channels=10)
+        assert sum(p.numel() for p in net.parameters()) == int(count.replace(",", "")), name
