@@ -129,3 +129,13 @@ def test_parameter_counts_are_the_documented_ones():
     for name, count in rows.items():
         net = segmentation_network(name, in_channels=1, out_channels=10)
         assert sum(p.numel() for p in net.parameters()) == int(count.replace(",", "")), name
+
+
+def test_runs_under_bf16_autocast():
+    """The bundles' --amp: the FFT runs in float32 (torch has no bfloat16 FFT, and cuFFT's half needs powers of 2)."""
+    net = GDNet(channels=4, depth=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(torch.randn(2, 1, 24, 37))
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 10, 24, 37)
+    y.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
