@@ -13,8 +13,9 @@ Written for this project from the paper (the authors' code, ``azadef/ynet``, was
 Simplified from the authors' network: widths double at every level (theirs stay at 4x the base width at
 level 4), the spectral encoder starts with a plain 3x3 conv + BN + ReLU stem instead of a ``ratio_gin=0`` FFC,
 its FFCs use 3x3 local kernels (theirs 1x1) and no local Fourier unit, the two bottlenecks are concatenated
-channel-wise (the authors' ``cat_merge`` interleaves them element-wise first, which a convolution treats the
-same up to a channel permutation), and the network returns logits (no softmax: the bundle's loss takes logits).
+channel-wise (the authors' ``cat_merge`` interleaves the two tensors' elements in memory order first, which
+scrambles positions between the branches; left out), and the network returns logits (no softmax: the bundle's
+loss takes logits).
 The paper's network is ``channels=32, depth=4``.
 """
 
