@@ -15,7 +15,7 @@ another projects every pixel onto ``nodes`` graph nodes (a learned soft assignme
 with the same assignment; a 1x1 convolution + BN restores the width. Scale ``s`` works on the bottleneck
 average-pooled by ``s`` and is up-sampled back; the scales' outputs are added to the input (residual).
 
-Simplified from the paper (written for this project; no public code of the authors was available): the graph
+Simplified from the paper (written for this project from its abstract; no code of the authors was read): the graph
 module sits at the bottleneck only (no graph reasoning on the skips), its scales are average-pooled copies of
 the one bottleneck, the adjacency is learned (not built from the layer order), the encoders and decoder are
 this project's Y-Net (see its docstring), and the loss is the bundle's (Dice + cross-entropy, no contour loss).
