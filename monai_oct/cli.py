@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tf_inception (needs the fid extra), none, or a TorchScript file")
     ev.add_argument("--extractor-layer", default=None, help="layer of a TorchScript extractor to pool")
     ev.add_argument("--teacher", default=None, help="segmentation checkpoint (state dict) for mask adherence")
-    ev.add_argument("--teacher-network", default="unet", help="network of --teacher (unet, basicunet, relaynet)")
+    ev.add_argument("--teacher-network", default="unet", help="network of --teacher (unet, basicunet, relaynet, ynet, gdnet)")
     ev.add_argument("--teacher-image-size", type=int, nargs=2, default=None, metavar=("H", "W"))
     ev.add_argument("--table", default="duke_dme", help="label table")
     ev.add_argument("--max-images", type=int, default=None, help="at most this many images per set")
