@@ -27,6 +27,8 @@ nothing and repeats nothing.
     python benchmarks/duke_retidiff.py --scale mini --out runs/bench_mini --jobs 2 --threads 1    # <= 90 min, 2-core CPU
     python benchmarks/duke_retidiff.py --scale mini64 --out runs/bench_mini64     # the first (64x128) mini scale
     python benchmarks/duke_retidiff.py --scale paper --networks unet,ynet,relaynet,gdnet --device cuda:0   # Table 2's four
+    python benchmarks/duke_retidiff.py --scale mini --networks unet,ynet,relaynet,gdnet --seg-epochs 5 \
+        --out runs/table2_cpu --jobs 2 --threads 1     # Table 2 on the CPU: 165 iterations per run, all networks alike
     python benchmarks/duke_retidiff.py --scale paper --out runs/bench_paper --device cuda:0
 """
 
@@ -284,7 +286,8 @@ def seg_steps(run: Runner, cfg: dict[str, Any], sets: dict[str, tuple[list[str],
     for name, (datalists, ratio) in sets.items():
         d = run.out / "seg" / f"{network}_{name}{tag}"
         run.bundle(f"seg_{network}_{name}{tag}", d / "model_final.pt", seg_configs(cfg), datalist=datalists, mix_ratio=ratio,
-                   val_datalist=str(test), output_dir=str(d), val_interval=cfg["seg"]["max_epochs"] + 1, **common)
+                   val_datalist=str(test), output_dir=str(d), val_interval=cfg["seg"]["max_epochs"] + 1,
+                   max_epochs=cfg.get("seg_overrides"), **common)
         run.bundle(f"eval_{network}_{name}{tag}", d / "eval" / "metrics.json", seg_configs(cfg, "evaluate"),
                    datalist=str(test), ckpt=str(d / "model_final.pt"), output_dir=str(d / "eval"), overlays=2, **common)
         if (d / "eval" / "metrics.json").is_file():
@@ -353,9 +356,19 @@ def main(argv: list[str] | None = None) -> int:
                                                          "boundaries, dmc (default: the scale's)")
     p.add_argument("--networks", default=None, help="segmentation networks, first = the quality report's teacher, e.g. "
                                                     "unet,ynet,relaynet,gdnet (RetiDiff's Table 2; default: the scale's)")
+    p.add_argument("--seg-epochs", type=int, default=None,
+                   help="segmentation epochs instead of the preset's (every network and set alike; the paper networks "
+                        "cost ~15x the mini UNet per iteration on the CPU); results.md says so. Use its own --out")
     a = p.parse_args(argv)
 
     cfg = scale_settings(SCALES, a.scale)
+    if a.seg_epochs is not None:
+        if a.seg_epochs < 1:
+            p.error(f"--seg-epochs must be >= 1, got {a.seg_epochs}")
+        per_epoch = cfg["seg"].get("samples_per_epoch")
+        iters = f" ({a.seg_epochs * per_epoch // cfg['seg']['batch_size']} iterations)" if per_epoch else ""
+        cfg["why"] += f"; segmentation {a.seg_epochs} epochs{iters} instead of the preset's {cfg['seg']['max_epochs']}"
+        cfg["seg"]["max_epochs"] = cfg["seg_overrides"] = a.seg_epochs
     if a.networks:
         try:
             cfg["networks"] = parse_networks(a.networks)

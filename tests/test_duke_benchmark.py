@@ -113,6 +113,14 @@ def test_networks_option_overrides_the_scale_and_rejects_unknown_names(bench, tm
     with pytest.raises(SystemExit):
         bench.main(["--scale", "tiny", "--out", str(out), "--data", str(data), "--dry-run", "--networks", "vnet"])
     assert "unknown vnet" in capsys.readouterr().err
+    # --seg-epochs: every segmentation run trains that many epochs, the evaluations take no such override
+    assert bench.main(["--scale", "tiny", "--out", str(out), "--data", str(data), "--dry-run", "--seg-epochs", "3"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[run ]")]
+    assert all("--max_epochs 3 " in ln for ln in lines if ln.startswith("[run ] seg_")) and any(ln.startswith("[run ] seg_") for ln in lines)
+    assert not any("--max_epochs" in ln for ln in lines if ln.startswith("[run ] eval_"))
+    with pytest.raises(SystemExit):
+        bench.main(["--scale", "tiny", "--out", str(out), "--data", str(data), "--dry-run", "--seg-epochs", "0"])
+    assert "--seg-epochs must be >= 1, got 0" in capsys.readouterr().err
 
 
 def _metrics(dice: dict[str, float], pa: dict[str, float]) -> dict:
