@@ -135,7 +135,7 @@ class InsertFluid(Randomizable, Transform):
             raise ValueError(f"pocket centres must be (row, col) pairs, got {bad[0]}")
         self.depth = list(depth) if isinstance(depth, (list, tuple)) else [depth] * n
         sizes = np.asarray(size, dtype=float)
-        self.sizes = [tuple(s) for s in (np.broadcast_to(sizes, (n, 2)) if sizes.ndim == 1 else sizes)]
+        self.sizes = [tuple(float(v) for v in s) for s in (np.broadcast_to(sizes, (n, 2)) if sizes.ndim == 1 else sizes)]
         if len(self.depth) != n or len(self.sizes) != n:
             raise ValueError(f"{n} pockets need {n} depths and sizes, got {len(self.depth)} and {len(self.sizes)}")
         for s in self.sizes:
