@@ -51,6 +51,14 @@ def _pick(n_items: int, num: int | None) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, n_items - 1, num)})
 
 
+def _data_error(exc: BaseException) -> BaseException:
+    """The first :class:`DataError` ``exc`` was raised from (it names the file), else ``exc``."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, DataError):
+        cause = cause.__cause__
+    return cause or exc
+
+
 def place_pathology(datalist: str | os.PathLike, out: str | os.PathLike, edit: str = "fluid", num: int | None = None,
                     seed: int = 0, band_height: int | None = 224, size: Sequence[int] = (224, 512),
                     dataset_dir: str | None = None, key: str | Sequence[str] | None = ("train", "training"),
@@ -87,8 +95,14 @@ def place_pathology(datalist: str | os.PathLike, out: str | os.PathLike, edit: s
     chosen = _pick(len(items_all), num)
     sources = [items_all[i] for i in chosen]
     # the maps as a synthesis from --label_datalist reads them: band crop from the label, one nearest-exact resize
-    bank = LabelBank.from_datalist(sources, image_size=list(size), band_height=band_height, table=table,
-                                   label_size=list(size))
+    try:
+        bank = LabelBank.from_datalist(sources, image_size=list(size), band_height=band_height, table=table,
+                                       label_size=list(size))
+    except RuntimeError as e:  # MONAI's Compose wraps a reader's DataError ("applying transform ..."): say its message
+        cause = _data_error(e)
+        if cause is e:
+            raise
+        raise DataError(str(cause)) from e
     names = [Path(it["label"]).stem + ".png" for it in sources]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
