@@ -65,7 +65,10 @@ def test_every_sampler_of_the_table_has_its_column_and_overhead(speed):
     for c in ("DDPM-1000", "DDIM-3", "DPMPP2M-3", "HEUN-3"):
         assert row[c] > 0 and 0.1 < row[f"{c} overhead"] < 20, (c, row.get(c), row.get(f"{c} overhead"))
         assert c in res["table"]
-    assert 1.1 < row["HEUN-3"] / row["DDIM-3"] < 5  # 5 evaluations against 3, each about one forward
+    # heun's 3 steps are counted as 5 network evaluations, DDIM's as 3: time / overhead = evaluations x bare forward / batch
+    # (an identity of how the columns are made, so no timing noise enters; a wall-time ratio failed under load)
+    evaluations = {c: row[c] / row[f"{c} overhead"] for c in ("HEUN-3", "DDIM-3")}
+    assert evaluations["HEUN-3"] / evaluations["DDIM-3"] == pytest.approx(5 / 3)
 
 def test_unavailable_option_is_reported_not_raised(quick_result):
     res, _ = quick_result
