@@ -83,6 +83,69 @@ def test_seg_tasks_map_crossing_to_artery(tmp_path):
     assert fr.seg_num_classes("av") == 3 and fr.seg_num_classes("vessel") == 2
 
 
+def _fixed_sampler(values=None, conds=None):
+    """A DDIM-scheduled sampler that returns ``values`` (or zeros of the asked shape), recording the conditions."""
+    from monai_oct.engines.sampler import DiffusionSampler
+    from monai_oct.schedulers import diffusion_scheduler
+
+    class Fixed(DiffusionSampler):
+        def __call__(self, network, generators, shape, condition=None, device=None):
+            if conds is not None:
+                conds.append(condition.cpu().clone())
+            out = torch.zeros(len(generators), *shape) if values is None else values[: len(generators)]
+            return out.to(device)
+
+    return Fixed(diffusion_scheduler("ddim", 20, "cosine", "v_prediction"), 2)
+
+
+def test_synthesis_condition_is_no_class_outside_the_fov(tmp_path):
+    """Bug: training encodes the label as 255 outside the FOV (0.0 in every one-hot channel), synthesis encoded the
+    source's background there (+1 / -1): the image model was conditioned on what it never saw at the FOV's edge."""
+    from monai_oct.engines.synthesis import SamplerEngine
+    from monai_oct.engines.writer import PairWriter
+    from monai_oct.recipes.sources import LabelBank
+
+    labels = torch.zeros(2, 1, 32, 32, dtype=torch.long)
+    labels[:, :, 14:18] = 1
+    conds: list = []
+    engine = SamplerEngine(2, fr.FundusLabelSource(LabelBank(labels), fov_radius=0.4), torch.nn.Conv2d(1, 1, 1),
+                           _fixed_sampler(conds=conds), [32, 32], 4, PairWriter(tmp_path, extra_dirs=["fov"], datalist_extras=["fov"]),
+                           encoding="onehot", batch_size=2, progress=False, config={}, image_channels=3)
+    engine.run_all()
+    fov = fr.circular_fov([32, 32], 0.4)[0]
+    cond = conds[0]
+    assert cond.shape == (2, 4, 32, 32)
+    assert cond[:, :, ~fov].eq(0.0).all()  # no class outside the FOV, as in training
+    inside_background = fov.clone()
+    inside_background[14:18] = False
+    assert cond[:, 0, inside_background].eq(1.0).all() and cond[:, 1, fov & ~inside_background].eq(1.0).all()
+    item = json.loads((tmp_path / "datalist.json").read_text())["training"][0]
+    assert set(item) == {"image", "label", "fov"}
+    label, image = read_label(item["label"]), read_image(item["image"])
+    assert label[~fov.numpy()].max() == 0 and image.shape == (32, 32, 3) and (image[~fov.numpy()] == 0).all()
+
+
+def test_vessel_tree_decode_of_a_synthesis_ignores_what_lies_outside_the_fov():
+    """Bug: the mask DDPM's samples are noise outside the FOV (it learnt no class there); the vessel-tree decoding
+    counted that noise as vessels, put the optic disc in a corner and removed the real tree."""
+    from monai_oct.recipes.sources import MaskSampler
+
+    lab = torch.zeros(64, 64, dtype=torch.long)
+    lab[30:34, 10:54] = 1  # an artery through the middle, its densest part at the disc (the middle)
+    lab[20:44, 30:34] = 2
+    lab[30:34, 30:34] = 3
+    lab[:12, :12] = 2  # a dense "vessel" block in the corner, outside the FOV
+    scores = torch.nn.functional.one_hot(lab, 4).permute(2, 0, 1)[None].float() * 2 - 1
+    sampler = MaskSampler(torch.nn.Conv2d(4, 4, 1), _fixed_sampler(values=scores), [64, 64], 4, encoding="onehot",
+                          decode="vessel_tree", table="fundus_av")
+    source = fr.FundusLabelSource(sampler, fov_radius=0.45)
+    out = source([0], [torch.Generator().manual_seed(0)], torch.device("cpu"))["label"][0, 0]
+    assert out[30:34, 12:52].ne(0).all() and out[22:42, 30:34].ne(0).all()  # the tree is kept
+    assert out[:12, :12].eq(0).all()
+    disc = sampler.tree_reports["0"]["disc_centre"]
+    assert abs(disc[0] - 32) < 8 and abs(disc[1] - 32) < 8
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """The smoke chain on a 6-photograph 128x128 phantom, each stage's output folder."""

@@ -161,6 +161,10 @@ class FundusLabelSource:
     FOV the maps are background; the FOV is returned as ``"fov"`` (the engine blackens the image there) and as the
     extra image ``fov`` (the writer writes ``fov/<name>.png``, 0 / 255, and lists it in ``datalist.json``).
 
+    A ``vessel_tree`` decoder of the inner source (``MaskSampler(decode="vessel_tree")``) is given the same FOV:
+    the mask DDPM learnt "no class" (0.0 in every channel) outside a photograph's FOV, so the argmax there is noise,
+    which would otherwise count as vessels where the decoder looks for the optic disc (the densest vessels).
+
     Args:
         source: the inner label source.
         fov_radius: FOV radius as a fraction of the shorter side.
@@ -169,6 +173,9 @@ class FundusLabelSource:
     def __init__(self, source: Callable, fov_radius: float = 0.47) -> None:
         self.source, self.fov_radius = source, float(fov_radius)
         self.resolve = ResolveUncertain()
+        decoder = getattr(source, "vessel_tree", None)
+        if decoder is not None and decoder.fov is None:
+            decoder.fov = circular_fov(source.label_size, self.fov_radius)[0].numpy()
 
     def __getattr__(self, name: str) -> Any:  # decode, report, ... of the inner source
         return getattr(self.__dict__["source"], name)
