@@ -26,6 +26,9 @@ nothing and repeats nothing.
 
     python benchmarks/duke_retidiff.py --scale mini --out runs/bench_mini --jobs 2 --threads 1    # <= 90 min, 2-core CPU
     python benchmarks/duke_retidiff.py --scale mini64 --out runs/bench_mini64     # the first (64x128) mini scale
+    python benchmarks/duke_retidiff.py --scale paper --networks unet,ynet,relaynet,gdnet --device cuda:0   # Table 2's four
+    python benchmarks/duke_retidiff.py --scale mini --networks unet,ynet,relaynet,gdnet --seg-epochs 5 \
+        --out runs/table2_cpu --jobs 2 --threads 1     # Table 2 on the CPU: 165 iterations per run, all networks alike
     python benchmarks/duke_retidiff.py --scale paper --out runs/bench_paper --device cuda:0
 """
 
@@ -252,6 +255,22 @@ def unlabeled_datalist(data: Path, out: Path) -> Path:
     return path
 
 
+def parse_networks(text: str) -> list[str]:
+    """The segmentation networks of ``--networks`` (comma-separated, lower-cased, in order, repeats dropped).
+
+    Raises:
+        ValueError: for an empty list or a name ``monai_oct.networks.segmentation.segmentation_network`` does not
+            know, naming it and the known ones.
+    """
+    from monai_oct.networks.segmentation import SEGMENTATION_NETWORKS
+
+    names = list(dict.fromkeys(x.strip().lower() for x in text.split(",") if x.strip()))
+    bad = [x for x in names if x not in SEGMENTATION_NETWORKS]
+    if bad or not names:
+        raise ValueError(f"--networks {text!r}: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(SEGMENTATION_NETWORKS)}")
+    return names
+
+
 def seg_steps(run: Runner, cfg: dict[str, Any], sets: dict[str, tuple[list[str], list[float] | None]], test: Path,
               seed: int, network: str, tag: str = "") -> dict[str, dict]:
     """Train one segmentation model per training set (same iterations) and score its final weights on ``test``.
@@ -267,7 +286,8 @@ def seg_steps(run: Runner, cfg: dict[str, Any], sets: dict[str, tuple[list[str],
     for name, (datalists, ratio) in sets.items():
         d = run.out / "seg" / f"{network}_{name}{tag}"
         run.bundle(f"seg_{network}_{name}{tag}", d / "model_final.pt", seg_configs(cfg), datalist=datalists, mix_ratio=ratio,
-                   val_datalist=str(test), output_dir=str(d), val_interval=cfg["seg"]["max_epochs"] + 1, **common)
+                   val_datalist=str(test), output_dir=str(d), val_interval=cfg["seg"]["max_epochs"] + 1,
+                   max_epochs=cfg.get("seg_overrides"), **common)
         run.bundle(f"eval_{network}_{name}{tag}", d / "eval" / "metrics.json", seg_configs(cfg, "evaluate"),
                    datalist=str(test), ckpt=str(d / "model_final.pt"), output_dir=str(d / "eval"), overlays=2, **common)
         if (d / "eval" / "metrics.json").is_file():
@@ -334,9 +354,26 @@ def main(argv: list[str] | None = None) -> int:
                    help="pairs of each label source after the first (default: N, as the main set)")
     p.add_argument("--label-sources", default=None, help="label sources of the synthetic sets, first = the main set: "
                                                          "boundaries, dmc (default: the scale's)")
+    p.add_argument("--networks", default=None, help="segmentation networks, first = the quality report's teacher, e.g. "
+                                                    "unet,ynet,relaynet,gdnet (RetiDiff's Table 2; default: the scale's)")
+    p.add_argument("--seg-epochs", type=int, default=None,
+                   help="segmentation epochs instead of the preset's (every network and set alike; the paper networks "
+                        "cost ~15x the mini UNet per iteration on the CPU); results.md says so. Use its own --out")
     a = p.parse_args(argv)
 
     cfg = scale_settings(SCALES, a.scale)
+    if a.seg_epochs is not None:
+        if a.seg_epochs < 1:
+            p.error(f"--seg-epochs must be >= 1, got {a.seg_epochs}")
+        per_epoch = cfg["seg"].get("samples_per_epoch")
+        iters = f" ({a.seg_epochs * per_epoch // cfg['seg']['batch_size']} iterations)" if per_epoch else ""
+        cfg["why"] += f"; segmentation {a.seg_epochs} epochs{iters} instead of the preset's {cfg['seg']['max_epochs']}"
+        cfg["seg"]["max_epochs"] = cfg["seg_overrides"] = a.seg_epochs
+    if a.networks:
+        try:
+            cfg["networks"] = parse_networks(a.networks)
+        except ValueError as e:
+            p.error(str(e))
     paths = resolve_data(a)
     if paths is None:
         return 2
@@ -582,9 +619,44 @@ def seed_mean(runs: dict[int, dict]) -> dict:
     keys = ms[0]
     return {"seeds": sorted(runs), "mean_dice": avg(lambda m: m.get("mean_dice")), "mean_pa": avg(lambda m: m.get("mean_pa")),
             "pixel_accuracy": avg(lambda m: m.get("pixel_accuracy")),
-            "groups": {g: {"dice": avg(lambda m, g=g: m.get("groups", {}).get(g, {}).get("dice"))} for g in keys.get("groups", {})},
+            "groups": {g: {k: avg(lambda m, g=g, k=k: m.get("groups", {}).get(g, {}).get(k)) for k in ("dice", "pa")}
+                       for g in keys.get("groups", {})},
             "classes": {c: {"dice": avg(lambda m, c=c: m.get("classes", {}).get(c, {}).get("dice"))} for c in keys.get("classes", {})},
             "per_subject": {k: avg(lambda m, k=k: m.get("per_subject", {}).get(k)) for k in keys.get("per_subject", {})}}
+
+
+def table2(means: dict[str, dict[str, dict]], rows: list[tuple[str, str, str]]) -> list[str]:
+    """Markdown in RetiDiff's Table 2 layout: one row per R/S setting x model, Dice and pixel accuracy of NFL-IPL,
+    ONL-ISM, IRF and their mean (the mean of the three groups, as RetiDiff's mean column); then each model's gain from
+    the synthetic data (66/N vs 66/0): mean Dice and fluid (IRF) Dice, absolute and relative.
+
+    Args:
+        means: ``{network: {row key: seed means of metrics.json}}`` (:func:`seed_mean`); missing rows are skipped.
+        rows: ``(key, real, synthetic)`` in table order.
+    """
+    nan = float("nan")
+
+    def cols(m: dict, what: str) -> list[float]:
+        v = [m.get("groups", {}).get(g, {}).get(what) for g in GROUPS]
+        v = [nan if x is None else float(x) for x in v]
+        return v + [float(np.mean(v))]
+
+    head = " | ".join(f"Dice {g}" for g in (*GROUPS, "mean")) + " | " + " | ".join(f"PA {g}" for g in (*GROUPS, "mean"))
+    lines = [f"| R/S | model | {head} |", "|---|---|" + "---:|" * (2 * len(GROUPS) + 2)]
+    for key, r, s in rows:
+        for net, res in means.items():
+            if key in res:
+                vals = cols(res[key], "dice") + cols(res[key], "pa")
+                lines.append(f"| {r}/{s} | {net} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    lines += ["", "Gain from the synthetic data (66/N vs 66/0; RetiDiff reports Y-Net's fluid Dice +53.8 %):", "",
+              "| model | mean Dice 66/0 | 66/N | change | IRF Dice 66/0 | 66/N | change | relative |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for net, res in means.items():
+        if "R66_S0" in res and "R66_SN" in res:
+            f0, d0 = cols(res["R66_S0"], "dice")[2:]  # IRF, mean
+            f1, d1 = cols(res["R66_SN"], "dice")[2:]
+            rel = f"{100 * (f1 - f0) / f0:+.1f} %" if f0 > 0 else "n/a"
+            lines.append(f"| {net} | {d0:.3f} | {d1:.3f} | {d1 - d0:+.3f} | {f0:.3f} | {f1:.3f} | {f1 - f0:+.3f} | {rel} |")
+    return lines
 
 
 def seed_table(res: dict[str, dict[int, dict]], keys: list[str]) -> list[str]:
@@ -638,7 +710,9 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
              f"seed {plan['seeds'][0]}); device {a.device}, {a.jobs} step(s) at once, {a.threads or 'default'} thread(s) each; "
              f"wall time of this invocation {wall / 60:.1f} min (sum of step times, first runs: {sum(timings.values()) / 60:.1f} min); "
              f"versions {meta['versions']}.", f"Scale: {cfg['why']}.", "",
-             "## Segmentation (Dice on the test datalist, final weights; rows with several seeds: their mean)", ""]
+             "## RetiDiff's Table 2 (test datalist, final weights; rows with several seeds: their mean)", ""]
+    lines += table2(means, rows) + ["", "## Segmentation per model (Dice on the test datalist, final weights; rows with "
+                                        "several seeds: their mean)", ""]
     for net in results:
         lines += seg_tables(net, means[net], rows) + ["", "Seeds:", ""] + seed_table(results[net], ["R66_S0", "R66_SN"])
         lines += ["", "Per test subject (mean over the subject's images of each class's Dice, then over classes 1-9; "

@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                         "and 10), all, none, or SAMPLER:NFE,... (default: the scale's, else default)")
     p.add_argument("--bf16-sampler", default="dpmpp2m", help=f"sampled at NFE {BF16_NFE} with --amp_dtype bfloat16 "
                                                               "(its Dice measured too); none: no bf16 cell")
+    p.add_argument("--bf16-seeds", default=None,
+                   help="segmentation seeds of the bf16 cell's Dice, comma-separated (default: the scale's seeds); it is "
+                        "compared with its float32 twin on the same seeds, so one seed already shows a paired effect")
     p.add_argument("--v-ckpt", type=Path, default=None, help="a trained v-prediction stage-3 model.pt (no v training)")
     p.add_argument("--flow-ckpt", type=Path, default=None, help="a trained --prediction_type flow stage-3 model.pt")
     p.add_argument("--flow-init", choices=["flow", "v"], default="flow",
@@ -327,8 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         plan.add(f"quality_{c.name}", lambda c=c: quality.__setitem__(
             c.name, quality_report(run, out, cfg, out / "cells" / c.name, duke, teacher, name=f"quality_{c.name}")),
             after=[f"synth_{c.name}", *teacher_step])
+    try:
+        bf16_seeds = [int(x) for x in a.bf16_seeds.split(",") if x.strip()] if a.bf16_seeds else seeds
+    except ValueError:
+        p.error(f"--bf16-seeds takes comma-separated integers, got {a.bf16_seeds!r}")
     for c in dice:
-        for seed in seeds:
+        for seed in (bf16_seeds if c.amp_dtype else seeds):
             def seg_cell(c: Cell = c, seed: int = seed) -> None:
                 sets = {f"R66_S{n}_{c.name}": ([real, str(out / "cells" / c.name / "datalist.json")], ratio)}
                 for m in seg_steps(run, cfg, sets, test, seed, net, f"_seed{seed}").values():
@@ -422,6 +429,22 @@ def cell_row(cell: Cell, seconds: float | None, step_seconds: float | None, n: i
             "segmentation": seed_mean(runs) if runs else None}
 
 
+def bf16_paired(rows: list[dict]) -> dict[str, Any] | None:
+    """The bf16 cell against its float32 twin (same sampler and NFE) on the segmentation seeds both have: ``{"twin",
+    "seeds", "bf16", "float32", "delta", "fd_bf16", "fd_float32"}`` (mean Dice over those seeds), or None when either
+    has no Dice or they share no seed."""
+    for r in rows:
+        if r["amp_dtype"] != "bfloat16":
+            continue
+        twin = next((t for t in rows if t["sampler"] == r["sampler"] and t["nfe_budget"] == r["nfe_budget"] and not t["amp_dtype"]), None)
+        common = sorted(set(r["dice_seeds"]) & set(twin["dice_seeds"])) if twin else []
+        if common:
+            b, f = (float(np.mean([x["dice_seeds"][k] for k in common])) for x in (r, twin))
+            return {"twin": twin["cell"], "seeds": common, "bf16": b, "float32": f, "delta": b - f,
+                    "fd_bf16": r["fd"], "fd_float32": twin["fd"]}
+    return None
+
+
 def _json_safe(obj: Any) -> Any:
     """``obj`` with every NaN float replaced by None (JSON has no NaN: a missing measurement is ``null``)."""
     if isinstance(obj, dict):
@@ -481,6 +504,11 @@ def write_results(out: Path, meta: dict, rows: list[dict]) -> None:
     if meta.get("bf16") and fast:
         best = min(fast, key=lambda r: r["fd"])
         lines.append(f"bf16 cell: {meta['bf16']}; the fast sampler with the lowest FD at NFE {BF16_NFE}: {best['sampler']}.")
+    paired = bf16_paired(rows)
+    if paired:
+        lines.append(f"bf16 vs its float32 twin ({paired['twin']}) on the same segmentation seeds {paired['seeds']}: "
+                     f"Dice {paired['bf16']:.3f} vs {paired['float32']:.3f} (Δ {paired['delta']:+.3f}); "
+                     f"FD {_f(paired['fd_bf16'], '.1f')} vs {_f(paired['fd_float32'], '.1f')}.")
     lines += ["", "## Step times (minutes)", "", "| step | min |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in meta["step_minutes"].items()]
     write_text(out / "results.md", "\n".join(lines) + "\n")

@@ -106,6 +106,29 @@ def _cmd_merge_synthesis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_place_pathology(args: argparse.Namespace) -> int:
+    from monai_oct.core.io import DataError, read_json
+    from monai_oct.recipes.placement import place_pathology
+
+    if args.edit == "fluid":
+        edit_args = {"num_pockets": args.count, "height_range": args.height, "width_range": args.width}
+    else:
+        edit_args = {"count": args.count, "height_range": args.height, "width_range": args.width}
+    try:
+        dl = place_pathology(args.datalist, args.out, edit=args.edit, num=args.num, seed=args.seed,
+                             band_height=args.band_height, size=args.size, dataset_dir=args.root, key=args.key,
+                             table=args.table, **{k: v for k, v in edit_args.items() if v is not None})
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rec = read_json(Path(args.out) / "placement.json", "placement record")["items"]
+    print(f"placed {args.edit} in {len(rec)} label maps of {args.datalist} ({args.size[0]}x{args.size[1]}, seed {args.seed}): "
+          f"{sum(r['inserted_pixels'] for r in rec)} pixels inserted")
+    print(f"wrote {dl} (edited maps) and {Path(args.out) / 'datalist_control.json'} (the same maps unedited); "
+          f"synthesize with --label_datalist {dl}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monai_oct.demo import run_demo
 
@@ -209,6 +232,28 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--grid-size", type=int, default=16, help="pairs shown in grid.png")
     mg.set_defaults(func=_cmd_merge_synthesis)
 
+    pp = sub.add_parser("place-pathology", help="insert fluid pockets or drusen into the label maps of a datalist "
+                                               "(edited maps, inserted masks, a datalist for synthesis --label_datalist)")
+    pp.add_argument("datalist", help="Decathlon-style datalist JSON with 'image' and 'label' entries")
+    pp.add_argument("--out", required=True, help="output folder: labels/, inserted/, before/, original/, datalist.json, "
+                                                 "datalist_control.json, placement.json")
+    pp.add_argument("--edit", choices=["fluid", "drusen"], default="fluid", help="what to place (default: fluid)")
+    pp.add_argument("--num", type=int, default=None, help="edit this many maps, spread evenly over the list (default: all)")
+    pp.add_argument("--seed", type=int, default=0, help="map i is edited with the stream (seed, i)")
+    pp.add_argument("--band-height", type=int, default=224, help="retina band rows cropped around the layers (0: whole maps)")
+    pp.add_argument("--size", type=int, nargs=2, default=[224, 512], metavar=("H", "W"),
+                    help="size the maps are resized to, the synthesis' --label_size (default: 224 512)")
+    pp.add_argument("--count", type=int, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                    help="pockets / drusen per map (default: the transform's, 1 3 / 1 4)")
+    pp.add_argument("--height", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                    help="pocket / druse height in rows (default: the transform's, 6 16 / 4 10)")
+    pp.add_argument("--width", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                    help="pocket / druse width in columns (default: the transform's, 12 40 / 30 70)")
+    pp.add_argument("--root", default=None, help="folder a relative datalist path starts from")
+    pp.add_argument("--key", default=None, help="list to read (default: 'train' or 'training')")
+    pp.add_argument("--table", default="duke_dme", help="label table (default: duke_dme)")
+    pp.set_defaults(func=_cmd_place_pathology)
+
     de = sub.add_parser("demo", help="run the main job on built-in phantom data")
     de.add_argument("--out", default="runs/demo", help="output folder")
     de.add_argument("--quick", action="store_true", help="smallest possible run (used by the tests)")
@@ -228,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tf_inception (needs the fid extra), none, or a TorchScript file")
     ev.add_argument("--extractor-layer", default=None, help="layer of a TorchScript extractor to pool")
     ev.add_argument("--teacher", default=None, help="segmentation checkpoint (state dict) for mask adherence")
-    ev.add_argument("--teacher-network", default="unet", help="network of --teacher (unet, basicunet, relaynet)")
+    ev.add_argument("--teacher-network", default="unet", help="network of --teacher (unet, basicunet, relaynet, ynet, gdnet)")
     ev.add_argument("--teacher-image-size", type=int, nargs=2, default=None, metavar=("H", "W"))
     ev.add_argument("--table", default="duke_dme", help="label table")
     ev.add_argument("--max-images", type=int, default=None, help="at most this many images per set")

@@ -96,3 +96,53 @@ def test_latent_scale_trains_the_autoencoder_first_and_gives_it_to_every_image_s
     seg = lines["seg_unet_R66_S0_seed0"]
     assert "oct_layer_seg/configs/presets/cpu_mini.yaml" in seg and "--latent_ckpt" not in seg  # the mini segmenter, unchanged
     assert "stage2_masks" not in lines  # the latent scale's label maps come from the boundary model only
+
+
+def test_networks_option_overrides_the_scale_and_rejects_unknown_names(bench, tmp_path, capsys):
+    assert bench.parse_networks("UNet, ynet,relaynet,gdnet,ynet") == ["unet", "ynet", "relaynet", "gdnet"]
+    with pytest.raises(ValueError, match="unknown vnet; choose from unet, basicunet, relaynet, ynet, gdnet"):
+        bench.parse_networks("unet,vnet")
+    data = tmp_path / "data"
+    (data / "duke_dme").mkdir(parents=True)
+    (data / "duke_dme" / "datalist_train.json").write_text('{"train": [{"image": "a.png", "label": "a_label.png"}]}')
+    out = tmp_path / "out"
+    assert bench.main(["--scale", "tiny", "--out", str(out), "--data", str(data), "--dry-run", "--networks", "ynet,gdnet"]) == 0
+    steps = [ln.split(":")[0].removeprefix("[run ] ") for ln in capsys.readouterr().out.splitlines() if ln.startswith("[run ]")]
+    segs = {s.split("_")[1] for s in steps if s.startswith("seg_")}
+    assert segs == {"ynet", "gdnet"}, steps
+    with pytest.raises(SystemExit):
+        bench.main(["--scale", "tiny", "--out", str(out), "--data", str(data), "--dry-run", "--networks", "vnet"])
+    assert "unknown vnet" in capsys.readouterr().err
+    # --seg-epochs: every segmentation run trains that many epochs, the evaluations take no such override
+    assert bench.main(["--scale", "tiny", "--out", str(out), "--data", str(data), "--dry-run", "--seg-epochs", "3"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[run ]")]
+    assert all("--max_epochs 3 " in ln for ln in lines if ln.startswith("[run ] seg_")) and any(ln.startswith("[run ] seg_") for ln in lines)
+    assert not any("--max_epochs" in ln for ln in lines if ln.startswith("[run ] eval_"))
+    with pytest.raises(SystemExit):
+        bench.main(["--scale", "tiny", "--out", str(out), "--data", str(data), "--dry-run", "--seg-epochs", "0"])
+    assert "--seg-epochs must be >= 1, got 0" in capsys.readouterr().err
+
+
+def _metrics(dice: dict[str, float], pa: dict[str, float]) -> dict:
+    return {"mean_dice": 0.5, "mean_pa": 0.9, "groups": {g: {"dice": dice[g], "pa": pa[g]} for g in dice}}
+
+
+def test_table2_rows_are_settings_by_model_with_dice_and_pixel_accuracy(bench):
+    """RetiDiff's Table 2 layout from a small hand-made results dict: seed means of group Dice and PA, mean of the groups."""
+    g = ("NFL-IPL", "ONL-ISM", "IRF")
+    unet = {"R66_S0": {0: _metrics(dict(zip(g, (0.9, 0.8, 0.2))), dict(zip(g, (0.95, 0.9, 0.5)))),
+                       1: _metrics(dict(zip(g, (0.8, 0.8, 0.4))), dict(zip(g, (0.85, 0.9, 0.7))))},
+            "R66_SN": {0: _metrics(dict(zip(g, (0.9, 0.9, 0.45))), dict(zip(g, (0.9, 0.9, 0.9))))}}
+    ynet = {"R66_S0": {0: _metrics(dict(zip(g, (0.7, 0.7, 0.1))), dict(zip(g, (0.8, 0.8, 0.3))))}}
+    means = {net: {k: bench.seed_mean(runs) for k, runs in res.items()} for net, res in {"unet": unet, "ynet": ynet}.items()}
+    assert means["unet"]["R66_S0"]["groups"]["IRF"] == pytest.approx({"dice": 0.3, "pa": 0.6})
+    rows = [("R66_S0", "66", "0"), ("R0_SN", "0", "400"), ("R66_SN", "66", "400")]
+    t = bench.table2(means, rows)
+    assert t[0].startswith("| R/S | model | Dice NFL-IPL | Dice ONL-ISM | Dice IRF | Dice mean | PA NFL-IPL |")
+    body = [ln for ln in t[2:] if ln.startswith("| 66/") or ln.startswith("| 0/")]
+    assert [ln.split(" | ")[:2] for ln in body] == [["| 66/0", "unet"], ["| 66/0", "ynet"], ["| 66/400", "unet"]]
+    # unet 66/0: Dice 0.85, 0.8, 0.3 (mean 0.65); PA 0.9, 0.9, 0.6 (mean 0.8)
+    assert body[0].endswith("| 0.850 | 0.800 | 0.300 | 0.650 | 0.900 | 0.900 | 0.600 | 0.800 |")
+    gain = [ln for ln in t if ln.startswith("| unet |")]
+    assert gain == ["| unet | 0.650 | 0.750 | +0.100 | 0.300 | 0.450 | +0.150 | +50.0 % |"]
+    assert not [ln for ln in t if ln.startswith("| ynet |")]  # no 66/N row: no gain

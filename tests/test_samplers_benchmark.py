@@ -163,3 +163,20 @@ def test_cells_list_replaces_the_grid_and_mini_cpu_plans_its_own_cells(bench, tm
     with pytest.raises(SystemExit):
         _dry_run(bench, tmp_path, capsys, "--cells", "ddpm:1000,plms:20")
     assert "['plms']" in capsys.readouterr().err
+
+def test_bf16_cell_is_compared_with_its_float32_twin_on_shared_seeds_and_bf16_seeds_limit_its_runs(bench, tmp_path, capsys):
+    def metrics(d):
+        return {"mean_dice": d, "mean_pa": 0.9, "groups": {}, "classes": {}}
+
+    q = {"frechet": {"fd_matched": 200.0, "fd_floor": 100.0}, "adherence": {"mean_dice": 0.7}}
+    C = bench.Cell
+    rows = [bench.cell_row(C("dpmpp2m", 20), 10.0, None, 64, q, {0: metrics(0.80), 1: metrics(0.84), 2: metrics(0.82)}),
+            bench.cell_row(C("dpmpp2m", 20, "bfloat16"), 6.0, None, 64, q, {0: metrics(0.79)})]
+    paired = bench.bf16_paired(rows)
+    assert paired["twin"] == "dpmpp2m_20" and paired["seeds"] == [0]  # seed 0 only: the bf16 cell's one seed
+    assert paired["bf16"] == pytest.approx(0.79) and paired["float32"] == pytest.approx(0.80) and paired["delta"] == pytest.approx(-0.01)
+    assert bench.bf16_paired(rows[:1]) is None
+    steps, _ = _dry_run(bench, tmp_path, capsys, "--cells", "ddpm:1000,dpmpp2m:20", "--bf16-seeds", "0")
+    bf16 = {k for k in steps if k.startswith("seg_unet_R66_S64_dpmpp2m_20_bf16_")}
+    assert bf16 == {"seg_unet_R66_S64_dpmpp2m_20_bf16_seed0"}
+    assert {f"seg_unet_R66_S64_dpmpp2m_20_seed{s}" for s in range(3)} <= set(steps)

@@ -229,3 +229,20 @@ def test_nan_loss_stops_with_a_message_and_no_model(phantom_dir, tmp_path):
     # the guard's message (the last line is MONAI's ConfigExpression wrapper until the run lines report errors)
     assert "FloatingPointError: segmentation loss is nan at iteration 3, epoch 1" in out, out[-2000:]
     assert not (run / "model_final.pt").exists() and not (run / "model.pt").exists()  # stopped before any validation
+
+
+def test_train_and_evaluate_with_ynet(phantom_dir, tmp_path):
+    """--network ynet through train.yaml and evaluate.yaml: the trained weights load into the factory's YNet."""
+    from monai_oct.networks.segmentation import load_weights, segmentation_network
+    from monai_oct.networks.ynet import YNet
+
+    run = tmp_path / "run"
+    run_bundle(["train.yaml"], "--dataset_dir", phantom_dir, "--output_dir", run, "--max_epochs", 1,
+               "--batch_size", 4, "--network", "ynet", *TINY)
+    net = load_weights(segmentation_network("ynet", channels=[8]), run / "model_final.pt")
+    assert type(net) is YNet
+    ev = tmp_path / "eval"
+    run_bundle(["train.yaml", "evaluate.yaml"], "--dataset_dir", phantom_dir, "--ckpt", run / "model_final.pt",
+               "--output_dir", ev, "--network", "ynet", "--overlays", 0, *TINY)
+    rep = _check_report(ev / "metrics.json", num_images=3)
+    assert rep["network"] == "YNet"

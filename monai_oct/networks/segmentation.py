@@ -1,4 +1,5 @@
-"""Segmentation networks selectable by name: MONAI ``UNet`` / ``BasicUNet`` and :class:`ReLayNet`."""
+"""Segmentation networks selectable by name: MONAI ``UNet`` / ``BasicUNet``, :class:`ReLayNet`, :class:`YNet` and
+:class:`GDNet`."""
 
 from __future__ import annotations
 
@@ -10,19 +11,23 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from monai_oct.networks.checkpoint import load_weights  # re-exported: the one loader lives in checkpoint.py
+from monai_oct.networks.gdnet import GDNet
 from monai_oct.networks.relaynet import ReLayNet
 from monai_oct.networks.sizes import check_divisible
+from monai_oct.networks.ynet import YNet, check_min_size
 
 __all__ = ["SEGMENTATION_NETWORKS", "SizeCheckedUNet", "segmentation_network", "resolve_network", "load_weights", "size_factor",
            "check_segmentation_size"]
 
 #: names accepted by :func:`segmentation_network`.
-SEGMENTATION_NETWORKS = ("unet", "basicunet", "relaynet")
+SEGMENTATION_NETWORKS = ("unet", "basicunet", "relaynet", "ynet", "gdnet")
 
 
 def size_factor(network: nn.Module) -> int:
     """What the sides of an input must divide by for ``network``: the product of a MONAI ``UNet``'s strides; 1 for
-    networks that take any size (``BasicUNet`` pads odd sides, ``ReLayNet`` unpools to each level's exact size)."""
+    networks that take any size (``BasicUNet`` pads odd sides, ``ReLayNet`` unpools to each level's exact size,
+    ``YNet`` / ``GDNet`` pad odd sides in their decoder; they need sides >= ``2**depth``, which
+    :func:`check_segmentation_size` checks)."""
     if isinstance(network, UNet):
         return math.prod(int(s) if not isinstance(s, Sequence) else int(s[0]) for s in network.strides)
     return 1
@@ -33,8 +38,11 @@ def check_segmentation_size(network: nn.Module, size: Sequence[int]) -> None:
     :func:`monai_oct.networks.diffusion.check_image_size`.
 
     Raises:
-        ValueError: naming the size, the factor it must divide by and the nearest sizes that work.
+        ValueError: naming the size, the factor it must divide by (or, for a ``YNet`` / ``GDNet``, the smallest side)
+            and the nearest sizes that work.
     """
+    if isinstance(network, YNet):
+        check_min_size(network, list(size), network.depth)
     f = size_factor(network)
     check_divisible(size, f, f"the {type(network).__name__} down-samples {int(math.log2(f))} times")
 
@@ -76,12 +84,15 @@ def segmentation_network(name: str = "unet", in_channels: int = 1, out_channels:
 
     Args:
         name: ``"unet"`` (MONAI ``UNet``, 2 residual units per level), ``"basicunet"`` (MONAI ``BasicUNet``)
-            or ``"relaynet"`` (:class:`monai_oct.networks.relaynet.ReLayNet`); case-insensitive.
+            ``"relaynet"`` (:class:`monai_oct.networks.relaynet.ReLayNet`), ``"ynet"``
+            (:class:`monai_oct.networks.ynet.YNet`) or ``"gdnet"`` (:class:`monai_oct.networks.gdnet.GDNet`);
+            case-insensitive.
         in_channels: image channels.
         out_channels: number of classes.
         channels: widths: per level for ``unet`` (default ``(16, 32, 64, 128, 256)``, strides 2), the six
             ``features`` of ``basicunet`` (default ``(32, 32, 64, 128, 256, 32)``), or one value (the
-            first is used) for ``relaynet`` (default 64).
+            first is used) for ``relaynet`` (default 64) and for ``ynet`` / ``gdnet`` (the first level's width,
+            default 32).
         dropout: dropout probability.
         kwargs: passed to the network's constructor (e.g. ``num_res_units``, ``depth``, ``dense``).
 
@@ -106,6 +117,10 @@ def segmentation_network(name: str = "unet", in_channels: int = 1, out_channels:
     if key == "relaynet":
         feats = int(channels[0]) if channels else 64
         return ReLayNet(in_channels=in_channels, out_channels=out_channels, features=feats, dropout=dropout, **kwargs)
+    if key in ("ynet", "gdnet"):
+        net = YNet if key == "ynet" else GDNet
+        return net(in_channels=in_channels, out_channels=out_channels, channels=int(channels[0]) if channels else 32,
+                   dropout=dropout, **kwargs)
     raise ValueError(f"unknown segmentation network {name!r}; choose one of {', '.join(SEGMENTATION_NETWORKS)}")
 
 

@@ -28,3 +28,14 @@ from monai_oct.transforms.topology import LayerOrderDecode, LayerOrderDecoded, l
 
 # layer sketches (Wu et al.)
 from monai_oct.transforms.sketch import FLUID_STYLES, LayerSketch, LayerSketchd
+
+# pathology placed by hand on label maps (issue 18)
+from monai_oct.transforms.pathology import (
+    InsertDrusen,
+    InsertDrusend,
+    InsertFluid,
+    InsertFluidd,
+    RandInsertDrusend,
+    RandInsertFluidd,
+    fluid_zone,
+)
