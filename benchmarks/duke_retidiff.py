@@ -255,6 +255,26 @@ def unlabeled_datalist(data: Path, out: Path) -> Path:
     return path
 
 
+#: The segmentation rows (training sets) of the main label source; the other sources add R0_SN_<src>, R66_SN_<src>.
+ROWS = ("R66_S0", "R66_SN", "R0_SN", "R0_S66", "R66_SN_pseudo")
+
+
+def parse_rows(text: str | None) -> set[str]:
+    """The rows of ``--rows`` (comma-separated; None: all of :data:`ROWS`). Selecting ``R0_SN`` or ``R66_SN`` also
+    selects the other label sources' row of that name.
+
+    Raises:
+        ValueError: for an empty list or an unknown row, naming the known ones.
+    """
+    if text is None:
+        return set(ROWS)
+    rows = {x.strip() for x in text.split(",") if x.strip()}
+    bad = sorted(rows - set(ROWS))
+    if bad or not rows:
+        raise ValueError(f"--rows {text!r}: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(ROWS)}")
+    return rows
+
+
 def parse_networks(text: str) -> list[str]:
     """The segmentation networks of ``--networks`` (comma-separated, lower-cased, in order, repeats dropped).
 
@@ -356,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                                                          "boundaries, dmc (default: the scale's)")
     p.add_argument("--networks", default=None, help="segmentation networks, first = the quality report's teacher, e.g. "
                                                     "unet,ynet,relaynet,gdnet (RetiDiff's Table 2; default: the scale's)")
+    p.add_argument("--rows", default=None,
+                   help="segmentation rows to train, e.g. R66_S0,R66_SN (Table 2's R/S pairs only); default all of "
+                        + ", ".join(ROWS) + " and the other label sources' R0_SN / R66_SN")
     p.add_argument("--seg-epochs", type=int, default=None,
                    help="segmentation epochs instead of the preset's (every network and set alike; the paper networks "
                         "cost ~15x the mini UNet per iteration on the CPU); results.md says so. Use its own --out")
@@ -384,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     sources = a.label_sources.split(",") if a.label_sources else list(cfg["label_sources"])
     if not seeds or set(sources) - {"boundaries", "dmc"} or not sources:
         p.error(f"--seeds needs at least one seed and --label-sources only boundaries and dmc, got {seeds} / {sources}")
+    try:
+        rows = parse_rows(a.rows)
+    except ValueError as e:
+        p.error(str(e))
     out.mkdir(parents=True, exist_ok=True)
     run = Runner(out, a.device, a.dry_run, a.threads)
     plan = Plan(a.jobs)
@@ -437,7 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         d = sets_dir[src]
         plan.add(f"quality_{src}", lambda: quality.__setitem__(
             src, quality_report(run, out, cfg, d, duke, teacher=teacher0, name="quality" if d == sN else f"quality_{src}")),
-            after=[f"synth_{src}", f"{cfg['networks'][0]}_R66_S0_{seeds[0]}"])
+            after=[f"synth_{src}"] + teacher_step(cfg["networks"][0]))
+
+    def teacher_step(net: str) -> list[str]:
+        """The step training ``net``'s 66/0 model of the first seed, if this run trains it (``--rows`` may leave it
+        to an earlier run, whose model then serves)."""
+        return [f"{net}_R66_S0_{seeds[0]}"] if "R66_S0" in rows else []
 
     def seg(net: str, sets: dict, seed: int, tag: str = "") -> None:
         for key, m in seg_steps(run, cfg, sets, test, seed, net, tag).items():
@@ -450,15 +482,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. segmentation: R/S rows (seeds for 66/0 and 66/N), teacher pseudo-labels
     for net in cfg["networks"]:
-        for seed in seeds:
+        for seed in seeds if "R66_S0" in rows else ():
             plan.add(f"{net}_R66_S0_{seed}", lambda net=net, seed=seed: seg(net, {"R66_S0": ([real], None)}, seed, f"_seed{seed}"))
-        for seed in seeds:
+        for seed in seeds if "R66_SN" in rows else ():
             plan.add(f"{net}_R66_SN_{seed}", lambda net=net, seed=seed: seg(net, {"R66_SN": ([real, sN_list], ratio)}, seed, f"_seed{seed}"),
                      after=[f"synth_{main_src}"])
-        plan.add(f"{net}_R0_SN", lambda net=net: seg(net, {"R0_SN": ([sN_list], None)}, seeds[0], f"_seed{seeds[0]}"),
-                 after=[f"synth_{main_src}"])
-        plan.add(f"{net}_R0_S66", lambda net=net: seg(net, {"R0_S66": ([str(s66 / "datalist.json")], None)}, seeds[0], f"_seed{seeds[0]}"),
-                 after=["synth_66"])
+        if "R0_SN" in rows:
+            plan.add(f"{net}_R0_SN", lambda net=net: seg(net, {"R0_SN": ([sN_list], None)}, seeds[0], f"_seed{seeds[0]}"),
+                     after=[f"synth_{main_src}"])
+        if "R0_S66" in rows:
+            plan.add(f"{net}_R0_S66", lambda net=net: seg(net, {"R0_S66": ([str(s66 / "datalist.json")], None)}, seeds[0],
+                                                          f"_seed{seeds[0]}"), after=["synth_66"])
         pseudo = out / f"synth_N_pseudo_{net}"
         teacher = out / "seg" / f"{net}_R66_S0_seed{seeds[0]}" / "model_final.pt"
 
@@ -468,17 +502,19 @@ def main(argv: list[str] | None = None) -> int:
                        progress=False)  # pseudo_label.yaml takes the synthetic bands whole (band_height 0)
             seg(net, {"R66_SN_pseudo": ([real, str(pseudo / "datalist.json")], ratio)}, seeds[0], f"_seed{seeds[0]}")
 
-        plan.add(f"{net}_R66_SN_pseudo", pseudo_rows, after=[f"synth_{main_src}", f"{net}_R66_S0_{seeds[0]}"])
+        if "R66_SN_pseudo" in rows:
+            plan.add(f"{net}_R66_SN_pseudo", pseudo_rows, after=[f"synth_{main_src}"] + teacher_step(net))
     add_quality(main_src)
 
     # the other label sources last (comparison rows: 0/N and 66/N, the first seed)
     for src in sources[1:]:
         add_source(src)
         other = str(sets_dir[src] / "datalist.json")
-        for net in cfg["networks"]:
-            plan.add(f"{net}_{src}_rows", lambda net=net, src=src, other=other: seg(
-                net, {f"R0_SN_{src}": ([other], None), f"R66_SN_{src}": ([real, other], ratio)}, seeds[0], f"_seed{seeds[0]}"),
-                after=[f"synth_{src}"])
+        other_rows = {k: v for k, v in {f"R0_SN_{src}": ([other], None), f"R66_SN_{src}": ([real, other], ratio)}.items()
+                      if k.rsplit("_", 1)[0] in rows}
+        for net in cfg["networks"] if other_rows else ():
+            plan.add(f"{net}_{src}_rows", lambda net=net, sets=other_rows: seg(net, sets, seeds[0], f"_seed{seeds[0]}"),
+                     after=[f"synth_{src}"])
         add_quality(src)
     plan.run()
 
