@@ -28,7 +28,10 @@ nothing and repeats nothing.
     python benchmarks/duke_retidiff.py --scale mini64 --out runs/bench_mini64     # the first (64x128) mini scale
     python benchmarks/duke_retidiff.py --scale paper --networks unet,ynet,relaynet,gdnet --device cuda:0   # Table 2's four
     python benchmarks/duke_retidiff.py --scale mini --networks unet,ynet,relaynet,gdnet --seg-epochs 5 \
+        --rows R66_S0,R66_SN --seeds 0 --label-sources boundaries \
         --out runs/table2_cpu --jobs 2 --threads 1     # Table 2 on the CPU: 165 iterations per run, all networks alike
+    # (to reuse an earlier run's diffusion stages and synthetic set, link its stage1_pretrain, stage3_finetune,
+    #  boundary_model.json, synth_N, synth_66, quality and real_bands into the new --out: those steps then skip)
     python benchmarks/duke_retidiff.py --scale paper --out runs/bench_paper --device cuda:0
 """
 

@@ -123,6 +123,33 @@ def test_networks_option_overrides_the_scale_and_rejects_unknown_names(bench, tm
     assert "--seg-epochs must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_rows_option_trains_only_the_rows_named(bench, tmp_path, capsys):
+    assert bench.parse_rows(None) == set(bench.ROWS)
+    assert bench.parse_rows("R66_S0, R66_SN") == {"R66_S0", "R66_SN"}
+    with pytest.raises(ValueError, match="unknown R1_S1; choose from R66_S0, R66_SN"):
+        bench.parse_rows("R66_S0,R1_S1")
+    with pytest.raises(ValueError, match="unknown \\(none given\\)"):
+        bench.parse_rows(" , ")
+    data = tmp_path / "data"
+    (data / "duke_dme").mkdir(parents=True)
+    (data / "duke_dme" / "datalist_train.json").write_text('{"train": [{"image": "a.png", "label": "a_label.png"}]}')
+    out = tmp_path / "out"
+    args = ["--scale", "mini", "--out", str(out), "--data", str(data), "--dry-run", "--networks", "unet,ynet"]
+    assert bench.main(args + ["--rows", "R66_S0,R66_SN", "--seeds", "0,1"]) == 0
+    segs = sorted(ln.split(":")[0].removeprefix("[run ] seg_") for ln in capsys.readouterr().out.splitlines()
+                  if ln.startswith("[run ] seg_"))
+    # the other label source (dmc) keeps its R66_SN row, first seed only
+    assert segs == sorted([f"{n}_{r}_seed{s}" for n in ("unet", "ynet") for r in ("R66_S0", "R66_SN") for s in (0, 1)]
+                          + ["unet_R66_SN_dmc_seed0", "ynet_R66_SN_dmc_seed0"])
+    # without the 66/0 row the pseudo-label row and the quality report wait on no step (an earlier run's teacher serves)
+    assert bench.main(args + ["--rows", "R66_SN_pseudo,R0_SN"]) == 0
+    segs = {ln.split(":")[0].removeprefix("[run ] seg_") for ln in capsys.readouterr().out.splitlines() if ln.startswith("[run ] seg_")}
+    assert segs == {f"{n}_{r}_seed0" for n in ("unet", "ynet") for r in ("R66_SN_pseudo", "R0_SN", "R0_SN_dmc")}
+    with pytest.raises(SystemExit):
+        bench.main(args + ["--rows", "R2"])
+    assert "--rows 'R2': unknown R2" in capsys.readouterr().err
+
+
 def _metrics(dice: dict[str, float], pa: dict[str, float]) -> dict:
     return {"mean_dice": 0.5, "mean_pa": 0.9, "groups": {g: {"dice": dice[g], "pa": pa[g]} for g in dice}}
 
