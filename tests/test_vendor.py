@@ -3,7 +3,8 @@
 The ``.vol`` fixtures are written here by :func:`write_heyex_vol`, a minimal writer of the HEYEX VOL layout: eyepy
 0.21.0's own ``HeVolWriter`` cannot write one (it hands its date fields a ``datetime`` where its format's
 ``FloatDate`` adapter wants an ISO string: ``TypeError: fromisoformat: argument must be str``). The writer is
-checked against eyepy's reader (``test_fixture_reads_back_with_eyepy``).
+checked against eyepy's reader (``test_fixture_reads_back_with_eyepy``). HEYEX XML exports are written by
+:func:`write_heyex_xml`. No ``.e2e`` is tested: eyepy has no writer for it and no sample ships in a package.
 """
 
 from __future__ import annotations
@@ -213,3 +214,60 @@ def test_segmentation_bundle_evaluates_an_imported_volume(vol_file, tmp_path):
     rep = _check_report(ev / "metrics.json", num_images=3)
     assert rep["datalist"] == str(out / "datalist.json")
     assert len(list((ev / "overlays").glob("*.png"))) == 1
+
+
+def write_heyex_xml(folder: Path, bscans: np.ndarray, lines: dict[str, np.ndarray]) -> Path:
+    """Write a minimal HEYEX XML export: ``export.xml`` naming a localizer PNG and one PNG per B-scan, each with its
+    ``SegLine`` elements (name + row per A-scan, 3.0e+38 where not segmented), in the element paths eyepy reads."""
+    from xml.etree.ElementTree import Element, SubElement, tostring
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n, h, w = bscans.shape
+
+    def image(parent, kind, url, width, height, start_y=0.0):
+        im = SubElement(parent, "Image")
+        SubElement(SubElement(im, "ImageType"), "Type").text = kind
+        ctx = SubElement(im, "OphthalmicAcquisitionContext")
+        for tag, value in [("Width", width), ("Height", height), ("ScaleX", 0.011), ("ScaleY", 0.0039), ("Angle", 30),
+                           ("Focus", 0.0), ("ImageQuality", 30.0)]:
+            SubElement(ctx, tag).text = str(value)
+        for end, x in [("Start", 0.0), ("End", w * 0.011)]:
+            coord = SubElement(SubElement(ctx, end), "Coord")
+            SubElement(coord, "X").text, SubElement(coord, "Y").text = str(x), str(start_y)
+        SubElement(SubElement(im, "ImageData"), "ExamURL").text = f"C:\\HEYEX\\export\\{url}"
+        return im
+
+    root = Element("HEDX")
+    series = SubElement(SubElement(SubElement(SubElement(root, "BODY"), "Patient"), "Study"), "Series")
+    SubElement(series, "Laterality").text = "R"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "slo.png")
+    image(series, "LOCALIZER", "slo.png", 16, 16)
+    for i in range(n):
+        Image.fromarray(bscans[i]).save(folder / f"b{i}.png")
+        seg = SubElement(image(series, "OCT", f"b{i}.png", w, h, start_y=i * 0.12), "Segmentation")
+        SubElement(seg, "NumSegmentations").text = str(len(lines))
+        for name, rows in lines.items():
+            line = SubElement(seg, "SegLine")
+            SubElement(line, "Name").text = name
+            SubElement(line, "Array").text = " ".join("3.0e+38" if np.isnan(r) else f"{r:.3f}" for r in rows[i])
+    path = folder / "export.xml"
+    path.write_bytes(tostring(root))
+    return path
+
+
+def test_heyex_xml_export_labels_follow_the_duke_boundaries(tmp_path):
+    """The XML export path: B-scan PNGs beside the XML, lines in SegLine elements -> Duke maps, as from a .vol."""
+    images, lines = layered_volume(n=2)
+    eight = {k: np.round(lines[k], 3) for k in HEYEX_TO_DUKE}  # the XML holds 3 decimals
+    eight["RNFL"][1, 4] = np.nan
+    grey = np.round(images / images.max() * 255).astype(np.uint8)
+    res = import_vendor([write_heyex_xml(tmp_path / "xml", grey, eight)], tmp_path / "out")
+    items = load_datalist(res.datalist, key="test")
+    assert res.files[0]["format"] == "Heidelberg HEYEX XML export" and res.num_labelled == 2
+    for i, it in enumerate(items):
+        np.testing.assert_array_equal(read_image(it["image"]), grey[i])
+        bounds = np.stack([eight[k][i] for k in HEYEX_TO_DUKE]).astype(np.float32)
+        np.testing.assert_array_equal(read_label(it["label"]), boundaries_to_label(bounds + 1, images.shape[1]))
+    assert (read_label(items[1]["label"])[:, 4] == 255).all()  # 3.0e+38: not segmented there
