@@ -129,6 +129,19 @@ def _cmd_place_pathology(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_vendor(args: argparse.Namespace) -> int:
+    from monai_oct.core.io import DataError
+    from monai_oct.core.vendor import import_vendor
+
+    try:
+        result = import_vendor(args.files, args.out, key=args.key, labels=not args.no_labels)
+    except (DataError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monai_oct.demo import run_demo
 
@@ -253,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--key", default=None, help="list to read (default: 'train' or 'training')")
     pp.add_argument("--table", default="duke_dme", help="label table (default: duke_dme)")
     pp.set_defaults(func=_cmd_place_pathology)
+
+    iv = sub.add_parser("import-vendor", help="scanners' OCT files (Heidelberg .vol, .e2e, .xml; needs the vendor extra) "
+                                              "-> B-scan PNGs, Duke DME label maps where the file has layer lines, datalist.json")
+    iv.add_argument("files", nargs="+", metavar="FILE", help=".vol / .e2e / .xml files")
+    iv.add_argument("--out", required=True, help="output folder: images/, labels/, datalist.json")
+    iv.add_argument("--key", default="test", help="list name in datalist.json (default: test, what evaluate.yaml reads; "
+                                                  "train to train on it)")
+    iv.add_argument("--no-labels", action="store_true", help="write the B-scans only, even where the file has layer lines")
+    iv.set_defaults(func=_cmd_import_vendor)
 
     de = sub.add_parser("demo", help="run the main job on built-in phantom data")
     de.add_argument("--out", default="runs/demo", help="output folder")
