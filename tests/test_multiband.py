@@ -56,7 +56,8 @@ def test_spectra_are_physical():
     assert np.all((bg > 0) & (s["onh"] <= 1))
 
 
-@pytest.mark.parametrize("wavelengths", [DEFAULT_WAVELENGTHS, RGB_WAVELENGTHS, (520.0,), tuple(np.linspace(480, 880, 7))])
+@pytest.mark.parametrize("wavelengths",
+                         [DEFAULT_WAVELENGTHS, RGB_WAVELENGTHS, (520.0,), tuple(np.linspace(480, 880, 7))])
 def test_any_wavelength_list(wavelengths):
     ph = multiband_phantom(64, wavelengths=wavelengths, seed=1)
     assert ph["image"].shape == (len(wavelengths), 64, 64) and ph["image"].dtype == np.float32

@@ -142,7 +142,8 @@ def structure_spectra(wavelengths: Sequence[float] = DEFAULT_WAVELENGTHS, **over
     def vessel(sat: float) -> np.ndarray:
         return bg * np.exp(-2.0 * blood_absorption(lam, sat, p["hb_molar"]) * p["vessel_path"])
 
-    onh = p["onh_reflectance"] * np.exp(-2.0 * blood_absorption(lam, p["onh_saturation"], p["hb_molar"]) * p["onh_path"])
+    onh_od = blood_absorption(lam, p["onh_saturation"], p["hb_molar"]) * p["onh_path"]
+    onh = p["onh_reflectance"] * np.exp(-2.0 * onh_od)
     return {"background": bg, "artery": vessel(p["artery_saturation"]), "vein": vessel(p["vein_saturation"]),
             "onh": onh}
 
