@@ -1,5 +1,6 @@
-"""Metrics: segmentation Dice / pixel accuracy, fundus vessel and artery/vein metrics inside the field of view, and the
-quality of a synthetic set (distances, diversity, memorisation, mask adherence, anatomical plausibility)."""
+"""Metrics: segmentation Dice / pixel accuracy, fundus vessel and artery/vein metrics inside the field of view, the
+quality of a synthetic set (distances, diversity, memorisation, mask adherence, anatomical plausibility) and of a
+multi-band set (spectral KL per structure, MS-SSIM gap, artery/vein separability)."""
 
 from monai_oct.metrics.adherence import SegmentationTeacher, adherence_report, load_teacher
 from monai_oct.metrics.diversity import diversity_report, ms_ssim_settings, pairwise_ms_ssim
@@ -13,6 +14,7 @@ from monai_oct.metrics.fid import (
     frechet_summary,
     get_extractor,
     kernel_distance,
+    matched_draws,
     segmentation_encoder_extractor,
 )
 from monai_oct.metrics.fundus import (
@@ -25,6 +27,14 @@ from monai_oct.metrics.fundus import (
 )
 from monai_oct.metrics.memorisation import memorisation_report, nearest_neighbours, pairwise_distances
 from monai_oct.metrics.plausibility import column_validity, label_plausibility, plausibility_report
+from monai_oct.metrics.spectral import (
+    av_separability,
+    ms_ssim_gap,
+    spectral_kl,
+    spectral_kl_floor,
+    spectral_report,
+    structure_histograms,
+)
 from monai_oct.metrics.segmentation import (
     LayerDiceMetric,
     PixelAccuracyMetric,

