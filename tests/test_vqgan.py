@@ -253,3 +253,25 @@ def test_vq_autoencoder_stage_through_the_bundle(phantom_dir, tmp_path):
     assert len(epochs) == 2 and all(e["codebook_perplexity"] > 1.0 and e["recon_l1"] > 0 for e in epochs)
     codec = load_latent(out / "model.pt")
     assert codec.kind == "vq" and codec.encode(torch.zeros(1, 1, 32, 64)).shape == (1, 4, 8, 16)
+
+
+def test_latent_diffusion_runs_unchanged_on_a_vq_autoencoder(tmp_path):
+    """The latent trainer (with its posterior cache) and sampler take a VQ codec as they take a KL one."""
+    from monai_oct.core.seeding import sample_generators
+    from monai_oct.engines.latent import LatentDiffusionTrainer, latent_sampler
+    from monai_oct.engines.sampler import DiffusionSampler
+    from monai_oct.networks.diffusion import conditional_diffusion_unet
+    from monai_oct.schedulers import diffusion_scheduler
+
+    codec = load_latent(_saved_vq(tmp_path, image_channels=16)[0])
+    torch.manual_seed(0)
+    unet = conditional_diffusion_unet(4, 0, channels=[8, 16], num_res_blocks=1)
+    images = _images(16, n=2)
+    tr = LatentDiffusionTrainer("cpu", 2, [{"image": images}], unet, torch.optim.Adam(unet.parameters()),
+                                diffusion_scheduler("ddpm", 50), latent=codec, latent_cache=8)
+    tr.run()
+    assert tr.state.output["image"].shape == (2, 4, 8, 8) and torch.isfinite(tr.state.output["loss"])
+    assert (tr.cache_misses, tr.cache_hits) == (2, 2) and torch.allclose(tr._encode(images), codec.encode(images), atol=1e-5)
+    sampler = latent_sampler(DiffusionSampler(diffusion_scheduler("ddim", 50), 2), codec)
+    x = sampler(unet.eval(), sample_generators([1, 2], "cpu"), (16, 32, 32), None, "cpu")
+    assert x.shape == (2, 16, 32, 32) and x.abs().max() <= 1.0

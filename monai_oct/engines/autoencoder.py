@@ -147,9 +147,10 @@ def kmeans_codebook_init(vqvae: VQVAE, loader: Iterable, num_batches: int = 4, i
 
 
 @torch.no_grad()
-def latent_scale_factor(autoencoder: AutoencoderKL, loader: Iterable, num_batches: int = 4,
+def latent_scale_factor(autoencoder: AutoencoderKL | VQVAE, loader: Iterable, num_batches: int = 4,
                         device: str | torch.device = "cpu", image_key: str = "image") -> float:
-    """1 / std of the latents (``encode_stage_2_inputs``) of the first ``num_batches`` batches of ``loader``.
+    """1 / std of the latents (``encode_stage_2_inputs``; a VQ-VAE's quantized ones) of the first ``num_batches``
+    batches of ``loader``.
 
     Raises:
         ValueError: when the loader yields no batch.
