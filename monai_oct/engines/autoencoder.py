@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
+from ignite.metrics import Average
 from monai.engines import IterationEvents, SupervisedTrainer
 from monai.inferers import SimpleInferer
 from monai.losses import PatchAdversarialLoss, PerceptualLoss
-from ignite.engine import Events
-from ignite.metrics import Average
 from monai.networks.nets import VQVAE, AutoencoderKL, PatchDiscriminator
 from torch import nn
 from torch.optim import Optimizer
