@@ -301,7 +301,9 @@ class TrainingCheckpoint:
 
 
 class TrainingLog:
-    """Append one JSON line per epoch to ``log_file``: epoch, iteration, mean loss, learning rate, seconds.
+    """Append one JSON line per epoch to ``log_file``: epoch, iteration, mean loss, learning rate, seconds, and the
+    engine's scalar epoch metrics (``engine.state.metrics``: e.g. the autoencoder's ``recon_l1`` and
+    ``codebook_perplexity``, computed before this handler runs as ignite's metrics attach first).
 
     Args:
         log_file: the JSON-lines file (appended to, so a resumed run continues it).
@@ -337,4 +339,7 @@ class TrainingLog:
                "loss": self._sum / max(self._n, 1), "seconds": round(time.time() - self._t0, 3)}
         if self.optimizer is not None:
             rec["lr"] = self.optimizer.param_groups[0]["lr"]
+        for name, value in engine.state.metrics.items():
+            if isinstance(value, (int, float)) or (torch.is_tensor(value) and value.numel() == 1):
+                rec.setdefault(name, float(value))
         _append_jsonl(self.log_file, rec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from torch import nn
@@ -25,7 +26,10 @@ class EMA(EMAHandler):
       iterations whose counter lives in a scheduler created at ``attach`` and is not saved, so it restarts on
       resume.
 
-    Buffers are copied from the network (ignite's ``handle_buffers="copy"``; the diffusion UNet's GroupNorm has none).
+    Buffers are copied from the network (ignite's ``handle_buffers="copy"``; the diffusion UNet's GroupNorm has none),
+    and so are parameters without gradient: what changes in them is not trained but computed from buffers (the
+    codebook of MONAI's ``VQVAE`` is ``ema_w / ema_cluster_size``, re-set by k-means at epoch starts with its codes in
+    a new order), so averaging them would give a codebook that matches neither its buffers nor any encoder output.
 
     Args:
         network: the trained network.
@@ -64,6 +68,10 @@ class EMA(EMAHandler):
         """Set ``engine.state.<name>`` (ignite's momentum) from :meth:`current_decay`, then ignite's update."""
         setattr(engine.state, name, 1.0 - self.current_decay())
         super()._update_ema_model(engine, name)
+        with torch.no_grad():
+            for ema_p, p in zip(self.ema_model.parameters(), self.model.parameters()):
+                if not p.requires_grad:
+                    ema_p.copy_(p)
         self.num_updates += 1
 
     def attach(self, engine: Engine, name: str = "ema_momentum", warn_if_exists: bool = False,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ignite.engine import Engine, Events
-from monai.networks.nets import AutoencoderKL
+from monai.networks.nets import VQVAE, AutoencoderKL
 
 from monai_oct.engines.autoencoder import latent_scale_factor
 from monai_oct.engines.distributed import is_main_process, unwrap
@@ -35,7 +35,7 @@ class LatentScale:
         final_filename: the weights' file name.
     """
 
-    def __init__(self, autoencoder: AutoencoderKL, data_loader: Iterable, output_dir: str | os.PathLike,
+    def __init__(self, autoencoder: AutoencoderKL | VQVAE, data_loader: Iterable, output_dir: str | os.PathLike,
                  config: Mapping[str, Any], num_batches: int = 4, final_filename: str = "model.pt") -> None:
         self.autoencoder, self.data_loader = autoencoder, data_loader
         self.ckpt = Path(output_dir) / final_filename
