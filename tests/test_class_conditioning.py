@@ -115,6 +115,16 @@ def test_training_steps_feed_the_classes(latent):
         trainer._iteration(trainer, {**batch, "class_id": torch.tensor([0, 3, 1])})
 
 
+def test_stage_chains_keep_the_class_id(phantom_dir):
+    from monai_oct.recipes.diffusion_pipelines import finetune_transforms, pretrain_transforms
+
+    item = {**load_datalist(phantom_dir / "datalist.json", key="train")[0], "class_id": 2}
+    assert pretrain_transforms([32, 32])(item)["class_id"] == 2
+    assert pretrain_transforms([32, 32])({"image": item["image"], "class_id": 1})["class_id"] == 1  # no label
+    assert finetune_transforms([32, 32], 10, "onehot")(item)["class_id"] == 2
+    assert "class_id" not in pretrain_transforms([32, 32])({"image": item["image"]})
+
+
 def test_network_without_classes_trains_exactly_as_before():
     """num_class_embeds None: the network has no class embedding and a batch's class ids change nothing."""
     losses = []
