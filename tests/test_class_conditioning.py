@@ -15,9 +15,10 @@ from monai_oct.core.datalist import load_datalist, write_datalist
 from monai_oct.core.io import DataError
 from monai_oct.core.seeding import sample_generators
 from monai_oct.engines.diffusion import DiffusionTrainer
-from monai_oct.engines.latent import LatentDiffusionTrainer
+from monai_oct.engines.latent import LatentDiffusionTrainer, LatentSampler
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.bundle import stage_configs
+from monai_oct.networks.autoencoder import LatentCodec, autoencoder_kl
 from monai_oct.networks.checkpoint import save_checkpoint, trained_class_embeds
 from monai_oct.networks.diffusion import conditional_diffusion_unet
 from monai_oct.recipes.classes import synthesis_classes
@@ -93,26 +94,49 @@ def test_class_dropout_rate_is_the_one_asked_and_independent_of_the_mask():
         _trainer(tiny_unet(), p_uncond_class=1.5)
 
 
+def _make_class_matter(net):
+    """Make a tiny UNet's output depend on its inputs and class (MONAI zero-initialises the output convolution and
+    each residual block's last one, so an untrained UNet, or one trained a few steps, hardly sees the class)."""
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().max() < 1e-2:
+                p.normal_(0, 0.1)
+        net.class_embedding.weight.normal_(0, 3.0)
+    return net
+
+
+def _codec():
+    """A frozen (untrained) autoencoder with f = 4: 32x32 images <-> 4 x 8x8 latents."""
+    torch.manual_seed(0)
+    return LatentCodec(autoencoder_kl(1, [8, 16, 16], 4, 1), scale_factor=1.0, compression=4)
+
+
 @pytest.mark.parametrize("latent", [False, True])
 def test_training_steps_feed_the_classes(latent):
-    """Pixel and latent trainer (one implementation: the latent one passes through the pixel step), with and
-    without a mask condition: the network receives the batch's classes (dropped ones as the null class)."""
-    net = tiny_unet(condition_channels=0 if latent else 2)
+    """Pixel and latent trainer (one implementation: the latent one encodes, then runs the pixel step), with and
+    without a mask condition: the network receives the batch's classes."""
+    net = conditional_diffusion_unet(4 if latent else 1, 0 if latent else 2, channels=(8, 16), num_res_blocks=1,
+                                     num_class_embeds=K)
     seen = []
     net.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["class_labels"].clone()), with_kwargs=True)
-    kw = dict(condition_channels=2) if not latent else dict(latent=None, cls=LatentDiffusionTrainer)
+    kw = dict(latent=_codec(), cls=LatentDiffusionTrainer) if latent else dict(condition_channels=2)
     trainer = _trainer(net, p_uncond=0.0, **kw)
     batch = {"image": torch.rand(3, 1, 32, 32) * 2 - 1, "class_id": torch.tensor([0, 2, 1])}
     if not latent:
         batch["cond"] = torch.rand(3, 2, 32, 32)
     for _ in range(2):
         out = trainer._iteration(trainer, batch)
-        assert torch.isfinite(out["loss"])
+        assert torch.isfinite(out["loss"]) and out["image"].shape[1] == (4 if latent else 1)
     assert [s.tolist() for s in seen] == [[0, 2, 1]] * 2
     with pytest.raises(ValueError, match="batch has no 'class_id'"):
         trainer._iteration(trainer, {"image": batch["image"]})
     with pytest.raises(ValueError, match=r"class id\(s\) \[3\] outside"):
         trainer._iteration(trainer, {**batch, "class_id": torch.tensor([0, 3, 1])})
+    if latent:  # the latent sampler hands the classes on: different classes, different decoded images
+        _make_class_matter(net)
+        sampler = LatentSampler(DiffusionSampler(diffusion_scheduler("ddim", num_train_timesteps=20), 2), trainer.latent)
+        x = sampler(net, sample_generators([5, 5]), (1, 32, 32), None, "cpu", class_labels=[0, 2])
+        assert x.shape == (2, 1, 32, 32) and not torch.allclose(x[0], x[1], atol=1e-4)
 
 
 def test_stage_chains_keep_the_class_id(phantom_dir):
@@ -174,15 +198,7 @@ def _sample(net, classes, scale=None, condition=None, guidance_on="all", seed=0,
 
 
 def _trained_unet(condition_channels=0):
-    """A tiny UNet whose output depends on its inputs and class (MONAI zero-initialises the output convolution and
-    each residual block's last one, so an untrained UNet predicts zero whatever the class)."""
-    net = tiny_unet(condition_channels=condition_channels)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.1)
-        net.class_embedding.weight.normal_(0, 3.0)
-    return net
+    return _make_class_matter(tiny_unet(condition_channels=condition_channels))
 
 
 def test_guidance_scale_one_is_plain_conditional_and_zero_is_the_null_class():
