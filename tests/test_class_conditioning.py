@@ -4,6 +4,7 @@ the class, the configs pair on the phantom, and checkpoints without classes (unc
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -239,10 +240,8 @@ TINY = dict(image_size=[32, 32], channels=[8, 16], num_res_blocks=1, num_train_t
 
 @pytest.mark.slow
 def test_train_classes_and_synthesize_classes_on_the_phantom(phantom_dir, tmp_path):
-    items = load_datalist(phantom_dir / "datalist.json", key="train")
     names = ["healthy", "DME", "MS"]
-    datalist = tmp_path / "classes.json"
-    write_datalist(datalist, [{**it, "class": names[i % 3]} for i, it in enumerate(items)], key="train")
+    datalist = _classes_datalist(phantom_dir, tmp_path / "classes.json")
     model = tmp_path / "pre"
     run_stage("train_classes", dataset_dir=phantom_dir, datalist=str(datalist), output_dir=model, max_epochs=1,
               sample_interval=1, **TINY)
@@ -258,3 +257,31 @@ def test_train_classes_and_synthesize_classes_on_the_phantom(phantom_dir, tmp_pa
     assert manifest["classes"] == ["MS", "MS", "healthy"] and manifest["generation"]["guidance_scale"] == 2.0
     assert manifest["generation"]["config"]["classes"]["class_samples"] == {"MS": 2, "healthy": 1}
     assert len(list(Path(out / "images").iterdir())) == 3
+
+
+def _classes_datalist(phantom_dir, path):
+    items = load_datalist(phantom_dir / "datalist.json", key="train")
+    write_datalist(path, [{**it, "class": OCT_PATHOLOGY.names[i % 3]} for i, it in enumerate(items)], key="train")
+    return path
+
+
+@pytest.mark.parametrize("stage", ["train_classes", "finetune_classes"])
+def test_class_stages_have_the_bundle_properties(stage, phantom_dir, tmp_path):
+    """Both training stages parse (MONAI's train properties), build a UNet with len(table) + 1 class embeddings and
+    items with their class ids; an item without a class stops the run naming its file."""
+    from monai.bundle import ConfigWorkflow
+
+    kw = dict(dataset_dir=str(phantom_dir), output_dir=str(tmp_path / "o"), device="cpu", image_size=[32, 32],
+              channels=[8, 16], pretrained_ckpt=None, logging_file=False)
+    files = [str(OCT_DDPM_BUNDLE / "configs" / c) for c in stage_configs(stage)]
+    w = ConfigWorkflow(config_file=files, workflow_type="train", datalist=str(_classes_datalist(phantom_dir, tmp_path / "c.json")), **kw)
+    w.initialize()
+    assert w.check_properties() == []
+    assert w.trainer.null_class == 3 and w.parser.get_parsed_content("network").num_class_embeds == 4
+    assert [it["class_id"] for it in w.parser.get_parsed_content("train#items")][:3] == [0, 1, 2]
+    w = ConfigWorkflow(config_file=files, workflow_type="train", **kw)  # the phantom's own datalist: no classes
+    w.initialize()
+    with pytest.raises(RuntimeError) as e:  # MONAI's "Failed to evaluate", caused by ours
+        w.parser.get_parsed_content("train#items")
+    assert isinstance(e.value.__cause__, DataError)
+    assert re.search(r"phantom_\w+\.png: no class for this item", str(e.value.__cause__))
