@@ -20,7 +20,7 @@ from monai_oct.engines.latent import LatentDiffusionTrainer, LatentSampler
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.bundle import stage_configs
 from monai_oct.networks.autoencoder import LatentCodec, autoencoder_kl
-from monai_oct.networks.checkpoint import save_checkpoint, trained_class_embeds
+from monai_oct.networks.checkpoint import save_checkpoint, trained_class_embeds, write_model_info
 from monai_oct.networks.diffusion import conditional_diffusion_unet
 from monai_oct.recipes.classes import synthesis_classes
 from monai_oct.schedulers import diffusion_scheduler
@@ -185,6 +185,12 @@ def test_checkpoint_without_classes_refuses_a_class(tmp_path):
     save_checkpoint(tiny_unet(num_class_embeds=3).state_dict(), other)
     with pytest.raises(ValueError, match="trained with 3 class embeddings.*needs 4"):
         synthesis_classes(OCT_PATHOLOGY, "DME", None, 4, other)
+    renamed = tmp_path / "renamed" / "model.pt"
+    save_checkpoint(tiny_unet().state_dict(), renamed)
+    assert synthesis_classes(OCT_PATHOLOGY, "DME", None, 2, renamed) == [1, 1]
+    write_model_info(renamed, {"classes": ["healthy", "AMD", "MS"]})
+    with pytest.raises(ValueError, match=r"trained on the classes \['healthy', 'AMD', 'MS'\].*ids would mean other"):
+        synthesis_classes(OCT_PATHOLOGY, "DME", None, 2, renamed)
     with pytest.raises(ValueError, match="no class embeddings"):
         DiffusionSampler(diffusion_scheduler("ddim", num_train_timesteps=20), 2)(
             tiny_unet(num_class_embeds=None), sample_generators([1]), (1, 32, 32), class_labels=[1])

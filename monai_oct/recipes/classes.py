@@ -7,7 +7,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from monai_oct.core.classes import CLASS_KEY, ClassTable, class_plan, get_class_table
-from monai_oct.networks.checkpoint import trained_class_embeds
+from monai_oct.networks.checkpoint import model_info_path, read_model_info, trained_class_embeds
 from monai_oct.recipes.items import resolve_items
 
 __all__ = ["class_items", "synthesis_classes", "planned_samples"]
@@ -55,7 +55,8 @@ def synthesis_classes(table: ClassTable | str, class_name: str | int | None, cla
 
     Raises:
         ValueError: for an unknown class, counts that do not sum to ``num_samples``, weights trained without
-            classes (names the checkpoint) or with another number of classes than the table.
+            classes (names the checkpoint), with another number of classes than the table, or (their ``model.json``
+            records ``classes``) with other class names.
     """
     table = get_class_table(table)
     plan = class_plan(table, class_name, class_samples, num_samples)
@@ -68,4 +69,8 @@ def synthesis_classes(table: ClassTable | str, class_name: str | int | None, cla
     if trained is not None and trained != table.num_class_embeds:
         raise ValueError(f"{image_ckpt}: trained with {trained} class embeddings, the class table {table.name!r} "
                          f"({table.names}) needs {table.num_class_embeds} (its classes + the null class)")
+    names = read_model_info(image_ckpt).get("classes") if trained is not None else None
+    if names is not None and list(names) != table.names:
+        raise ValueError(f"{image_ckpt}: trained on the classes {list(names)} ({model_info_path(image_ckpt)}), the class "
+                         f"table {table.name!r} has {table.names}: ids would mean other classes")
     return plan
