@@ -33,7 +33,11 @@ _NO_CUDA = ("not compiled with cuda", "no nvidia driver", "no cuda gpus are avai
 NO_CUDA_ADVICE = "no CUDA device; use --device cpu"
 #: the config files of the oct_ddpm stages that extend another stage (after ``common.yaml``): the sketch
 #: synthesis is an overlay of ``synthesize.yaml``; every other stage is ``common.yaml`` + ``<stage>.yaml``.
-STAGE_CONFIGS = {"synthesize_sketch": ("synthesize.yaml", "synthesize_sketch.yaml")}
+STAGE_CONFIGS = {"synthesize_sketch": ("synthesize.yaml", "synthesize_sketch.yaml"),
+                 # class conditioning (issue 18): stage 1 / stage 3 with classes, and their synthesis
+                 "train_classes": ("pretrain.yaml", "train_classes.yaml"),
+                 "finetune_classes": ("finetune.yaml", "train_classes.yaml"),
+                 "synthesize_classes": ("synthesize.yaml", "synthesize_classes.yaml")}
 
 _FALSE = ("false", "0", "no", "off", "none", "")
 

@@ -16,10 +16,19 @@ target of the scheduler's ``prediction_type`` with MSE:
 Condition dropout (``p_uncond``) zeroes the whole condition of a random subset of the batch, so the
 network also learns the unconditional score the sampler's classifier-free guidance needs; the zero
 condition is the same "no mask" input stage 1 (pretraining on unannotated images) is trained with.
+
+Class conditioning (a UNet built with ``num_class_embeds``, :class:`~monai_oct.core.classes.ClassTable`): each
+batch carries the class ids under ``class_key`` and the network gets them as ``class_labels``. The last id,
+``num_class_embeds - 1``, is the "no class" token: condition dropout replaces a sample's class by it with
+probability ``p_uncond_class`` (default ``p_uncond``), drawn **independently** of the mask's dropout, so the
+network learns all four combinations (class and mask, class only, mask only, neither) and a sampler may guide on
+the class, on the mask, or on both. The trainer reads ``num_class_embeds`` off the network: a network without it
+trains exactly as before and ignores any class ids in the batch.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -36,7 +45,23 @@ from monai_oct.engines.guard import check_finite_loss
 from monai_oct.networks.diffusion import check_image_size
 from monai_oct.schedulers import PREDICTION_TYPES
 
-__all__ = ["DiffusionTrainer", "diffusion_target", "draw_timesteps"]
+__all__ = ["DiffusionTrainer", "diffusion_target", "draw_timesteps", "drop_classes", "null_class_id"]
+
+
+def null_class_id(network: nn.Module) -> int | None:
+    """The "no class" id of a class-conditioned UNet (its last class embedding, ``num_class_embeds - 1``), or None
+    for a network without class embeddings (also inside a DDP wrapper)."""
+    n = getattr(unwrap(network), "num_class_embeds", None)
+    return None if n is None else int(n) - 1
+
+
+def drop_classes(classes: torch.Tensor, p: float, null_id: int) -> torch.Tensor:
+    """Condition dropout of class ids: each becomes ``null_id`` with probability ``p`` (torch's global generator,
+    seeded by the run's ``set_determinism``)."""
+    if p <= 0:
+        return classes
+    drop = torch.rand(classes.shape[0], device=classes.device) < p
+    return torch.where(drop, torch.full_like(classes, null_id), classes)
 
 
 def draw_timesteps(scheduler: Scheduler, images: torch.Tensor) -> torch.Tensor:
@@ -85,6 +110,9 @@ class DiffusionTrainer(SupervisedTrainer):
         condition_channels: channels of the condition (0 = unconditional network).
         prediction_type: ``"epsilon"``, ``"v_prediction"``, ``"sample"`` or ``"flow"``; None: the scheduler's.
         p_uncond: probability of zeroing a sample's condition (classifier-free guidance training).
+        p_uncond_class: probability of replacing a sample's class by the null class, drawn independently of the
+            mask's dropout (None: ``p_uncond``); only for a network with ``num_class_embeds``.
+        class_key: the class ids' key in a batch (``ClassTable.label_items`` writes ``"class_id"``).
         clip_grad_norm: clip the gradient norm to this value (None/0: no clipping).
         image_key: the image's key in a batch.
         condition_key: the condition's key in a batch.
@@ -98,19 +126,24 @@ class DiffusionTrainer(SupervisedTrainer):
         kwargs: passed to ``SupervisedTrainer`` (e.g. ``decollate``, ``optim_set_to_none``).
 
     Raises:
-        ValueError: for a bad ``p_uncond``, prediction type or ``amp_dtype`` (float16 on a CPU device);
+        ValueError: for a bad ``p_uncond`` / ``p_uncond_class``, prediction type or ``amp_dtype`` (float16 on a CPU device);
             FloatingPointError during training when the
-            loss is NaN/inf (the message names the iteration and epoch).
+            loss is NaN/inf (the message names the iteration and epoch); during training, for a class-conditioned
+            network, a batch without ``class_key`` or with a class id outside ``0 .. num_class_embeds - 2``.
     """
 
     def __init__(self, device: str | torch.device, max_epochs: int, train_data_loader: Iterable, network: nn.Module,
                  optimizer: Optimizer, scheduler: Scheduler, condition_channels: int = 0,
                  prediction_type: str | None = None, p_uncond: float = 0.0, clip_grad_norm: float | None = 1.0,
                  image_key: str = "image", condition_key: str = "cond", amp: bool = False,
+                 p_uncond_class: float | None = None, class_key: str = "class_id",
                  amp_dtype: str | torch.dtype | None = None, train_handlers: Sequence | None = None,
                  epoch_length: int | None = None, **kwargs: Any) -> None:
         if not 0.0 <= float(p_uncond) <= 1.0:
             raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+        p_uncond_class = p_uncond if p_uncond_class is None else p_uncond_class
+        if not 0.0 <= float(p_uncond_class) <= 1.0:
+            raise ValueError(f"p_uncond_class must be in [0, 1], got {p_uncond_class}")
         pt = prediction_type or scheduler.prediction_type
         if pt != scheduler.prediction_type:  # the scheduler's own type is valid, so this also rejects unknown ones
             raise ValueError(f"prediction_type {pt!r} differs from the scheduler's {scheduler.prediction_type!r}; "
@@ -133,7 +166,29 @@ class DiffusionTrainer(SupervisedTrainer):
         self.p_uncond = float(p_uncond)
         self.clip_grad_norm = float(clip_grad_norm) if clip_grad_norm else None
         self.image_key, self.condition_key = image_key, condition_key
+        self.p_uncond_class, self.class_key = float(p_uncond_class), class_key
+        self.null_class = null_class_id(network)
         self._size_checked = False
+
+    def class_labels(self, batch: Mapping, device: torch.device) -> torch.Tensor | None:
+        """The batch's class ids after condition dropout (``(B,)`` long), or None for a network without classes.
+
+        Raises:
+            ValueError: when the batch has no ``class_key`` or holds an id outside the network's classes.
+        """
+        if self.null_class is None:
+            return None
+        classes = batch.get(self.class_key) if isinstance(batch, Mapping) else None
+        if classes is None:
+            raise ValueError(f"the network is class-conditioned ({self.null_class} classes + the null class) but the "
+                             f"batch has no {self.class_key!r}: give every item a class (a datalist 'class' field or "
+                             "a rule of the class table, ClassTable.label_items)")
+        classes = torch.as_tensor(classes).to(device).long().view(-1)
+        bad = classes[(classes < 0) | (classes >= self.null_class)]
+        if bad.numel():
+            raise ValueError(f"class id(s) {sorted(set(bad.tolist()))} outside the network's {self.null_class} classes "
+                             f"(num_class_embeds {self.null_class + 1}, the last one the null class)")
+        return drop_classes(classes, self.p_uncond_class, self.null_class)
 
     def _condition(self, batch: Mapping, images: torch.Tensor) -> torch.Tensor | None:
         if self.condition_channels == 0:
@@ -160,6 +215,8 @@ class DiffusionTrainer(SupervisedTrainer):
             check_image_size(unwrap(engine.network), images.shape)  # the UNet inside a DDP wrapper
             self._size_checked = True
         cond = self._condition(batchdata, images)
+        classes = self.class_labels(batchdata, images.device)
+        model = engine.network if classes is None else partial(engine.network, class_labels=classes)
         noise = torch.randn_like(images)
         timesteps = draw_timesteps(self.noise_scheduler, images)
         target = diffusion_target(self.noise_scheduler, images, noise, timesteps, self.prediction_type)
@@ -167,7 +224,7 @@ class DiffusionTrainer(SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         mode = "concat" if cond is not None else "crossattn"  # "crossattn" with no condition = unconditional
         with torch.autocast(images.device.type, enabled=engine.amp, **engine.amp_kwargs):
-            pred = engine.inferer(inputs=images, diffusion_model=engine.network, noise=noise, timesteps=timesteps,
+            pred = engine.inferer(inputs=images, diffusion_model=model, noise=noise, timesteps=timesteps,
                                   condition=cond, mode=mode)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         loss = engine.loss_function(pred.float(), target)

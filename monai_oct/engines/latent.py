@@ -149,8 +149,10 @@ class LatentSampler:
         return getattr(self.sampler, name)
 
     def __call__(self, network: torch.nn.Module, generators: Sequence[torch.Generator], shape: Sequence[int],
-                 condition: torch.Tensor | None = None, device: str | torch.device | None = None) -> torch.Tensor:
-        """Generate ``len(generators)`` images of ``shape`` ``(C, H, W)``.
+                 condition: torch.Tensor | None = None, device: str | torch.device | None = None,
+                 class_labels: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+        """Generate ``len(generators)`` images of ``shape`` ``(C, H, W)`` (``class_labels``: as
+        :meth:`DiffusionSampler.__call__`, for a class-conditioned latent UNet).
 
         Returns:
             float32 ``(B, C, H, W)`` in [-1, 1].
@@ -162,7 +164,7 @@ class LatentSampler:
         c, h, w = (int(s) for s in shape)
         size = self.latent.latent_size((h, w), network)
         cond = pool_condition(condition, size) if condition is not None else None
-        z = self.sampler(network, generators, (self.latent.latent_channels, *size), cond, device)
+        z = self.sampler(network, generators, (self.latent.latent_channels, *size), cond, device, class_labels)
         images = self.latent.decode(z.to(next(self.latent.parameters()).device)).float()
         if images.shape[1] != c:
             raise ValueError(f"the autoencoder decodes {images.shape[1]} band(s), the images to write have {c}")

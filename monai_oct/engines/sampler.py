@@ -13,7 +13,12 @@ scheduler's; the loop only
 - for a scheduler with rectified flow's ``use_timestep_transform``, sets its timesteps for the ``H x W`` sampled;
 - applies classifier-free guidance (optional): ``guidance_scale = s`` runs the condition and the all-zero
   "unconditional" condition (what ``p_uncond`` dropout trains) in one doubled batch and uses
-  ``uncond + s * (cond - uncond)``.
+  ``uncond + s * (cond - uncond)``;
+- for a class-conditioned UNet (``num_class_embeds``), passes each sample's class as ``class_labels`` (the null
+  class, ``num_class_embeds - 1``, for a sample without one); under guidance the unconditional half gets the null
+  class and, with ``guidance_on="all"`` (default), the zero mask too: ``eps_null + s * (eps_cond - eps_null)`` with
+  null = (null class, zero mask); ``guidance_on="class"`` keeps the mask in both halves and guides the class only
+  (the trainer drops class and mask independently, so both nulls are trained).
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from torch import nn
 
 from monai_oct.engines.amp import autocast_dtype
+from monai_oct.engines.diffusion import null_class_id
 from monai_oct.networks.checkpoint import model_info_path, read_model_info
 from monai_oct.schedulers import (DIFFUSION_SAMPLERS, FLOW, FLOW_SAMPLERS, SCHEDULERS, PerSampleDDIMScheduler,
                                   RespacedDDPMScheduler, randn_per_sample)
 
-__all__ = ["DiffusionSampler", "check_trained_with"]
+__all__ = ["DiffusionSampler", "check_trained_with", "GUIDANCE_ON"]
+
+#: What the unconditional half of classifier-free guidance drops: everything, or the class only.
+GUIDANCE_ON = ("all", "class")
 
 
 def check_trained_with(scheduler: Scheduler, checkpoint: str | None) -> None:
@@ -64,6 +73,8 @@ class DiffusionSampler:
             per sample; its ``prediction_type`` and noise schedule must match training.
         num_inference_steps: number of reverse steps (``scheduler.set_timesteps`` is called with it).
         guidance_scale: classifier-free guidance scale ``s``; None (or 1) = plain conditional sampling.
+        guidance_on: what the unconditional half of guidance drops: ``"all"`` (the null class and the zero mask)
+            or ``"class"`` (the null class only; the mask stays).
         eta: DDIM noise weight (0 = deterministic DDIM); only for a scheduler whose ``step`` takes ``eta``.
         amp_dtype: autocast dtype of the network call: ``"bfloat16"`` (CPU and CUDA), ``"float16"`` (CUDA only) or
             None (float32); see :func:`monai_oct.engines.amp.autocast_dtype`.
@@ -75,12 +86,13 @@ class DiffusionSampler:
         TypeError: for MONAI's own ``DDPMScheduler`` / ``DDIMScheduler`` (whose ``step`` takes one generator for the
             batch, and for DDPM is wrong on a respaced chain): use :func:`monai_oct.schedulers.diffusion_scheduler`.
         ValueError: for a bad number of steps, an unknown ``amp_dtype`` or ``eta`` for a scheduler without it, or a
-            ``checkpoint`` trained for another prediction type (e.g. a flow model and a diffusion sampler).
+            ``checkpoint`` trained for another prediction type (e.g. a flow model and a diffusion sampler), or an
+            unknown ``guidance_on``.
     """
 
     def __init__(self, scheduler: Scheduler, num_inference_steps: int = 50, guidance_scale: float | None = None,
                  eta: float = 0.0, amp_dtype: str | torch.dtype | None = None, amp: bool = False,
-                 checkpoint: str | None = None) -> None:
+                 checkpoint: str | None = None, guidance_on: str = "all") -> None:
         if isinstance(scheduler, (DDPMScheduler, DDIMScheduler)) and not isinstance(
                 scheduler, (RespacedDDPMScheduler, PerSampleDDIMScheduler)):
             raise TypeError(f"MONAI's {type(scheduler).__name__} draws one noise for the whole batch (and its DDPM step "
@@ -88,6 +100,9 @@ class DiffusionSampler:
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         check_trained_with(scheduler, checkpoint)
+        if guidance_on not in GUIDANCE_ON:
+            raise ValueError(f"guidance_on must be one of {GUIDANCE_ON}, got {guidance_on!r}")
+        self.guidance_on = guidance_on
         self.scheduler = scheduler
         self.num_inference_steps = int(num_inference_steps)
         self.guidance_scale = None if guidance_scale is None or float(guidance_scale) == 1.0 else float(guidance_scale)
@@ -109,7 +124,8 @@ class DiffusionSampler:
 
     @torch.no_grad()
     def __call__(self, network: nn.Module, generators: Sequence[torch.Generator], shape: Sequence[int],
-                 condition: torch.Tensor | None = None, device: str | torch.device | None = None) -> torch.Tensor:
+                 condition: torch.Tensor | None = None, device: str | torch.device | None = None,
+                 class_labels: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
         """Generate ``len(generators)`` samples.
 
         Args:
@@ -119,12 +135,14 @@ class DiffusionSampler:
             shape: ``(C, H, W)`` of one generated image.
             condition: ``(B, Cc, H, W)`` encoded condition, or None for an unconditional network.
             device: where to run (default: the network's device).
+            class_labels: ``(B,)`` class ids for a class-conditioned network (None: the null class for all).
 
         Returns:
             float32 ``(B, C, H, W)`` samples (in [-1, 1] when the scheduler clips x0).
 
         Raises:
-            ValueError: when the condition's batch or size does not match, or for float16 autocast on a CPU.
+            ValueError: when the condition's batch or size does not match, for float16 autocast on a CPU, or for
+                class labels given to a network without class embeddings, of the wrong count or out of range.
         """
         device = torch.device(device) if device is not None else next(network.parameters()).device
         dtype = self._autocast(device)
@@ -135,12 +153,18 @@ class DiffusionSampler:
         if getattr(self.scheduler, "use_timestep_transform", False):  # rectified flow's shift depends on H x W
             self.scheduler.set_timesteps(self.num_inference_steps, input_img_size_numel=h * w)
             self.timesteps = [int(t) for t in self.scheduler.timesteps]
-        guided = self.guidance_scale is not None and condition is not None
+        classes = self._classes(network, class_labels, b, device)
+        guided = self.guidance_scale is not None and (condition is not None or classes is not None)
         n = 2 * b if guided else b
         x = randn_per_sample((b, c_img, h, w), generators, device)
         inp = torch.zeros((n, c_img + (0 if condition is None else condition.shape[1]), h, w), device=device)
         if condition is not None:
             inp[n - b:, c_img:] = condition.to(device)  # guided: the first half keeps the all-zero condition
+            if guided and self.guidance_on == "class":
+                inp[:b, c_img:] = inp[b:, c_img:]
+        kw = {}
+        if classes is not None:  # guided: the first half gets the null class
+            kw["class_labels"] = torch.cat([torch.full_like(classes, null_class_id(network)), classes]) if guided else classes
         tt = torch.empty((n,), dtype=torch.long, device=device)
         for t in self.timesteps:
             inp[:b, :c_img] = x
@@ -148,9 +172,32 @@ class DiffusionSampler:
                 inp[b:, :c_img] = x
             tt.fill_(t)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                out = network(inp, tt)
+                out = network(inp, tt, **kw)
             out = out.float()
             if guided:
                 out = torch.lerp(out[:b], out[b:], self.guidance_scale)  # uncond + s * (cond - uncond)
             x = self.scheduler.step(out, t, x, generator=generators, **self.step_kwargs)[0]
         return x
+
+    @staticmethod
+    def _classes(network: nn.Module, class_labels: torch.Tensor | Sequence[int] | None, b: int,
+                 device: torch.device) -> torch.Tensor | None:
+        """``(B,)`` long class ids for a class-conditioned network (the null class where none is given), None for
+        a network without class embeddings.
+
+        Raises:
+            ValueError: for class labels given to a network without class embeddings, of another count than B,
+                or outside ``0 .. null``.
+        """
+        null = null_class_id(network)
+        if null is None:
+            if class_labels is not None:
+                raise ValueError("class labels given, but the network has no class embeddings (num_class_embeds "
+                                 "None): it was trained without classes")
+            return None
+        if class_labels is None:
+            return torch.full((b,), null, dtype=torch.long, device=device)
+        classes = torch.as_tensor(class_labels, dtype=torch.long).to(device).view(-1)
+        if classes.shape[0] != b or bool(((classes < 0) | (classes > null)).any()):
+            raise ValueError(f"class labels {classes.tolist()} must be {b} ids in 0..{null} ({null} the null class)")
+        return classes

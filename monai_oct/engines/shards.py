@@ -103,7 +103,7 @@ def set_files(writer: PairWriter, num_samples: int) -> list[str]:
 
 
 def write_set_index(writer: PairWriter, num_samples: int, manifest: Mapping[str, Any], num_classes: int,
-                    grid_size: int = 16) -> Path:
+                    grid_size: int = 16, records: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write what lists a finished set: ``datalist.json`` ({"training": [...]}), ``manifest.json`` and ``grid.png``.
 
     Args:
@@ -112,6 +112,7 @@ def write_set_index(writer: PairWriter, num_samples: int, manifest: Mapping[str,
         manifest: the complete manifest, written as it is.
         num_classes: C, for the grid's colours.
         grid_size: pairs shown in ``grid.png``.
+        records: extra fields of each pair's datalist entry (e.g. ``{"class": "DME"}``), one per pair; None: none.
 
     Returns:
         ``datalist.json``.
@@ -124,7 +125,9 @@ def write_set_index(writer: PairWriter, num_samples: int, manifest: Mapping[str,
     if missing:
         raise RuntimeError(f"{out}: {len(missing)} pair(s) missing after synthesis, e.g. {missing[0]}")
     pairs = [writer.paths(i) for i in range(num_samples)]
-    write_datalist(out / "datalist.json", [{"image": str(im), "label": str(lab)} for im, lab in pairs], key="training")
+    extra = list(records) if records is not None else [{}] * num_samples
+    write_datalist(out / "datalist.json", [{"image": str(im), "label": str(lab), **extra[i]} for i, (im, lab) in enumerate(pairs)],
+                   key="training")
     write_json(out / "manifest.json", dict(manifest))
     k = min(int(grid_size), num_samples)
     imgs = torch.stack([torch.as_tensor(read_image(writer.paths(i)[0]), dtype=torch.float32)[None] for i in range(k)])

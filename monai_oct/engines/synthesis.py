@@ -40,6 +40,12 @@ on the label's encoding area-averaged to ``image_size``
 (:func:`~monai_oct.transforms.encoding.encode_mask_resized`: a boundary between two of the network's pixels
 is a fraction, not a shifted edge), as stage 3 trained with ``label_size``, and the writer writes the label at
 its own size with the image enlarged to it.
+
+Classes (a class-conditioned image UNet, :mod:`monai_oct.core.classes`): sample ``i``'s class is ``class_ids[i]``
+when the engine is given a plan (``--class_name`` / ``class_samples``), else the label source's ``class_of(i)``
+when it has one (the ``class`` of a label datalist's item), else none (the null class). The class goes to the
+sampler as ``class_labels`` and is recorded with the pair: ``"class"`` in its ``datalist.json`` entry and the
+manifest's ``"classes"`` (one name per pair). A set without classes is written exactly as before.
 """
 
 from __future__ import annotations
@@ -56,9 +62,11 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
+from monai_oct.core.classes import ClassTable
 from monai_oct.core.io import read_json, write_json
 from monai_oct.core.records import differences, plain
 from monai_oct.core.seeding import sample_generators, sample_seed
+from monai_oct.engines.diffusion import null_class_id
 from monai_oct.engines.distributed import barrier, get_rank, get_world_size, is_main_process
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.engines.shards import (MANIFEST_DIR, manifest_head, parse_shard, set_files, shard_manifests, shard_name,
@@ -100,9 +108,14 @@ class SamplerEngine(Engine):
         grid_size: pairs shown in ``grid.png``.
         shard: ``"i/n"`` (or ``[i, n]``): write only the pairs ``k % n == i``, recorded in
             ``manifests/shard-i-of-n.json``, for ``monai-oct merge-synthesis`` to list; None: the whole set.
+        class_table: the classes of a class-conditioned image UNet (names written with each pair).
+        class_ids: the class id of every sample (``len == num_samples``; :func:`~monai_oct.core.classes.class_plan`);
+            None: the label source's ``class_of(i)`` where it has one, else no class.
 
     Raises:
-        ValueError: a bad ``num_samples``, ``batch_size``, ``seed`` or ``shard`` (names the value).
+        ValueError: a bad ``num_samples``, ``batch_size``, ``seed`` or ``shard`` (names the value); class ids of
+            another count than ``num_samples``, or without ``class_table``, or for an image UNet without class
+            embeddings.
     """
 
     def __init__(self, num_samples: int, label_source: Callable, image_network: nn.Module, image_sampler: DiffusionSampler,
@@ -110,7 +123,8 @@ class SamplerEngine(Engine):
                  batch_size: int = 8, seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
                  manifest: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
                  runtime: Mapping[str, Any] | None = None, overwrite: bool = False, grid_size: int = 16,
-                 shard: str | Sequence[int] | None = None) -> None:
+                 shard: str | Sequence[int] | None = None, class_table: ClassTable | None = None,
+                 class_ids: Sequence[int] | None = None) -> None:
         super().__init__(self._iteration)
         if int(num_samples) < 1 or int(batch_size) < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
@@ -128,6 +142,14 @@ class SamplerEngine(Engine):
         self.grid_size = int(grid_size)
         self.skipped = 0
         self.shard = parse_shard(shard)
+        self.class_table = class_table
+        self.class_ids = None if class_ids is None else [int(c) for c in class_ids]
+        if self.class_ids is not None:
+            if len(self.class_ids) != self.num_samples or class_table is None:
+                raise ValueError(f"class_ids: {len(self.class_ids)} ids (needs {self.num_samples}, one per sample, and a "
+                                 f"class_table; got {class_table!r})")
+            if null_class_id(image_network) is None:
+                raise ValueError("class_ids given, but the image UNet has no class embeddings (trained without classes)")
         self.lock = FolderLock(writer.output_dir, ".lock" if self.shard is None else f".lock.{shard_name(self.shard)}")
         if progress and is_main_process():
             from ignite.handlers import ProgressBar
@@ -263,6 +285,31 @@ class SamplerEngine(Engine):
         self.skipped = len(share) - len(todo)
         return [todo[k: k + self.batch_size] for k in range(0, len(todo), self.batch_size)]
 
+    def class_of(self, index: int) -> int | None:
+        """Sample ``index``'s class id: the plan's, else the label source's ``class_of``, else None."""
+        if self.class_ids is not None:
+            return self.class_ids[int(index)]
+        source = getattr(self.label_source, "class_of", None)
+        return None if source is None else source(int(index))
+
+    def _class_labels(self, indices: Sequence[int]) -> list[int] | None:
+        """The batch's class ids for the sampler (the null class where a sample has none); None without classes."""
+        ids = [self.class_of(i) for i in indices]
+        if all(c is None for c in ids):
+            return None
+        null = null_class_id(self.image_network)
+        if null is None:
+            raise ValueError("the label source gives classes, but the image UNet has no class embeddings (trained "
+                             "without classes)")
+        return [null if c is None else c for c in ids]
+
+    def class_records(self, num_samples: int) -> list[dict[str, str | None]] | None:
+        """``[{"class": name or None}]`` of samples ``0..num_samples-1`` (datalist entries), None without classes."""
+        ids = [self.class_of(i) for i in range(int(num_samples))]
+        if all(c is None for c in ids) or self.class_table is None:
+            return None
+        return [{"class": None if c is None else self.class_table.names[c]} for c in ids]
+
     def _iteration(self, engine: Engine, indices: Sequence[int]) -> dict:
         gens = sample_generators([sample_seed(self.seed, i) for i in indices], self.device)
         out = self.label_source(indices, gens, self.device)
@@ -271,7 +318,8 @@ class SamplerEngine(Engine):
         if cond is None:  # labels of any size: their encoding area-averaged to the network's size
             cond = encode_mask_resized(labels, self.num_classes, self.image_size, self.encoding)
         cond = cond.to(self.device)
-        images = self.image_sampler(self.image_network, gens, (1, *self.image_size), cond, self.device)
+        kw = {} if (classes := self._class_labels(indices)) is None else {"class_labels": classes}
+        images = self.image_sampler(self.image_network, gens, (1, *self.image_size), cond, self.device, **kw)
         self.writer.write(indices, images, labels, out.get("extras"))
         return {"indices": list(indices)}
 
@@ -321,10 +369,12 @@ class SamplerEngine(Engine):
         Raises:
             RuntimeError: when a pair is missing (names it).
         """
+        records = self.class_records(self.num_samples)
+        extra = {} if records is None else {"classes": [r["class"] for r in records]}
         manifest = self._manifest(getattr(self, "_generation", None) or self.generation(), "complete",
                                   files=set_files(self.writer, self.num_samples),
-                                  seconds=round(time.time() - getattr(self, "_t0", time.time()), 3))
-        write_set_index(self.writer, self.num_samples, manifest, self.num_classes, self.grid_size)
+                                  seconds=round(time.time() - getattr(self, "_t0", time.time()), 3), **extra)
+        write_set_index(self.writer, self.num_samples, manifest, self.num_classes, self.grid_size, records)
 
     def finalize_shard(self) -> None:
         """Complete a shard's ``manifests/shard-i-of-n.json`` (its files, end time, seconds); no datalist.

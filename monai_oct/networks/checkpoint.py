@@ -22,7 +22,7 @@ from monai_oct.core.io import DataError, atomic_path, read_json, write_json
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_weights", "maybe_load_weights", "adapt_input_channels", "load_checkpoint", "save_checkpoint",
-           "MODEL_INFO_FILE", "model_info_path", "read_model_info", "write_model_info"]
+           "MODEL_INFO_FILE", "model_info_path", "read_model_info", "write_model_info", "trained_class_embeds"]
 
 #: what a training stage records beside its weights (e.g. the diffusion stages' ``prediction_type``).
 MODEL_INFO_FILE = "model.json"
@@ -171,6 +171,32 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model"
     except RuntimeError as e:
         raise DataError(f"{path}: checkpoint does not fit {type(network).__name__} (wrong --network or channels?): {e}") from e
     return network
+
+
+def trained_class_embeds(path: str | os.PathLike | None, key: str = "model") -> int | None:
+    """``num_class_embeds`` of the diffusion UNet whose weights are at ``path`` (the rows of its
+    ``class_embedding.weight``), so that a sampling config builds the network the checkpoint was trained as.
+
+    Args:
+        path: the checkpoint (a state dict or a dict holding it under ``key``); None or a missing file: None
+            (loading the weights later names the missing file).
+        key: where the state dict sits in a dict checkpoint.
+
+    Returns:
+        the number of class embeddings, or None for weights trained without classes.
+
+    Raises:
+        DataError: when the file is not a state dict (names the file).
+    """
+    if path is None or not Path(path).is_file():
+        return None
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
+        ckpt = ckpt[key]
+    if not isinstance(ckpt, dict):
+        raise DataError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
+    weight = ckpt.get("class_embedding.weight")
+    return None if weight is None else int(weight.shape[0])
 
 
 def maybe_load_weights(network: nn.Module, path: str | os.PathLike | None, key: str = "model", strict: bool = True,

@@ -25,6 +25,7 @@ from typing import Any, Hashable, Mapping, Sequence
 import torch
 from monai.transforms import CastToTyped, Compose, EnsureTyped, RandFlipd, Resized, SelectItemsd, Transform
 
+from monai_oct.core.classes import CLASS_ID_KEY
 from monai_oct.core.labels import LabelTable
 from monai_oct.recipes.pipelines import bscan_transforms
 from monai_oct.transforms.drm import RandDynamicRegionMaskd
@@ -35,14 +36,15 @@ __all__ = ["pretrain_transforms", "mask_transforms", "finetune_transforms", "ske
 
 
 class _ImageWithOptionalLabel(Transform):
-    """Load an item with the label-aware chain when it has a label, else the image-only chain; keep ``image``."""
+    """Load an item with the label-aware chain when it has a label, else the image-only chain; keep ``image`` (and
+    the item's ``class_id`` when it has one, :mod:`monai_oct.core.classes`)."""
 
     def __init__(self, with_label: Compose, without_label: Compose) -> None:
         self.with_label, self.without_label = with_label, without_label
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = (self.with_label if data.get("label") else self.without_label)(dict(data))
-        return {"image": d["image"]}
+        return {"image": d["image"], **({CLASS_ID_KEY: data[CLASS_ID_KEY]} if CLASS_ID_KEY in data else {})}
 
 
 def pretrain_transforms(image_size: Sequence[int] | None, band_height: int | None = None, flip: float = 0.0,
@@ -131,7 +133,7 @@ def finetune_transforms(image_size: Sequence[int] | None, num_classes: int = 10,
     """
     chain = Compose([
         *_pairs_at_label_size(image_size, label_size, num_classes, encoding, band_height, table),
-        SelectItemsd(["image", "label", "cond"]),
+        SelectItemsd(["image", "label", "cond", CLASS_ID_KEY], allow_missing_keys=True),  # the chain makes the first three
         RandFlipd(["image", "label", "cond"], prob=flip, spatial_axis=1),
         RandDynamicRegionMaskd(["cond"], label_key="label", prob=drm_prob, p=drm_p, pathological_ids=pathological_ids,
                                num_classes=num_classes, mode=encoding),

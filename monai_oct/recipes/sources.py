@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from monai.transforms import Compose, Resized
 from torch import nn
 
+from monai_oct.core.classes import ClassTable, get_class_table
 from monai_oct.core.io import read_json, write_json
 from monai_oct.core.labels import LabelTable
 from monai_oct.engines.distributed import get_rank, get_world_size
@@ -140,19 +141,26 @@ class LabelBank:
     Args:
         labels: ``(L, 1, H, W)`` class ids.
         names: the source file of each map (for the manifest).
+        classes: the image class id of each map (:mod:`monai_oct.core.classes`; sample ``i`` is drawn with
+            ``classes[i % L]``); None: no classes.
     """
 
-    def __init__(self, labels: torch.Tensor, names: Sequence[str] | None = None) -> None:
+    def __init__(self, labels: torch.Tensor, names: Sequence[str] | None = None,
+                 classes: Sequence[int] | None = None) -> None:
         if labels.ndim != 4 or labels.shape[1] != 1 or labels.shape[0] == 0:
             raise ValueError(f"labels must have shape (L, 1, H, W) with L >= 1, got {tuple(labels.shape)}")
         self.labels = labels.long()
         self.names = list(names) if names is not None else [str(i) for i in range(labels.shape[0])]
+        self.classes = None if classes is None else [int(c) for c in classes]
+        if self.classes is not None and len(self.classes) != len(self.labels):
+            raise ValueError(f"{len(self.classes)} classes for {len(self.labels)} label maps")
 
     @classmethod
     def from_datalist(cls, datalist: str | os.PathLike | Sequence[str], image_size: Sequence[int], dataset_dir: str | None = None,
                       key: str | Sequence[str] | None = ("train", "training"), band_height: int | None = None,
                       flip: bool = False, table: LabelTable | str | None = "duke_dme",
-                      label_size: Sequence[int] | None = None) -> "LabelBank":
+                      label_size: Sequence[int] | None = None,
+                      class_table: ClassTable | str | None = None) -> "LabelBank":
         """Load every ``label`` of a datalist: band crop around the retina (from the label), one nearest-exact resize.
 
         Args:
@@ -165,11 +173,15 @@ class LabelBank:
             table: label table the ids are checked against.
             label_size: ``[h, w]`` the maps are loaded at (e.g. the written ``output_size``, finer than the image
                 UNet); None: ``image_size``.
+            class_table: look every item's class up in this table (its ``class`` field or a file-name rule), so
+                each map's image is drawn with its item's class; None: no classes.
 
         Raises:
-            DataError: a missing datalist or label file, or an item without ``label``.
+            DataError: a missing datalist or label file, an item without ``label``, or (with ``class_table``)
+                an item without a known class (names its file).
         """
         items = resolve_items(datalist, key, dataset_dir, require_label=True)
+        classes = None if class_table is None else [get_class_table(class_table).class_of(it) for it in items]
         t = [LoadBScand(["label"], label_keys=["label"], table=table)]
         if band_height:
             t.append(RetinaBandCropd(["label"], band_height=int(band_height), label_key="label"))
@@ -182,7 +194,8 @@ class LabelBank:
         if flip:
             maps = torch.cat([maps, torch.flip(maps, dims=[-1])])
             names = names + [f"{n} (mirrored)" for n in names]
-        return cls(maps, names)
+            classes = None if classes is None else classes + classes
+        return cls(maps, names, classes)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -191,6 +204,9 @@ class LabelBank:
         """``{"label": (B, 1, H, W) ids}`` of maps ``i % L`` (the generators are not used)."""
         return {"label": self.labels[[int(i) % len(self) for i in indices]].to(device)}
 
+    def class_of(self, index: int) -> int | None:
+        """The class id of sample ``index`` (its map's item's class), None without classes."""
+        return None if self.classes is None else self.classes[int(index) % len(self)]
 
 
 def build_label_source(image_size: Sequence[int], num_classes: int, label_datalist: str | Sequence[str] | None = None,
@@ -199,7 +215,8 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
                        band_height: int | None = None, label_flip: bool = False, dmc_smooth: int = 0,
                        table: LabelTable | str | None = "duke_dme", device: str | torch.device = "cpu",
                        label_size: Sequence[int] | None = None, mask_options: Mapping[str, Any] | None = None,
-                       boundary_model: str | os.PathLike | None = None) -> Callable:
+                       boundary_model: str | os.PathLike | None = None,
+                       class_table: ClassTable | str | None = None) -> Callable:
     """The label maps of a synthesis: from ``boundary_model`` or ``label_datalist`` when given, else the stage-2 model.
 
     Args:
@@ -220,6 +237,8 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
         mask_options: further :class:`MaskSampler` arguments (``encoding``, ``decode``, ``min_fluid``, ``report_path``).
         boundary_model: a fitted :class:`~monai_oct.recipes.boundaries.BoundaryModel` file (``monai-oct fit-boundaries``),
             drawn at ``label_size``.
+        class_table: with ``label_datalist``, the class table its items' classes are looked up in (the source's
+            ``class_of(i)``); the other sources have no classes.
 
     Returns:
         a :class:`~monai_oct.recipes.boundaries.BoundarySource`, :class:`LabelBank` or :class:`MaskSampler`.
@@ -235,7 +254,8 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
         return boundary_source(boundary_model, label_size or image_size, table=table)
     if label_datalist:
         return LabelBank.from_datalist(label_datalist, image_size, dataset_dir=dataset_dir, band_height=band_height,
-                                       flip=bool(label_flip), table=table, label_size=label_size)
+                                       flip=bool(label_flip), table=table, label_size=label_size,
+                                       class_table=class_table)
     if not mask_ckpt or mask_network is None or mask_sampler is None:
         raise ValueError("synthesis needs label maps: give --mask_ckpt (stage 2 model.pt) or --label_datalist")
     net = load_weights(mask_network, mask_ckpt).to(device)
