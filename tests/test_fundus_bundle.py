@@ -121,7 +121,7 @@ def test_synthesis_condition_is_no_class_outside_the_fov(tmp_path):
     assert cond[:, 0, inside_background].eq(1.0).all() and cond[:, 1, fov & ~inside_background].eq(1.0).all()
     item = json.loads((tmp_path / "datalist.json").read_text())["training"][0]
     assert set(item) == {"image", "label", "fov"}
-    label, image = read_label(item["label"]), read_image(item["image"])
+    label, image = read_label(tmp_path / item["label"]), read_image(tmp_path / item["image"])  # relative to the datalist
     assert label[~fov.numpy()].max() == 0 and image.shape == (32, 32, 3) and (image[~fov.numpy()] == 0).all()
 
 
