@@ -46,6 +46,45 @@ def test_each_config_parses(stage):
         assert parser.get_parsed_content("num_classes") == 4 and parser.get_parsed_content("image_channels") == channels
 
 
+def _modules_used(value) -> set[str]:
+    """The ``monai_oct`` modules a config value's ``$`` expressions reach into (``monai_oct.a.b.f(...)`` -> ``monai_oct.a.b``)."""
+    import re
+
+    if isinstance(value, dict):
+        return set().union(*(_modules_used(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_modules_used(v) for v in value)) if value else set()
+    if not isinstance(value, str) or not value.startswith("$") or value.startswith("$import"):
+        return set()
+    out = set()
+    for dotted in re.findall(r"monai_oct(?:\.\w+)+", value):
+        parts = dotted.split(".")
+        mods = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+        out.add(next(m for m in mods if _is_module(m)))
+    return out
+
+
+def _is_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a.b.c where a.b is a module, not a package
+        return False
+
+
+@pytest.mark.parametrize("stage", list(FUNDUS_STAGES))
+def test_each_config_imports_what_it_uses(stage):
+    """Bug: oct_layer_seg's evaluate.yaml sets ``imports`` (not ``+imports``), dropping train_seg.yaml's
+    ``monai_oct.recipes.fundus``: evaluate_seg failed with "module 'monai_oct.recipes' has no attribute 'fundus'"
+    (the tests' process had imported it, so parsing here passed; the bundle's own process had not)."""
+    parser = ConfigParser()
+    parser.read_config(fundus_stage_configs(stage, "cpu_smoke"))
+    imported = {s.split()[-1] for s in parser.get("imports")}
+    missing = _modules_used(parser.get()) - imported - {"monai_oct"}
+    assert not missing, f"{stage}: used but not imported: {sorted(missing)}"
+
+
 def test_resolve_uncertain_takes_the_nearest_vessel_class():
     lab = np.array([[1, 4, 4, 4, 2, 0], [0, 0, 0, 0, 0, 4]])
     out = ResolveUncertain()(lab)
@@ -184,8 +223,8 @@ def test_chain_writes_every_file_where_the_docs_say(chain):
     assert manifest["plausibility"]["av_adjacent_pixels"] == 0  # the decoding leaves no artery-vein contact
     assert (out / "grid.png").is_file()
     assert (chain["seg"] / "model.pt").is_file() and (chain["seg"] / "model_final.pt").is_file()
-    with open(chain["eval"] / "metrics.csv") as f:
-        rows = {r[0]: float(r[1]) for r in csv.reader(f, delimiter="\t") if len(r) > 1}
+    with open(chain["eval"] / "metrics.csv") as f:  # MONAI's MetricsSaver: one "name,value" row per metric
+        rows = {r[0]: float(r[1]) for r in csv.reader(f) if len(r) > 1}
     assert {"val_vessel_dice", "val_vessel_auc", "val_av_accuracy"} <= set(rows)
     assert all(0.0 <= v <= 1.0 for v in rows.values() if v == v)
 
