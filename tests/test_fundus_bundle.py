@@ -250,3 +250,25 @@ def test_label_with_id_7_names_the_file(tmp_path):
                                          "fov": str(bad).replace("/av/", "/fov/")})
     cause = root_cause(err.value)
     assert isinstance(cause, DataError) and f"{bad}: label ids [7]" in str(cause)
+
+
+def test_docs_commands_are_the_stages_the_tests_run():
+    """bundles/fundus_av/docs/README.md's commands load, in order, the config files of
+    ``fundus_stage_configs(stage)`` (what the chain above runs, plus its preset), one command per stage, and the
+    overrides they pass are keys of that stage's config."""
+    import re
+    from pathlib import Path
+
+    docs = Path(BUNDLE, "docs", "README.md").read_text()
+    block = docs.split("## Commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    dirs = dict(re.findall(r"\b([A-Z])=bundles/(\w+)/configs", block))
+    commands = [line for line in block.splitlines() if line.startswith("python -m monai.bundle run")]
+    assert len(commands) == len(FUNDUS_STAGES)
+    for stage, line in zip(FUNDUS_STAGES, commands):
+        listed = re.search(r'--config_file "\[(.*?)\]"', line).group(1).split(",")
+        files = [(dirs[f.strip("'")[1]], f.strip("'").split("/", 1)[1]) for f in listed]
+        assert tuple(files) == FUNDUS_STAGES[stage], line
+        parser = ConfigParser()
+        parser.read_config(fundus_stage_configs(stage))
+        for name in re.findall(r"--(\w+)", line.split("]\"", 1)[1]):
+            assert name in parser.get(), f"{stage}: the docs pass --{name}, which its config does not have"
