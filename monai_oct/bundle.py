@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import torch
 
 __all__ = ["as_bool", "bundle_command", "bundle_dir", "bundle_env", "bundle_root", "run_bundle", "check_device", "root_cause",
-           "error_summary", "install_error_handler", "stage_configs"]
+           "error_summary", "install_error_handler", "stage_configs",
+           "FUNDUS_STAGES", "fundus_stage_configs"]
 
 #: the package's folder: an exception raised by code under it is "one of ours" (its message names the file or value).
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -137,6 +138,40 @@ def stage_configs(stage: str) -> list[str]:
     ``stage_configs("synthesize_sketch") == ["common.yaml", "synthesize.yaml", "synthesize_sketch.yaml"]``.
     """
     return ["common.yaml", *STAGE_CONFIGS.get(stage, (f"{stage}.yaml",))]
+
+
+#: the fundus_av stages: ``(bundle, file)`` in load order; each is layered on the OCT bundle's config of the same role
+FUNDUS_STAGES = {
+    "train_masks": (("oct_ddpm", "common.yaml"), ("fundus_av", "common.yaml"), ("oct_ddpm", "train_masks.yaml"),
+                    ("fundus_av", "train_masks.yaml")),
+    "train_autoencoder": (("oct_ddpm", "common.yaml"), ("fundus_av", "common.yaml"), ("oct_ddpm", "train_autoencoder.yaml"),
+                          ("fundus_av", "train_autoencoder.yaml")),
+    "train_images": (("oct_ddpm", "common.yaml"), ("fundus_av", "common.yaml"), ("oct_ddpm", "finetune.yaml"),
+                     ("fundus_av", "train_images.yaml")),
+    "synthesize": (("oct_ddpm", "common.yaml"), ("fundus_av", "common.yaml"), ("oct_ddpm", "synthesize.yaml"),
+                   ("fundus_av", "synthesize.yaml")),
+    "train_seg": (("oct_layer_seg", "train.yaml"), ("fundus_av", "train_seg.yaml")),
+    "evaluate_seg": (("oct_layer_seg", "train.yaml"), ("fundus_av", "train_seg.yaml"), ("oct_layer_seg", "evaluate.yaml"),
+                     ("fundus_av", "evaluate_seg.yaml")),
+}
+
+
+def fundus_stage_configs(stage: str, preset: str | None = None) -> list[str]:
+    """The config files (absolute paths in this checkout, in load order) of a ``fundus_av`` stage.
+
+    The fundus stages run the OCT bundles' configs of the same role with the fundus data laid over them (same
+    engines, override names and files): ``fundus_stage_configs("train_masks")`` is ``oct_ddpm/configs/common.yaml``,
+    ``fundus_av/configs/common.yaml``, ``oct_ddpm/configs/train_masks.yaml``, ``fundus_av/configs/train_masks.yaml``
+    (under ``bundles/``); ``preset`` adds ``fundus_av/configs/presets/<preset>.yaml`` last.
+
+    Raises:
+        KeyError: for an unknown stage, listing the stages.
+    """
+    if stage not in FUNDUS_STAGES:
+        raise KeyError(f"unknown fundus_av stage {stage!r}; stages: {list(FUNDUS_STAGES)}")
+    root = Path(__file__).resolve().parents[1] / "bundles"
+    files = [str(root / b / "configs" / f) for b, f in FUNDUS_STAGES[stage]]
+    return files + ([str(root / "fundus_av" / "configs" / "presets" / f"{preset}.yaml")] if preset else [])
 
 
 def _bundle_files(bundle_dir: str | os.PathLike, configs: Sequence[str]) -> tuple[list[str], str | None, str | None]:

@@ -50,7 +50,7 @@ def pair_grid(images: torch.Tensor, labels: torch.Tensor | None = None, num_clas
     """A uint8 grid: one column per sample, its label map (if any) above its image.
 
     Args:
-        images: ``(B, 1, H, W)`` in [-1, 1].
+        images: ``(B, 1, H, W)`` grey or ``(B, 3, H, W)`` RGB in [-1, 1] (an RGB grid then).
         labels: ``(B, 1, H, W)`` class ids or None.
         num_classes: C, for the label's grey levels.
         ncol: samples per row of the grid.
@@ -58,7 +58,7 @@ def pair_grid(images: torch.Tensor, labels: torch.Tensor | None = None, num_clas
         colour: draw the label maps in :data:`PALETTE`'s colours (an RGB grid) instead of grey levels.
 
     Returns:
-        ``(rows, cols)`` uint8 array, or ``(rows, cols, 3)`` with ``colour`` and labels.
+        ``(rows, cols)`` uint8 array, or ``(rows, cols, 3)`` with ``colour`` and labels or with RGB images.
 
     Raises:
         ValueError: for mismatched shapes.
@@ -66,9 +66,10 @@ def pair_grid(images: torch.Tensor, labels: torch.Tensor | None = None, num_clas
     if images.ndim != 4 or (labels is not None and labels.shape[0] != images.shape[0]):
         raise ValueError(f"images (B, C, H, W) and labels (B, 1, H, W) must match, got {tuple(images.shape)}, "
                          f"{None if labels is None else tuple(labels.shape)}")
-    imgs = image_to_uint8(images[:, 0])
-    colour = bool(colour) and labels is not None
-    if colour:
+    rgb = images.shape[1] == 3
+    imgs = image_to_uint8(images.permute(0, 2, 3, 1) if rgb else images[:, 0])
+    colour = (bool(colour) and labels is not None) or rgb
+    if colour and not rgb:
         imgs = np.repeat(imgs[..., None], 3, -1)
     tiles = [imgs[i] for i in range(len(imgs))]
     if labels is not None:

@@ -124,18 +124,22 @@ def write_set_index(writer: PairWriter, num_samples: int, manifest: Mapping[str,
     missing = [writer.name(i) for i in range(num_samples) if not writer.done(i)]
     if missing:
         raise RuntimeError(f"{out}: {len(missing)} pair(s) missing after synthesis, e.g. {missing[0]}")
-    pairs = [writer.paths(i) for i in range(num_samples)]
     extra = list(records) if records is not None else [{}] * num_samples
-    write_datalist(out / "datalist.json", [{"image": str(im), "label": str(lab), **extra[i]} for i, (im, lab) in enumerate(pairs)],
-                   key="training")
+    write_datalist(out / "datalist.json", [{**writer.item(i), **extra[i]} for i in range(num_samples)], key="training")
     write_json(out / "manifest.json", dict(manifest))
     k = min(int(grid_size), num_samples)
-    imgs = torch.stack([torch.as_tensor(read_image(writer.paths(i)[0]), dtype=torch.float32)[None] for i in range(k)])
+    imgs = torch.stack([_channels_first(read_image(writer.paths(i)[0])) for i in range(k)])
     labs = torch.stack([torch.as_tensor(read_label(writer.paths(i)[1]).astype(np.int64))[None] for i in range(k)])
     write_png(out / "grid.png", pair_grid(imgs / 127.5 - 1.0, labs, num_classes))
     logger.info("synthetic dataset: %d pairs in %s (datalist %s, grid %s)", num_samples, out, out / "datalist.json",
                 out / "grid.png")
     return out / "datalist.json"
+
+
+def _channels_first(arr: np.ndarray) -> torch.Tensor:
+    """A read image (``H x W`` grey or ``H x W x 3`` RGB) as a float ``(C, H, W)`` tensor."""
+    x = torch.as_tensor(np.asarray(arr), dtype=torch.float32)
+    return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
 
 
 def _ranges(indices: Sequence[int], limit: int = 20) -> str:
@@ -260,7 +264,8 @@ def merge_synthesis(output_dir: str | os.PathLike, shard_dirs: Sequence[str | os
                          + "; ".join(problems))
 
     gen = ref["generation"]
-    writer = PairWriter(out, gen.get("output_size"), gen.get("prefix", "synth_"), gen.get("extra_dirs") or ())
+    writer = PairWriter(out, gen.get("output_size"), gen.get("prefix", "synth_"), gen.get("extra_dirs") or (),
+                        gen.get("datalist_extras") or ())
     lock = FolderLock(out)
     lock.acquire()
     try:

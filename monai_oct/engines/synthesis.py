@@ -59,11 +59,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from ignite.engine import Engine
 from torch import nn
 
 from monai_oct.core.classes import ClassTable
 from monai_oct.core.io import read_json, write_json
+from monai_oct.core.labels import UNANNOTATED
 from monai_oct.core.records import differences, plain
 from monai_oct.core.seeding import sample_generators, sample_seed
 from monai_oct.engines.diffusion import null_class_id
@@ -111,6 +113,12 @@ class SamplerEngine(Engine):
         class_table: the classes of a class-conditioned image UNet (names written with each pair).
         class_ids: the class id of every sample (``len == num_samples``; :func:`~monai_oct.core.classes.class_plan`);
             None: the label source's ``class_of(i)`` where it has one, else no class.
+        image_channels: channels of the generated images (1 grey B-scans, 3 RGB fundus photographs).
+
+    A label source may also return ``"fov"``, a ``(B, 1, h, w)`` bool field of view (fundus): the condition is
+    "no class" outside it (the labels encoded as :data:`~monai_oct.core.labels.UNANNOTATED` there, 0.0 in every
+    one-hot channel, as the training labels are outside a photograph's FOV) and the generated images are set to
+    black (-1) outside it, as real photographs are; the written label maps keep the source's ids.
 
     Raises:
         ValueError: a bad ``num_samples``, ``batch_size``, ``seed`` or ``shard`` (names the value); class ids of
@@ -124,8 +132,9 @@ class SamplerEngine(Engine):
                  manifest: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
                  runtime: Mapping[str, Any] | None = None, overwrite: bool = False, grid_size: int = 16,
                  shard: str | Sequence[int] | None = None, class_table: ClassTable | None = None,
-                 class_ids: Sequence[int] | None = None) -> None:
+                 class_ids: Sequence[int] | None = None, image_channels: int = 1) -> None:
         super().__init__(self._iteration)
+        self.image_channels = int(image_channels)
         if int(num_samples) < 1 or int(batch_size) < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
         if int(seed) < 0:
@@ -186,6 +195,7 @@ class SamplerEngine(Engine):
             "image_size": self.image_size,
             "num_classes": self.num_classes,
             "encoding": self.encoding,
+            **({"image_channels": self.image_channels} if self.image_channels != 1 else {}),
             "sampler": type(s.scheduler).__name__,
             "num_train_timesteps": int(s.scheduler.num_train_timesteps),
             "num_inference_steps": s.num_inference_steps,
@@ -315,11 +325,16 @@ class SamplerEngine(Engine):
         out = self.label_source(indices, gens, self.device)
         labels = out["label"]
         cond = out.get("cond")
+        fov = out.get("fov")
         if cond is None:  # labels of any size: their encoding area-averaged to the network's size
-            cond = encode_mask_resized(labels, self.num_classes, self.image_size, self.encoding)
+            known = labels if fov is None else torch.where(fov.to(labels.device), labels, torch.full_like(labels, UNANNOTATED))
+            cond = encode_mask_resized(known, self.num_classes, self.image_size, self.encoding)
         cond = cond.to(self.device)
         kw = {} if (classes := self._class_labels(indices)) is None else {"class_labels": classes}
-        images = self.image_sampler(self.image_network, gens, (1, *self.image_size), cond, self.device, **kw)
+        images = self.image_sampler(self.image_network, gens, (self.image_channels, *self.image_size), cond, self.device, **kw)
+        if fov is not None:  # black outside the field of view, at the image's size
+            inside = F.interpolate(fov.float().to(images.device), size=images.shape[-2:], mode="nearest-exact") > 0.5
+            images = torch.where(inside, images, torch.full_like(images, -1.0))
         self.writer.write(indices, images, labels, out.get("extras"))
         return {"indices": list(indices)}
 

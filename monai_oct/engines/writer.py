@@ -35,7 +35,8 @@ def _resize(x: torch.Tensor, size: Sequence[int] | None, label: bool, nearest: b
 
 
 class PairWriter:
-    """Write (image, label) pairs as ``images/<name>.png`` (8-bit grey) and ``labels/<name>.png`` (class ids).
+    """Write (image, label) pairs as ``images/<name>.png`` (8-bit grey, or RGB for 3-channel images) and
+    ``labels/<name>.png`` (class ids).
 
     A pair is complete when both files exist; each is written to a temporary file and renamed, the label
     first, so an interrupted write leaves at most a label without its image (redone on resume).
@@ -51,10 +52,12 @@ class PairWriter:
             is written untouched; others are resized nearest-exact.
         prefix: file name prefix; names are ``<prefix><index:05d>.png``.
         extra_dirs: sub-folders of extra images written with each pair.
+        datalist_extras: those of ``extra_dirs`` whose files ``datalist.json`` lists in each item, under the
+            folder's name (e.g. ``("fov",)``: a fundus pair's field of view, which segmentation reads).
     """
 
     def __init__(self, output_dir: str | os.PathLike, output_size: Sequence[int] | None = None, prefix: str = "synth_",
-                 extra_dirs: Sequence[str] = ()) -> None:
+                 extra_dirs: Sequence[str] = (), datalist_extras: Sequence[str] = ()) -> None:
         self.output_dir = Path(output_dir)
         self.output_size = None if output_size is None else [int(s) for s in output_size]
         self.prefix = prefix
@@ -62,6 +65,9 @@ class PairWriter:
         bad = [d for d in self.extra_dirs if d in ("images", "labels") or not d or "/" in d]
         if bad:
             raise ValueError(f"extra_dirs must be plain folder names other than images/labels, got {bad}")
+        self.datalist_extras = tuple(str(d) for d in datalist_extras or ())
+        if not set(self.datalist_extras) <= set(self.extra_dirs):
+            raise ValueError(f"datalist_extras {list(self.datalist_extras)} must be among extra_dirs {list(self.extra_dirs)}")
 
     def name(self, index: int, prefix: str | None = None) -> str:
         """File name of sample ``index`` (with ``prefix`` instead of the writer's, e.g. a replaced set's)."""
@@ -85,9 +91,18 @@ class PairWriter:
         n = self.name(index)
         return [f"images/{n}", f"labels/{n}", *(f"{d}/{n}" for d in self.extra_dirs)]
 
+    def item(self, index: int) -> dict[str, str]:
+        """Sample ``index``'s datalist item: ``{"image", "label"}`` and the ``datalist_extras`` (absolute paths)."""
+        image, label = self.paths(index)
+        return {"image": str(image), "label": str(label), **{d: str(self.extra_path(d, index)) for d in self.datalist_extras}}
+
     def describe(self) -> dict:
-        """What of the writer determines the files: ``{"output_size", "prefix", "extra_dirs"}``."""
-        return {"output_size": self.output_size, "prefix": self.prefix, "extra_dirs": list(self.extra_dirs)}
+        """What of the writer determines the files: ``{"output_size", "prefix", "extra_dirs"}`` (and
+        ``datalist_extras`` when there are some, so sets written before it existed compare equal)."""
+        out = {"output_size": self.output_size, "prefix": self.prefix, "extra_dirs": list(self.extra_dirs)}
+        if self.datalist_extras:
+            out["datalist_extras"] = list(self.datalist_extras)
+        return out
 
     def clear(self, extra_dirs: Sequence[str] = (), prefix: str | None = None,
               indices: Sequence[int] | None = None) -> int:
@@ -138,7 +153,7 @@ class PairWriter:
 
     def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
               extras: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Write a batch: ``images (B, 1, H, W)`` in [-1, 1], ``labels (B, 1, H, W)`` class ids, and
+        """Write a batch: ``images (B, 1 or 3, H, W)`` in [-1, 1], ``labels (B, 1, H, W)`` class ids, and
         ``extras`` (``{folder: (B, 1, H, W) in [-1, 1]}``, one entry per ``extra_dirs``).
 
         Raises:
@@ -150,7 +165,7 @@ class PairWriter:
         size = self.output_size or list(labels.shape[-2:])  # a pair's image and label always share a size
         images = _resize(images.float().cpu(), size, label=False)
         labels = _resize(labels.cpu(), size, label=True)
-        img_u8 = image_to_uint8(images[:, 0])
+        img_u8 = image_to_uint8(images.permute(0, 2, 3, 1) if images.shape[1] == 3 else images[:, 0])
         lab_u8 = labels[:, 0].numpy().astype(np.uint8)
         ext_u8 = {d: image_to_uint8(_resize(x.float().cpu(), size, label=False, nearest=True)[:, 0])
                   for d, x in extras.items()}

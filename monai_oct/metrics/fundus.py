@@ -85,17 +85,22 @@ def _check_label(y: torch.Tensor | None, table: LabelTable, ignore_index: int) -
 
 
 class _FundusMetric(CumulativeIterationMetric):
-    """Shared: the table, ignore value, column names and a NaN-skipping mean over images."""
+    """Shared: the table, ignore value, column names and a NaN-skipping mean over images; with ``key`` the
+    aggregate is that one value (a float, what MONAI's ``IgniteMetricHandler`` and ``CheckpointSaver`` compare)."""
 
     names: tuple[str, ...] = ()
 
-    def __init__(self, table: LabelTable = FUNDUS_AV, ignore_index: int = UNANNOTATED) -> None:
+    def __init__(self, table: LabelTable = FUNDUS_AV, ignore_index: int = UNANNOTATED, key: str | None = None) -> None:
         super().__init__()
         self.table = table
         self.ignore_index = int(ignore_index)
+        if key is not None and key not in self.names:
+            raise ValueError(f"{type(self).__name__}: key {key!r} is not one of {list(self.names)}")
+        self.key = key
 
-    def aggregate(self) -> dict[str, float]:  # type: ignore[override]
-        """``{name: mean over the images where the value is defined}`` (NaN when it is defined on none).
+    def aggregate(self) -> dict[str, float] | float:  # type: ignore[override]
+        """``{name: mean over the images where the value is defined}`` (NaN when it is defined on none), or the
+        value of ``key`` alone.
 
         Raises:
             ValueError: when nothing was accumulated.
@@ -103,7 +108,8 @@ class _FundusMetric(CumulativeIterationMetric):
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor) or data.numel() == 0:
             raise ValueError(f"{type(self).__name__}: no data accumulated; call the metric on some images first")
-        return {n: float(v) for n, v in zip(self.names, torch.nanmean(data.double(), dim=0).tolist())}
+        out = {n: float(v) for n, v in zip(self.names, torch.nanmean(data.double(), dim=0).tolist())}
+        return out if self.key is None else out[self.key]
 
 
 class VesselMetric(_FundusMetric):
@@ -113,6 +119,7 @@ class VesselMetric(_FundusMetric):
         table: the label table (its ``vessel`` group is the truth).
         threshold: a pixel is predicted vessel when its probability is at least this.
         ignore_index: label value that is never scored (outside the FOV after ``MaskOutsideFOV``).
+        key: one of :attr:`names`: ``aggregate`` returns that value alone (None: the dict of all).
 
     ``__call__(y_pred, y, fov=None)``: ``y_pred`` the ``(B, 1, H, W)`` vessel probability (or a 0/1 map; AUC is then
     that of the binary map), ``y`` ``(B, 1, H, W)`` ids, ``fov`` optional ``(B, 1, H, W)`` or ``(H, W)`` bool;
@@ -124,8 +131,9 @@ class VesselMetric(_FundusMetric):
 
     names = ("dice", "sensitivity", "specificity", "accuracy", "auc")
 
-    def __init__(self, table: LabelTable = FUNDUS_AV, threshold: float = 0.5, ignore_index: int = UNANNOTATED) -> None:
-        super().__init__(table, ignore_index)
+    def __init__(self, table: LabelTable = FUNDUS_AV, threshold: float = 0.5, ignore_index: int = UNANNOTATED,
+                 key: str | None = None) -> None:
+        super().__init__(table, ignore_index, key)
         self.threshold = float(threshold)
         self.vessel = torch.as_tensor(table.group("vessel"))
 
@@ -157,6 +165,7 @@ class ArteryVeinMetric(_FundusMetric):
     Args:
         table: the label table; ``scored`` names the two classes told apart (artery, vein).
         ignore_index: label value that is never scored.
+        key: one of :attr:`names`: ``aggregate`` returns that value alone (None: the dict of all).
 
     ``__call__(y_pred, y, fov=None)``: ``y_pred`` per-class scores ``(B, C, H, W)`` or ids ``(B, 1, H, W)``, ``y``
     ids ``(B, 1, H, W)``; returns and buffers ``(B, 4)`` rows in the order of :attr:`names` (NaN for an image with
@@ -168,8 +177,8 @@ class ArteryVeinMetric(_FundusMetric):
 
     names = ("av_accuracy", "artery_sensitivity", "vein_sensitivity", "undecided")
 
-    def __init__(self, table: LabelTable = FUNDUS_AV, ignore_index: int = UNANNOTATED) -> None:
-        super().__init__(table, ignore_index)
+    def __init__(self, table: LabelTable = FUNDUS_AV, ignore_index: int = UNANNOTATED, key: str | None = None) -> None:
+        super().__init__(table, ignore_index, key)
         if len(table.scored) != 2:
             raise ValueError(f"label table {table.name!r} must score two classes for A/V accuracy, scores {table.scored}")
         self.artery, self.vein = (int(i) for i in table.scored)

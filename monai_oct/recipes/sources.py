@@ -37,6 +37,7 @@ from monai_oct.transforms.io import LoadBScand
 from monai_oct.transforms.sketch import LayerSketch
 from monai_oct.transforms.topology import LayerOrderDecode, merge_decoding_reports
 from monai_oct.transforms.utils import check_mode
+from monai_oct.transforms.vessels import VesselTreeDecode
 
 __all__ = ["MaskSampler", "LabelBank", "build_label_source", "SketchSource", "sketch_source"]
 
@@ -54,6 +55,9 @@ class MaskSampler:
     - onehot + ``"topology"`` (default): the C channels bilinearly enlarged to ``label_size`` (smooth class
       scores, so boundaries land between the sampled pixels), then ``LayerOrderDecode`` of the scores.
     - onehot + ``"argmax"``: the enlarged channels' argmax (no anatomical constraint).
+    - onehot + ``"vessel_tree"`` (fundus A/V maps): :class:`~monai_oct.transforms.vessels.VesselTreeDecode`, the
+      argmax with the vessel components that miss the optic disc removed and artery-vein contacts made crossings;
+      its per-sample reports are kept in ``tree_reports``.
 
     Args:
         network: the unconditional mask DDPM (1 channel in and out for scalar, C for onehot).
@@ -63,7 +67,7 @@ class MaskSampler:
         dmc: the scalar decoder (default ``DiscreteMaskClustering(num_classes)``).
         encoding: ``"scalar"`` or ``"onehot"``, as the network was trained (``--mask_encoding``).
         label_size: ``[h, w]`` of the returned maps (None: ``image_size``); may be larger than ``image_size``.
-        decode: ``"dmc"`` (scalar), ``"argmax"`` (onehot) or ``"topology"`` (either); None: dmc / topology.
+        decode: ``"dmc"`` (scalar), ``"argmax"`` / ``"vessel_tree"`` (onehot) or ``"topology"`` (either); None: dmc / topology.
         table: label table of the topology decoding.
         min_fluid: fluid components smaller than this are given back to their layer (topology decoding).
         report_path: with ``"topology"``, a JSON file that keeps the decoding report of every sample (by index,
@@ -91,12 +95,14 @@ class MaskSampler:
         self.label_size = tuple(int(s) for s in (label_size or image_size))
         if len(self.label_size) != 2 or any(a < b for a, b in zip(self.label_size, self.shape[1:])):
             raise ValueError(f"label_size {list(self.label_size)} must be [h, w] no smaller than image_size {list(self.shape[1:])}")
-        allowed = ("dmc", "topology") if self.encoding == "scalar" else ("argmax", "topology")
+        allowed = ("dmc", "topology") if self.encoding == "scalar" else ("argmax", "topology", "vessel_tree")
         self.decode = decode or allowed[0 if self.encoding == "scalar" else 1]
         if self.decode not in allowed:
             raise ValueError(f"mask_decode {self.decode!r} does not fit mask_encoding {self.encoding!r}; use one of {allowed}")
         self.dmc = dmc if dmc is not None else DiscreteMaskClustering(num_classes)
         self.topology = LayerOrderDecode(table, min_fluid) if self.decode == "topology" else None
+        self.vessel_tree = VesselTreeDecode(table) if self.decode == "vessel_tree" else None
+        self.tree_reports: dict[str, dict] = {}
         self.report_path = None
         self.reports: dict[str, dict] = {}
         if report_path is not None and self.topology is not None:
@@ -119,6 +125,12 @@ class MaskSampler:
             labels = self.dmc(values).to(device)
         else:
             labels = values.argmax(1, keepdim=True) if self.decode == "argmax" else values
+        if self.vessel_tree is not None:
+            out = []
+            for i, one in zip(indices, labels):
+                out.append(self.vessel_tree(one.cpu()))
+                self.tree_reports[str(int(i))] = self.vessel_tree.last_report
+            return {"label": torch.stack(out).long().to(device)}
         if self.topology is None:
             return {"label": labels.long()}
         return {"label": self._decode(labels, indices).to(device)}

@@ -4,6 +4,8 @@ from monai_oct.transforms.band import RetinaBandCrop, RetinaBandCropd, locate_re
 from monai_oct.transforms.dmc import DiscreteMaskClustering, DiscreteMaskClusteringd, nearest_level_decode
 from monai_oct.transforms.drm import DynamicRegionMask, RandDynamicRegionMaskd
 from monai_oct.transforms.fov import MaskOutsideFOV, MaskOutsideFOVd, fov_mask
+from monai_oct.transforms.vessels import (ResolveUncertain, ResolveUncertaind, VesselTreeDecode, VesselTreeDecoded,
+                                         estimate_disc_centre)
 from monai_oct.transforms.encoding import (
     MODES,
     AreaMaskEncode,

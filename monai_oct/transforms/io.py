@@ -15,7 +15,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from monai_oct.core.io import check_same_size, read_grey, read_label
+from monai_oct.core.io import DataError, check_same_size, read_grey, read_image, read_label
 from monai_oct.core.labels import LabelTable, get_label_table
 
 __all__ = ["LoadBScan", "LoadBScand"]
@@ -24,24 +24,36 @@ __all__ = ["LoadBScan", "LoadBScand"]
 class LoadBScan(Transform):
     """Load an image or label file into a channel-first float32 tensor ``(1, H, W)``.
 
-    Images are grey B-scans: an RGB file is read as the mean of its channels
-    (:func:`~monai_oct.core.io.read_grey`), so every network of the project sees one channel.
+    Images are grey B-scans by default: an RGB file is read as the mean of its channels
+    (:func:`~monai_oct.core.io.read_grey`), so every OCT network sees one channel. ``channels=3`` reads colour
+    pictures (fundus photographs) as ``(3, H, W)`` RGB; a grey file is then repeated into the three channels.
 
     Args:
         is_label: read as a single-channel label map and validate its ids against ``table``.
         table: label table (name or object) for the id check; None skips it.
+        channels: image channels, 1 (grey) or 3 (RGB); labels always have one.
 
     Raises:
         DataError: missing/unreadable file, multi-channel label, or label ids outside the table.
+        ValueError: for ``channels`` other than 1 or 3.
     """
 
-    def __init__(self, is_label: bool = False, table: LabelTable | str | None = "duke_dme") -> None:
+    def __init__(self, is_label: bool = False, table: LabelTable | str | None = "duke_dme", channels: int = 1) -> None:
+        if int(channels) not in (1, 3):
+            raise ValueError(f"image channels must be 1 (grey) or 3 (RGB), got {channels}")
         self.is_label = is_label
         self.table = get_label_table(table) if table is not None else None
+        self.channels = int(channels)
 
     def __call__(self, path: str) -> torch.Tensor:
-        arr = read_label(path, self.table) if self.is_label else read_grey(path)
-        return torch.from_numpy(np.ascontiguousarray(arr[None], dtype=np.float32))
+        if self.is_label or self.channels == 1:
+            arr = (read_label(path, self.table) if self.is_label else read_grey(path))[None]
+        else:
+            arr = read_image(path)
+            arr = np.repeat(arr[None], 3, 0) if arr.ndim == 2 else arr[..., :3].transpose(2, 0, 1)
+            if arr.shape[0] != 3:
+                raise DataError(f"{path}: expected an RGB image, got {arr.shape[0]} channel(s)")
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
 
 class LoadBScand(MapTransform):
@@ -54,6 +66,7 @@ class LoadBScand(MapTransform):
         keys: keys holding file paths.
         label_keys: which of ``keys`` are label maps (checked against ``table``).
         table: label table for the id check (None skips it).
+        channels: channels of the images (1 grey, 3 RGB; :class:`LoadBScan`).
         allow_missing_keys: don't raise for missing keys.
 
     Raises:
@@ -61,9 +74,9 @@ class LoadBScand(MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, label_keys: Sequence[str] = ("label",), table: LabelTable | str | None = "duke_dme",
-                 allow_missing_keys: bool = False) -> None:
+                 channels: int = 1, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.image_loader = LoadBScan(False)
+        self.image_loader = LoadBScan(False, channels=channels)
         self.label_loader = LoadBScan(True, table)
         self.label_keys = set(label_keys)
 
