@@ -31,6 +31,8 @@ TUTORIALS = ROOT / "tutorials"
 KERNEL = "python3"
 #: terminal colour codes of IPython's tracebacks
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: a markdown link's target
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def notebooks(folder: str | os.PathLike = TUTORIALS) -> list[Path]:
@@ -77,13 +79,31 @@ def execute(path: str | os.PathLike, out: str | os.PathLike, timeout: int = 300)
     return nb
 
 
+def _rebase_links(text: str, folder: Path) -> str:
+    """Markdown links of a notebook (relative to ``tutorials/``) made to work from ``folder``: a sibling notebook
+    becomes its rendered ``.md``, any other relative path is rewritten relative to ``folder``."""
+
+    def rebase(m: re.Match) -> str:
+        target, _, anchor = m.group(1).partition("#")
+        if not target or re.match(r"[a-z]+:", target):
+            return m.group(0)
+        if target.endswith(".ipynb") and "/" not in target:
+            new = target[: -len(".ipynb")] + ".md"
+        else:
+            new = Path(os.path.relpath(TUTORIALS / target, folder.resolve())).as_posix()
+        return f"]({new}{'#' + anchor if anchor else ''})"
+
+    return LINK.sub(rebase, text)
+
+
 def _fence(text: str, lang: str = "") -> str:
     return f"```{lang}\n{text.rstrip()}\n```\n"
 
 
 def to_markdown(nb: nbformat.NotebookNode, path: str | os.PathLike) -> Path:
-    """Write an executed notebook as markdown: text cells as they are, code in fences, then its outputs (text in
-    fences, PNGs as files in ``<stem>_files/`` linked from the page, markdown outputs as they are).
+    """Write an executed notebook as markdown: text cells as they are (links rebased to the page's folder), code in
+    fences, then its outputs (text in fences, PNGs as files in ``<stem>_files/`` linked from the page, markdown
+    outputs as they are).
 
     Returns:
         the markdown file.
@@ -95,7 +115,7 @@ def to_markdown(nb: nbformat.NotebookNode, path: str | os.PathLike) -> Path:
     n_img = 0
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            parts.append(cell.source.rstrip() + "\n")
+            parts.append(_rebase_links(cell.source, path.parent).rstrip() + "\n")
             continue
         if cell.cell_type != "code":
             continue
