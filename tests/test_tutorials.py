@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def test_committed_notebook_is_stripped(path):
     that points ``OUT`` away from the repository is there."""
     nb = nbformat.read(str(path), as_version=4)
     nbformat.validate(nb)
-    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
     assert not dirty, f"{path.name}: cells {dirty} hold outputs or execution counts; clear them before committing"
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and params[0].source.strip() == "OUT = None"
@@ -80,6 +82,19 @@ def test_stripped_check_catches_outputs(tmp_path):
     nbformat.write(nb, str(bad))
     with pytest.raises(AssertionError, match="cells \\[2\\]"):
         test_committed_notebook_is_stripped(bad)
+
+
+def test_kernel_is_this_interpreter(tmp_path):
+    """The ``python3`` kernel runs this environment's interpreter (ipykernel's kernelspec in the venv), and sees this
+    checkout's package first, so the notebooks test the code next to them."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("OUT = None"), nbformat.v4.new_code_cell(
+        "import sys, monai_oct; print(sys.prefix); print(monai_oct.__file__)")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    path = tmp_path / "probe.ipynb"
+    nbformat.write(nb, str(path))
+    prefix, package = render.execute(path, tmp_path / "out").cells[1].outputs[0].text.split()
+    assert Path(prefix).resolve() == Path(sys.prefix).resolve()  # the executable resolves to the base python
+    assert Path(package).resolve() == (ROOT / "monai_oct" / "__init__.py").resolve()
 
 
 def test_notebook_without_parameter_cell_is_refused(tmp_path):
