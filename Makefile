@@ -4,12 +4,14 @@
 #   TORCH_SPEC   what pip installs when no torch is importable (default: torch==2.13.0, a CPU build
 #                that lies on this machine's disk; use e.g. "torch --index-url ..." for a CUDA build)
 #   DEMO_DIR     where `make demo` writes (default: runs/demo)
+#   TUTORIALS_DIR  where `make tutorials` renders the executed notebooks (default: docs/tutorials, git-ignored)
 # If $(PYTHON) can already import torch (say a CUDA build), the environment sees it through
 # --system-site-packages and leaves it alone.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= runs/demo
+TUTORIALS_DIR ?= docs/tutorials
 # tests run in 2 pytest-xdist workers (most are single-threaded bundle subprocesses, so 2 workers use both cores;
 # 16.8 min in one process on the 2-core machine); PYTEST_ARGS= runs them in one process
 PYTEST_ARGS ?= -n 2
@@ -26,7 +28,7 @@ ML_PYTHON ?= $(VPY)
 MONAILABEL_PKGS := monailabel==0.8.5 expiring_dict pydantic pydantic-core pydantic-settings typing-inspection \
 	annotated-types python-dotenv pynrrd sortedcontainers scikit-image shapely lazy_loader imageio tifffile watchdog
 
-.PHONY: install demo test clean monailabel
+.PHONY: install demo test tutorials clean monailabel
 
 install: $(STAMP)
 
@@ -45,6 +47,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# every tutorials/*.ipynb executed in a fresh python3 kernel (each writes into its own temporary folder) and
+# rendered as $(TUTORIALS_DIR)/<name>.md with its pictures in <name>_files/
+tutorials: $(STAMP)
+	$(VPY) tutorials/render.py --out $(TUTORIALS_DIR)
 
 monailabel: $(MONAILABEL_DIR)/.installed
 
