@@ -137,7 +137,9 @@ def row_of(name: str, f: int, z: int, widths: Sequence[int], rep: dict, timing: 
             "seconds_per_image": timing["seconds_per_image"], "ae_minutes": timing.get("ae_minutes"),
             "ldm_minutes": timing.get("ldm_minutes"),
             "kl_matched": floor["matched"], "kl_floor": floor["floor"], "kl_ratio": ratio,
-            "kl_ratio_mean": float(np.mean(list(ratio.values()))) if ratio else float("nan"),
+            # over every structure: a set in which one is not found (no ratio) has none, rather than a flattering one
+            "kl_ratio_mean": float(np.mean(list(ratio.values()))) if ratio and len(ratio) == len(floor["floor"])
+            else float("nan"),
             "ms_ssim_gap": rep["ms_ssim"]["gap"] if rep.get("ms_ssim") else float("nan"),
             "sep_real": sep["real"]["accuracy"], "sep_synthetic": sep["synthetic"]["accuracy"],
             "sep_points": sep["difference"], "sep_error": sep["synthetic"].get("error"),

@@ -166,3 +166,21 @@ def test_pareto_front_table_and_figure(tmp_path):
     im = np.asarray(Image.open(tmp_path / "p.png"))
     assert im.shape == (300, 840, 3) and (im[..., 0] > 200).sum() > 0 and (im != 255).any(-1).sum() > 500
     assert mb.config_name(16, 4, [32, 64, 64]) == "f16_z4_w32"
+
+
+def test_benchmark_row_has_no_mean_kl_when_a_structure_is_missing():
+    from conftest import load_benchmark
+
+    mb = load_benchmark("multiband_ldm")
+    floor = {"artery": 0.2, "vein": 0.2, "onh": 0.2}
+    rep = {"spectral_kl_floor": {"matched": {"artery": None, "vein": 0.4, "onh": 0.2}, "floor": floor,
+                                 "ratio": {"artery": None, "vein": 2.0, "onh": 1.0}},
+           "separability": {"real": {"accuracy": 0.9}, "synthetic": {"accuracy": None, "error": "no artery"},
+                            "difference": None},
+           "ms_ssim": {"gap": 0.05}, "memorisation": {"pixel": {"nn_distance_min": 0.3, "real_real_min": 0.2,
+                                                                "num_flagged": 0}}}
+    row = mb.row_of("f8_z8_w16", 8, 8, [16, 32, 32], rep, {"seconds_per_image": 0.5}, 0.97)
+    assert row["kl_ratio"] == {"vein": 2.0, "onh": 1.0} and row["kl_ratio_mean"] != row["kl_ratio_mean"]  # NaN
+    assert row["sep_error"] == "no artery" and row["sep_synthetic"] is None
+    full = dict(rep, spectral_kl_floor=dict(rep["spectral_kl_floor"], ratio={"artery": 3.0, "vein": 2.0, "onh": 1.0}))
+    assert mb.row_of("x", 8, 8, [16, 32, 32], full, {"seconds_per_image": 0.5}, 0.97)["kl_ratio_mean"] == 2.0
