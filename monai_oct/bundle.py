@@ -24,7 +24,7 @@ import torch
 
 __all__ = ["as_bool", "bundle_command", "bundle_dir", "bundle_env", "bundle_root", "run_bundle", "check_device", "root_cause",
            "error_summary", "install_error_handler", "stage_configs",
-           "FUNDUS_STAGES", "fundus_stage_configs"]
+           "FUNDUS_STAGES", "fundus_stage_configs", "ldm_stage_configs", "LDM_STAGES"]
 
 #: the package's folder: an exception raised by code under it is "one of ours" (its message names the file or value).
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -39,6 +39,9 @@ STAGE_CONFIGS = {"synthesize_sketch": ("synthesize.yaml", "synthesize_sketch.yam
                  "train_classes": ("pretrain.yaml", "train_classes.yaml"),
                  "finetune_classes": ("finetune.yaml", "train_classes.yaml"),
                  "synthesize_classes": ("synthesize.yaml", "synthesize_classes.yaml")}
+
+#: the stages of ``bundles/retina_ldm`` and the oct_ddpm config each one extends (None: only oct_ddpm's common.yaml).
+LDM_STAGES = {"train_autoencoder": "train_autoencoder.yaml", "train_diffusion": None, "synthesize": "synthesize.yaml"}
 
 _FALSE = ("false", "0", "no", "off", "none", "")
 
@@ -172,6 +175,23 @@ def fundus_stage_configs(stage: str, preset: str | None = None) -> list[str]:
     root = Path(__file__).resolve().parents[1] / "bundles"
     files = [str(root / b / "configs" / f) for b, f in FUNDUS_STAGES[stage]]
     return files + ([str(root / "fundus_av" / "configs" / "presets" / f"{preset}.yaml")] if preset else [])
+
+
+def ldm_stage_configs(stage: str, preset: str | None = None) -> list[str]:
+    """The config files (relative to ``bundles/retina_ldm/configs``, in load order) of a retina_ldm stage.
+
+    ``root.yaml`` (so that this bundle's ``metadata.json`` and ``bundle_root`` are used), oct_ddpm's
+    ``common.yaml`` and the oct_ddpm stage it extends, then ``common.yaml``, ``<stage>.yaml`` and the preset.
+
+    Raises:
+        ValueError: for a stage retina_ldm does not have (names those it has).
+    """
+    if stage not in LDM_STAGES:
+        raise ValueError(f"retina_ldm has no stage {stage!r} (stages: {list(LDM_STAGES)})")
+    base = "../../oct_ddpm/configs/"
+    extends = [base + LDM_STAGES[stage]] if LDM_STAGES[stage] else []
+    return ["root.yaml", base + "common.yaml", *extends, "common.yaml", f"{stage}.yaml",
+            *([f"presets/{preset}.yaml"] if preset else [])]
 
 
 def _bundle_files(bundle_dir: str | os.PathLike, configs: Sequence[str]) -> tuple[list[str], str | None, str | None]:

@@ -18,6 +18,19 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_multiband_phantoms(args: argparse.Namespace) -> int:
+    from monai_oct.phantoms.multiband import DEFAULT_WAVELENGTHS, write_multiband_dataset
+
+    bands = args.bands or list(DEFAULT_WAVELENGTHS)
+    try:
+        dl = write_multiband_dataset(args.out, num=args.num, size=args.size, wavelengths=bands, seed=args.seed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.num} {len(bands)}-band phantoms ({args.size}x{args.size}) to {args.out}; datalist: {dl}")
+    return 0
+
+
 def _cmd_check_data(args: argparse.Namespace) -> int:
     from monai_oct.core.datalist import check_dataset, load_datalist
     from monai_oct.core.io import DataError
@@ -197,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--val-fraction", type=float, default=0.25, help="share listed under 'validation'")
     ph.set_defaults(func=_cmd_phantom)
+
+    mb = sub.add_parser("multiband-phantoms", help="write multi-band fundus phantoms (images/*.npy (C, H, W), structures/*.png, "
+                        "bands.json, datalist.json) for bundles/retina_ldm")
+    mb.add_argument("--out", required=True, help="output folder")
+    mb.add_argument("--num", type=int, default=32, help="number of images")
+    mb.add_argument("--size", type=int, default=64, help="image side (square, at least 32)")
+    mb.add_argument("--bands", type=float, nargs="+", default=None, metavar="NM",
+                    help="band centre wavelengths in nm, 450-920 (default: 16 bands 465-900 nm)")
+    mb.add_argument("--seed", type=int, default=0, help="image i uses sample_seed(seed, i): sets of other seeds share no image")
+    mb.set_defaults(func=_cmd_multiband_phantoms)
 
     ck = sub.add_parser("check-data", help="validate a datalist: files load, sizes match, label ids known")
     ck.add_argument("datalist", help="Decathlon-style datalist JSON")

@@ -29,8 +29,8 @@ __all__ = [
 
 
 #: Item fields that hold file paths: made absolute when a datalist is loaded, relative when it is written
-#: (``fov``: the field-of-view mask of a fundus photograph).
-PATH_KEYS = ("image", "label", "fov")
+#: (``fov``: the field-of-view mask of a fundus photograph; ``structures``: the structure mask of a multi-band image).
+PATH_KEYS = ("image", "label", "fov", "structures")
 
 
 def _rebase(item: dict[str, Any], change) -> dict[str, Any]:

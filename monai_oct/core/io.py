@@ -26,6 +26,8 @@ __all__ = [
     "remove_temporaries",
     "read_image",
     "read_label",
+    "read_bands",
+    "write_npy",
     "read_grey",
     "pil_array",
     "to_grey",
@@ -195,6 +197,34 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
 
     with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+
+
+def read_bands(path: str | os.PathLike) -> np.ndarray:
+    """Read a multi-band image ``.npy`` file: ``(C, H, W)`` float32.
+
+    Raises:
+        DataError: when the file is missing or unreadable, not 3D, not numeric or holds non-finite values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read multi-band image ({e})") from e
+    if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{path}: expected a (C, H, W) numeric array, got {arr.dtype} of shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise DataError(f"{path}: holds non-finite values (NaN or inf)")
+    return arr
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an array as ``.npy`` atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:

@@ -45,7 +45,7 @@ from monai_oct.networks.checkpoint import load_weights
 from monai_oct.networks.diffusion import _groups
 from monai_oct.networks.sizes import check_divisible
 
-__all__ = ["autoencoder_kl", "autoencoder_vq", "build_autoencoder", "check_kind", "compression", "LatentCodec",
+__all__ = ["autoencoder_kl", "autoencoder_vq", "build_autoencoder", "check_kind", "compression", "compression_widths", "LatentCodec",
            "latent_json_path", "write_latent_json", "load_latent", "KINDS", "LATENT_FILE"]
 
 #: the file written beside the autoencoder's ``model.pt``.
@@ -61,6 +61,20 @@ _BUILD_KEYS = ("image_channels", "channels", "latent_channels", "num_res_blocks"
 def compression(channels: Sequence[int]) -> int:
     """The down-sampling factor ``f = 2 ** (len(channels) - 1)`` of an autoencoder with widths ``channels``."""
     return 2 ** (len(tuple(channels)) - 1)
+
+
+def compression_widths(compression: int, base: int = 32, top: int | None = None) -> list[int]:
+    """Autoencoder widths for a down-sampling factor: ``[base, 2 base, 2 base, ...]`` (``top``: the widths after
+    the first, default ``2 * base``), ``log2(compression) + 1`` levels, so that ``compression(widths) == compression``.
+
+    Raises:
+        ValueError: when ``compression`` is not a power of two >= 1.
+    """
+    f = int(compression)
+    if f < 1 or f & (f - 1):
+        raise ValueError(f"compression must be a power of two (1, 2, 4, 8, 16, ...), got {compression}")
+    wide = int(top) if top is not None else 2 * int(base)
+    return [int(base)] + [wide] * (f.bit_length() - 1)
 
 
 def autoencoder_kl(image_channels: int = 1, channels: Sequence[int] = (32, 64, 64), latent_channels: int = 4,

@@ -29,17 +29,22 @@ reflectances clipped to [0, 1] (a white reference of 1), 0 outside the FOV.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from monai_oct.core.datalist import write_datalists
+from monai_oct.core.io import write_json, write_npy, write_png
 from monai_oct.core.labels import UNANNOTATED
+from monai_oct.core.seeding import sample_seed
 from monai_oct.phantoms.fundus import ARTERY, VEIN, fundus_geometry
 
 __all__ = [
     "HB_EXTINCTION", "ISOSBESTIC_NM", "DEFAULT_WAVELENGTHS", "RGB_WAVELENGTHS", "STRUCTURES", "SPECTRAL_PARAMETERS",
-    "haemoglobin_extinction", "blood_absorption", "melanin_absorption", "structure_spectra", "multiband_phantom",
+    "haemoglobin_extinction", "blood_absorption", "melanin_absorption", "structure_spectra", "multiband_phantom", "write_multiband_dataset",
 ]
 
 #: ``(wavelength nm, eps HbO2, eps Hb)`` in cm^-1/M (Prahl 1999, every 10 nm).
@@ -218,3 +223,52 @@ def multiband_phantom(size: int | Sequence[int] = 256, wavelengths: Sequence[flo
     structures[(label == 3) | ~fov] = UNANNOTATED
     return {"image": np.clip(img, 0.0, 1.0).astype(np.float32), "structures": structures, "label": label,
             "fov": fov, "wavelengths": lam, "parameters": p}
+
+
+def write_multiband_dataset(out_dir: str | os.PathLike, num: int = 32, size: int | Sequence[int] = 64,
+                            wavelengths: Sequence[float] = DEFAULT_WAVELENGTHS, seed: int = 0,
+                            key: str = "training") -> Path:
+    """Write a set of multi-band phantoms and return its datalist.
+
+    Layout (paths in the datalist relative to ``out_dir``):
+
+    - ``images/mb_XXXX.npy``: the ``(C, H, W)`` float32 reflectances in [0, 1] (one ``.npy`` per image: any band
+      count, exact values, read by :class:`~monai_oct.transforms.io.LoadBandsd`);
+    - ``structures/mb_XXXX.png``: the structure ids of :data:`STRUCTURES` (255 outside the FOV and at crossings);
+    - ``bands.json``: ``{"wavelengths": [...], "structures": STRUCTURES, "seed", "num"}``;
+    - ``datalist.json``: ``{key: [{"image", "structures", "id"}]}``, written last.
+
+    Image ``i`` is ``multiband_phantom(size, wavelengths, seed=sample_seed(seed, i))``, so sets written with
+    different seeds share no image. Every file is written atomically; an image whose files exist is not redone
+    (a killed run started again finishes the set).
+
+    Args:
+        out_dir: dataset folder.
+        num: number of images (>= 1).
+        size: ``H`` (square) or ``(H, W)``.
+        wavelengths: band centres in nm (default 16 bands 465-900 nm).
+        seed: the set's seed.
+        key: the datalist's list name.
+
+    Returns:
+        ``out_dir/datalist.json``.
+
+    Raises:
+        ValueError: for ``num`` < 1, or as :func:`multiband_phantom` (a size below 32, a wavelength outside the table).
+    """
+    if int(num) < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    lam = [float(x) for x in wavelengths]
+    haemoglobin_extinction(lam)  # a bad wavelength fails before anything is written
+    out = Path(out_dir)
+    items = []
+    for i in range(int(num)):
+        name = f"mb_{i:04d}"
+        ip, sp = out / "images" / f"{name}.npy", out / "structures" / f"{name}.png"
+        if not (ip.is_file() and sp.is_file()):
+            ph = multiband_phantom(size, lam, seed=sample_seed(seed, i))
+            write_png(sp, ph["structures"])
+            write_npy(ip, ph["image"])
+        items.append({"image": str(ip), "structures": str(sp), "id": name})
+    write_json(out / "bands.json", {"wavelengths": lam, "structures": STRUCTURES, "seed": int(seed), "num": int(num)})
+    return write_datalists(out / "datalist.json", {key: items}, root=out)

@@ -14,7 +14,22 @@ from monai.transforms import Compose, RandSpatialCropd
 from monai_oct.core.labels import LabelTable
 from monai_oct.recipes.diffusion_pipelines import pretrain_transforms
 
-__all__ = ["autoencoder_transforms"]
+__all__ = ["autoencoder_transforms", "crop_transform"]
+
+
+def crop_transform(crop_size: Sequence[int] | None, image_size: Sequence[int] | None) -> RandSpatialCropd | None:
+    """The autoencoder's random ``crop_size`` crop of the image (MONAI's ``RandSpatialCropd``, fixed size), or
+    None without a ``crop_size``.
+
+    Raises:
+        ValueError: for a crop larger than ``image_size``.
+    """
+    if crop_size is None:
+        return None
+    crop = [int(s) for s in crop_size]
+    if image_size is not None and any(c > s for c, s in zip(crop, image_size)):
+        raise ValueError(f"ae_crop_size {crop} is larger than image_size {list(image_size)}")
+    return RandSpatialCropd(["image"], roi_size=crop, random_size=False)
 
 
 def autoencoder_transforms(image_size: Sequence[int] | None, crop_size: Sequence[int] | None = None,
@@ -36,12 +51,8 @@ def autoencoder_transforms(image_size: Sequence[int] | None, crop_size: Sequence
     Raises:
         ValueError: for a crop larger than ``image_size``.
     """
-    steps = [pretrain_transforms(image_size, band_height, flip, table=table, seed=seed)]
-    if crop_size is not None:
-        crop = [int(s) for s in crop_size]
-        if image_size is not None and any(c > s for c, s in zip(crop, image_size)):
-            raise ValueError(f"ae_crop_size {crop} is larger than image_size {list(image_size)}")
-        steps.append(RandSpatialCropd(["image"], roi_size=crop, random_size=False))
-    chain = Compose(steps)
+    steps = [pretrain_transforms(image_size, band_height, flip, table=table, seed=seed),
+             crop_transform(crop_size, image_size)]
+    chain = Compose([t for t in steps if t is not None])
     chain.set_random_state(seed)
     return chain

@@ -20,7 +20,7 @@ from monai_oct.transforms.encoding import (
     encode_mask_resized,
     scalar_levels,
 )
-from monai_oct.transforms.io import LoadBScan, LoadBScand
+from monai_oct.transforms.io import LoadBands, LoadBandsd, LoadBScan, LoadBScand
 from monai_oct.transforms.record import KeepPathd, RecordKeyd, RecordShaped
 from monai_oct.transforms.restore import RestoreBScan, RestoreBScand
 from monai_oct.transforms.save import SaveLabelMap, SaveLabelMapd

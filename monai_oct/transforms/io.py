@@ -15,10 +15,10 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from monai_oct.core.io import DataError, check_same_size, read_grey, read_image, read_label
+from monai_oct.core.io import DataError, check_same_size, read_bands, read_grey, read_image, read_label
 from monai_oct.core.labels import LabelTable, get_label_table
 
-__all__ = ["LoadBScan", "LoadBScand"]
+__all__ = ["LoadBScan", "LoadBScand", "LoadBands", "LoadBandsd"]
 
 
 class LoadBScan(Transform):
@@ -90,4 +90,63 @@ class LoadBScand(MapTransform):
                 continue
             img, lab = (first, key) if key in self.label_keys else (key, first)
             check_same_size(data[img], d[img].shape, data[lab], d[lab].shape)
+        return d
+
+
+class LoadBands(Transform):
+    """Load a multi-band image ``.npy`` file (``(C, H, W)``, e.g. of
+    :func:`~monai_oct.phantoms.multiband.write_multiband_dataset`) into a float32 tensor ``(C, H, W)``.
+
+    MONAI's ``LoadImage`` reads ``.npy`` too, but as ``(H, W, ...)``-ordered image data with its own reader
+    choice and wraps a failure; here the array is channel first as written and a bad file is named.
+
+    Args:
+        num_bands: the band count every file must have (None: any).
+
+    Raises:
+        DataError: missing/unreadable file, an array that is not ``(C, H, W)``, non-finite values, or a band
+            count other than ``num_bands`` (naming the file).
+    """
+
+    def __init__(self, num_bands: int | None = None) -> None:
+        self.num_bands = None if num_bands is None else int(num_bands)
+
+    def __call__(self, path: str) -> torch.Tensor:
+        arr = read_bands(path)
+        if self.num_bands is not None and arr.shape[0] != self.num_bands:
+            raise DataError(f"{path}: {arr.shape[0]} band(s), expected {self.num_bands} (image_channels)")
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+class LoadBandsd(MapTransform):
+    """Dictionary twin of :class:`LoadBands`; ``mask_keys`` (e.g. ``"structures"``) are single-channel id maps
+    (PNG), loaded as ``(1, H, W)`` float32 and checked to have their image's size.
+
+    Args:
+        keys: keys holding ``.npy`` image paths.
+        mask_keys: keys holding id-map paths (loaded when present in the item).
+        num_bands: as :class:`LoadBands`.
+        allow_missing_keys: don't raise for missing ``keys``.
+
+    Raises:
+        DataError: as :class:`LoadBands`, for an unreadable mask, or naming both files when sizes differ.
+    """
+
+    def __init__(self, keys: KeysCollection, mask_keys: Sequence[str] = ("structures",), num_bands: int | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadBands(num_bands)
+        self.mask_keys = tuple(mask_keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        first = None
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+            first = first or key
+        for key in self.mask_keys:
+            if key in d and isinstance(d[key], str):
+                d[key] = torch.from_numpy(read_label(d[key]).astype(np.float32)[None])
+                if first is not None:
+                    check_same_size(data[first], d[first].shape, data[key], d[key].shape)
         return d

@@ -1,0 +1,294 @@
+"""Multi-band latent diffusion: quality against sampling speed over compression x latent channels x UNet width
+(issue 17, deliverable 4).
+
+1. Phantom sets (``monai_oct.phantoms.multiband.write_multiband_dataset``): train and validation, 16 bands
+   465-900 nm, disjoint seeds.
+2. For every compression f and latent channel count: ``retina_ldm/train_autoencoder`` (the VQ-GAN, k-means
+   codebook initialisation); for every UNet width on top of it: ``retina_ldm/train_diffusion`` (the three-level
+   latent UNet) and ``retina_ldm/synthesize`` (N images, DDIM; seconds per image = the synthesis's own time,
+   sampling + decoding, over N).
+3. Quality of every synthetic set (``monai_oct.metrics.spectral.spectral_report``): spectral KL per structure
+   (artery, vein, ONH) at matched sizes against its real-vs-real floor, |MS-SSIM(synthetic) - MS-SSIM(validation)|,
+   nearest training images, and artery/vein separability (a linear classifier on band values) of synthetic vs
+   real. The real images' structures are the phantom's masks. Synthetic images have none: their structures are
+   assigned by a per-pixel classifier (:func:`structure_classifier`: logistic regression on the log band values of
+   the pixel and of its Gaussian-smoothed neighbourhood, classes background / artery / vein / ONH / outside the
+   FOV) trained on the real training images. Caveat: the classifier assigns artery vs vein by band values, so
+   the synthetic separability is measured on pixels already chosen to look like one or the other; it is an upper
+   bound, and the classifier's own held-out accuracy on real validation images (``classifier_accuracy``) says how
+   far its labels can be trusted.
+4. ``results.md`` + ``results.json`` (one row per configuration) and ``pareto.png`` (spectral KL / floor and
+   |dMS-SSIM| against seconds per image, the Pareto front of each joined) in ``--out``.
+
+Every step skips itself when its output exists (a killed run started again resumes; a stage itself resumes from
+its ``last.pt``). Stages run in this process (``monai_oct.bundle.run_bundle``), one at a time.
+
+    python benchmarks/multiband_ldm.py --scale smoke --out runs/mldm_smoke      # ~1 min, numbers meaningless
+    python benchmarks/multiband_ldm.py --scale cpu --out runs/mldm_cpu --threads 2   # ~30 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monai_oct.core.io import read_bands, read_json, read_label, write_json, write_text  # noqa: E402
+
+#: Scales. ``size``: image side; ``train``/``val``: phantom images; ``samples``: synthetic images per configuration;
+#: ``compressions`` x ``latent_channels`` x ``widths`` (UNet widths, three levels) is the sweep.
+SCALES: dict[str, dict[str, Any]] = {
+    "smoke": {"size": 64, "train": 8, "val": 4, "samples": 4, "compressions": [8, 16], "latent_channels": [4],
+              "widths": [[8, 16, 16]], "ae_base": 8, "ae_crop": None, "ae_epochs": 1, "ldm_epochs": 1, "steps": 3, "batch": 8,
+              "timesteps": 100, "why": "smoke test of the chain (numbers meaningless)"},
+    "cpu": {"size": 64, "train": 48, "val": 16, "samples": 16, "compressions": [4, 8, 16], "latent_channels": [4, 8],
+            "widths": [[16, 32, 32], [32, 64, 64]], "ae_base": 16, "ae_crop": 32, "ae_epochs": 15, "ldm_epochs": 30,
+            "steps": 20,
+            "batch": 8, "timesteps": 1000,
+            "why": "64x64 16-band phantoms, 12 configurations, sized for ~30 min on this 2-core CPU"},
+}
+STRUCTURE_IDS = (0, 1, 2, 3, 255)  # background, artery, vein, ONH, outside the FOV (a class of the classifier)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", choices=sorted(SCALES), default="smoke")
+    p.add_argument("--out", type=Path, default=Path("runs/multiband_ldm"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def config_name(f: int, z: int, widths: Sequence[int]) -> str:
+    """``f8_z4_w32`` (compression, latent channels, UNet base width)."""
+    return f"f{f}_z{z}_w{widths[0]}"
+
+
+def load_set(datalist: Path, key: str = "training") -> tuple[np.ndarray, np.ndarray | None]:
+    """``(images (N, C, H, W), structures (N, H, W) or None)`` of a C-band datalist."""
+    from monai_oct.core.datalist import load_datalist
+
+    items = load_datalist(datalist, key=key)
+    images = np.stack([read_bands(it["image"]) for it in items])
+    if all("structures" in it for it in items):
+        return images, np.stack([read_label(it["structures"]) for it in items])
+    return images, None
+
+
+def _pixel_features(images: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    """``(N*H*W, 2C)``: log band values of each pixel and of its Gaussian neighbourhood (``sigma`` pixels)."""
+    from scipy import ndimage
+
+    logv = np.log(np.maximum(images, 1e-3))
+    smooth = ndimage.gaussian_filter(logv, (0, 0, sigma, sigma))
+    return np.concatenate([logv, smooth], 1).transpose(0, 2, 3, 1).reshape(-1, 2 * images.shape[1])
+
+
+def structure_classifier(images: np.ndarray, structures: np.ndarray, per_class: int = 4000, seed: int = 0) -> Any:
+    """A per-pixel structure classifier fitted on real images and their masks (module docstring, step 3).
+
+    Logistic regression (scikit-learn, standardised features, classes balanced by subsampling at most
+    ``per_class`` pixels each); why not a segmentation network: the point is to label synthetic pixels by the
+    real spectra alone, cheaply, with a classifier whose boundary is linear in log reflectance like the physics.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = _pixel_features(images), structures.reshape(-1)
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in STRUCTURE_IDS])
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[keep], y[keep])
+
+
+def classify_structures(clf: Any, images: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` uint8 structure ids of ``images`` by ``clf`` (:func:`structure_classifier`)."""
+    n, _, h, w = images.shape
+    return clf.predict(_pixel_features(images)).reshape(n, h, w).astype(np.uint8)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both coordinates (both lower is better), by ascending x.
+
+    A point is dominated when another one is <= in both and < in one; NaN points are never on the front.
+    """
+    ok = [i for i, (x, y) in enumerate(points) if x == x and y == y]
+    front = [i for i in ok if not any(points[j][0] <= points[i][0] and points[j][1] <= points[i][1]
+                                      and points[j] != points[i] for j in ok)]
+    return sorted(front, key=lambda i: points[i])
+
+
+def row_of(name: str, f: int, z: int, widths: Sequence[int], rep: dict, timing: dict, clf_acc: float) -> dict:
+    """One results row from a :func:`~monai_oct.metrics.spectral.spectral_report` and the step times."""
+    floor = rep["spectral_kl_floor"]
+    ratio = {k: v for k, v in (floor["ratio"] or {}).items() if v is not None}
+    sep = rep["separability"]
+    return {"config": name, "compression": f, "latent_channels": z, "widths": list(widths),
+            "seconds_per_image": timing["seconds_per_image"], "ae_minutes": timing.get("ae_minutes"),
+            "ldm_minutes": timing.get("ldm_minutes"),
+            "kl_matched": floor["matched"], "kl_floor": floor["floor"], "kl_ratio": ratio,
+            # over every structure: a set in which one is not found (no ratio) has none, rather than a flattering one
+            "kl_ratio_mean": float(np.mean(list(ratio.values()))) if ratio and len(ratio) == len(floor["floor"])
+            else float("nan"),
+            "ms_ssim_gap": rep["ms_ssim"]["gap"] if rep.get("ms_ssim") else float("nan"),
+            "sep_real": sep["real"]["accuracy"], "sep_synthetic": sep["synthetic"]["accuracy"],
+            "sep_points": sep["difference"], "sep_error": sep["synthetic"].get("error"),
+            "nn_min": rep["memorisation"]["pixel"]["nn_distance_min"],
+            "nn_real_real_min": rep["memorisation"]["pixel"]["real_real_min"],
+            "memorised": rep["memorisation"]["pixel"]["num_flagged"],
+            "classifier_accuracy": clf_acc}
+
+
+def _f(v: Any, fmt: str = ".3f") -> str:
+    return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
+
+
+def results_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: one row per configuration, the Pareto-front ones in bold."""
+    pts = [(r["seconds_per_image"], r["kl_ratio_mean"]) for r in rows]
+    front = set(pareto_front(pts))
+    lines = ["| config | f | z | UNet | s/image | KL/floor artery | vein | ONH | mean | \\|dMS-SSIM\\| | A/V acc real | "
+             "synthetic | NN min (real-real) |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(rows):
+        name = f"**{r['config']}**" if i in front else r["config"]
+        kr = r["kl_ratio"]
+        lines.append(f"| {name} | {r['compression']} | {r['latent_channels']} | {'-'.join(map(str, r['widths']))} | "
+                     f"{_f(r['seconds_per_image'])} | {_f(kr.get('artery'), '.2f')} | {_f(kr.get('vein'), '.2f')} | "
+                     f"{_f(kr.get('onh'), '.2f')} | {_f(r['kl_ratio_mean'], '.2f')} | {_f(r['ms_ssim_gap'])} | "
+                     f"{_f(r['sep_real'])} | {_f(r['sep_synthetic'])} | {_f(r['nn_min'])} ({_f(r['nn_real_real_min'])}) |")
+    return lines
+
+
+def pareto_plot(rows: list[dict], path: Path, size: tuple[int, int] = (420, 300)) -> None:
+    """``path``: two panels, spectral KL / floor and |dMS-SSIM| against seconds per image, one dot per
+    configuration (labelled), its Pareto front joined. Drawn with PIL (matplotlib is no dependency)."""
+    from PIL import Image, ImageDraw
+
+    from monai_oct.core.io import atomic_path
+
+    w, h = size
+    img = Image.new("RGB", (2 * w, h), "white")
+    draw = ImageDraw.Draw(img)
+    for p, (key, title) in enumerate((("kl_ratio_mean", "spectral KL / floor"), ("ms_ssim_gap", "|dMS-SSIM|"))):
+        pts = [(float(r["seconds_per_image"]), float(r[key])) for r in rows]
+        ok = [q for q in pts if q[0] == q[0] and q[1] == q[1]]
+        x0, y0, pw, ph = p * w + 50, 20, w - 70, h - 60
+        draw.rectangle([x0, y0, x0 + pw, y0 + ph], outline="black")
+        draw.text((x0, 4), f"{title} vs s/image", fill="black")
+        if not ok:
+            continue
+        xs, ys = [q[0] for q in ok], [q[1] for q in ok]
+        xl, xh = min(xs), max(xs) + 1e-9
+        yl, yh = min(ys), max(ys) + 1e-9
+
+        def at(q: tuple[float, float]) -> tuple[float, float]:
+            return x0 + 8 + (q[0] - xl) / (xh - xl) * (pw - 16), y0 + ph - 8 - (q[1] - yl) / (yh - yl) * (ph - 16)
+
+        front = [at(pts[i]) for i in pareto_front(pts)]
+        if len(front) > 1:
+            draw.line(front, fill=(213, 94, 0), width=2)
+        for r, q in zip(rows, pts):
+            if q[0] == q[0] and q[1] == q[1]:
+                cx, cy = at(q)
+                draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=(0, 114, 178))
+                draw.text((cx + 4, cy - 10), r["config"], fill="black")
+        draw.text((x0, y0 + ph + 6), f"{xl:.3g} s", fill="black")
+        draw.text((x0 + pw - 40, y0 + ph + 6), f"{xh:.3g} s", fill="black")
+        draw.text((2, y0), f"{yh:.3g}", fill="black") if p == 0 else draw.text((x0 - 48, y0), f"{yh:.3g}", fill="black")
+        draw.text((x0 - 48, y0 + ph - 10), f"{yl:.3g}", fill="black")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def write_results(out: Path, a: argparse.Namespace, cfg: dict, rows: list[dict], clf_acc: float) -> None:
+    """``results.json``, ``results.md`` and ``pareto.png`` in ``out``."""
+    write_json(out / "results.json", {"scale": a.scale, "settings": cfg, "classifier_accuracy": clf_acc, "rows": rows})
+    lines = [f"# Multi-band latent diffusion, scale {a.scale}", "", cfg["why"] + ".", "",
+             f"{cfg['train']} train / {cfg['val']} validation phantoms ({cfg['size']}x{cfg['size']}, 16 bands), "
+             f"{cfg['samples']} synthetic images per configuration, DDIM-{cfg['steps']}; f = compression, z = latent "
+             "channels. KL/floor: spectral KL of the synthetic set at matched sizes over the real-vs-real floor (target "
+             "<= 2). A/V acc: held-out accuracy of a linear artery/vein classifier on band values (target: synthetic "
+             "within 5 points of real). Synthetic structures come from a per-pixel classifier trained on the real "
+             f"spectra (held-out accuracy on real validation pixels: {clf_acc:.3f}); bold: the Pareto front of "
+             "KL/floor against s/image.", ""]
+    lines += results_table(rows) + ["", "![Pareto](pareto.png)", ""]
+    write_text(out / "results.md", "\n".join(lines))
+    pareto_plot(rows, out / "pareto.png")
+    print(f"results: {out / 'results.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    cfg = SCALES[a.scale]
+    out = a.out.resolve()
+    import torch
+
+    from monai_oct.bundle import bundle_dir, ldm_stage_configs, run_bundle
+    from monai_oct.metrics.spectral import spectral_report
+    from monai_oct.phantoms.multiband import write_multiband_dataset
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    data = {s: out / "data" / s for s in ("train", "validation")}
+    for k, (s, n) in enumerate((("train", cfg["train"]), ("validation", cfg["val"]))):
+        if not (data[s] / "datalist.json").is_file():
+            write_multiband_dataset(data[s], num=n, size=cfg["size"], seed=a.seed + 1000 * k)
+    train, train_m = load_set(data["train"] / "datalist.json")
+    val, val_m = load_set(data["validation"] / "datalist.json")
+    clf = structure_classifier(train, train_m, seed=a.seed)
+    clf_acc = float((classify_structures(clf, val) == val_m).mean())
+    bundle = bundle_dir("retina_ldm")
+    common = dict(dataset_dir=str(data["train"]), device=a.device, progress=False, seed=a.seed,
+                  image_size=[cfg["size"]] * 2, batch_size=cfg["batch"], num_train_timesteps=cfg["timesteps"],
+                  prediction_type="v_prediction", schedule="cosine", log_interval=0, sample_interval=0,
+                  num_sample_images=2, sample_steps=3, num_res_blocks=1, learning_rate=1e-3)
+    rows = []
+    for f, z in itertools.product(cfg["compressions"], cfg["latent_channels"]):
+        ae = out / "runs" / f"ae_f{f}_z{z}"
+        t = time.time()
+        if not (ae / "model.pt").is_file():
+            run_bundle(bundle, ldm_stage_configs("train_autoencoder"), output_dir=str(ae), compression=f,
+                       latent_channels=z, ae_base_channels=cfg["ae_base"], max_epochs=cfg["ae_epochs"],
+                       ae_crop_size=[cfg["ae_crop"]] * 2 if cfg["ae_crop"] else None,
+                       **{**common, "learning_rate": 2e-4 if a.scale == "cpu" else 1e-3})
+            write_json(ae / "timing.json", {"minutes": (time.time() - t) / 60})
+        for widths in cfg["widths"]:
+            name = config_name(f, z, widths)
+            run = out / "runs" / name
+            t = time.time()
+            if not (run / "ldm" / "model.pt").is_file():
+                run_bundle(bundle, ldm_stage_configs("train_diffusion"), output_dir=str(run / "ldm"),
+                           latent_ckpt=str(ae / "model.pt"), channels=widths, max_epochs=cfg["ldm_epochs"], **common)
+                write_json(run / "ldm" / "timing.json", {"minutes": (time.time() - t) / 60})
+            syn = run / "synthetic"
+            if not (syn / "datalist.json").is_file():
+                run_bundle(bundle, ldm_stage_configs("synthesize"), output_dir=str(syn), latent_ckpt=str(ae / "model.pt"),
+                           image_ckpt=str(run / "ldm" / "model.pt"), channels=widths, num_samples=cfg["samples"],
+                           num_inference_steps=cfg["steps"], **common)
+            metrics = run / "metrics.json"
+            if not metrics.is_file():
+                images, _ = load_set(syn / "datalist.json")
+                rep = spectral_report(images, classify_structures(clf, images), train, train_m, val, seed=a.seed)
+                manifest = read_json(syn / "manifest.json", "synthesis manifest")
+                timing = {"seconds_per_image": manifest["seconds"] / cfg["samples"],
+                          "ae_minutes": read_json(ae / "timing.json").get("minutes") if (ae / "timing.json").is_file() else None,
+                          "ldm_minutes": read_json(run / "ldm" / "timing.json").get("minutes")
+                          if (run / "ldm" / "timing.json").is_file() else None}
+                write_json(metrics, row_of(name, f, z, widths, rep, timing, clf_acc))
+            rows.append(json.loads(metrics.read_text()))
+    write_results(out, a, cfg, rows, clf_acc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

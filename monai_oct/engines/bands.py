@@ -1,0 +1,143 @@
+"""Unconditional synthesis of multi-band (C-band) images: :class:`SamplerEngine` without label maps.
+
+The hyperspectral study behind issue 17 generated unlabeled images (for self-supervised pre-training), so a
+C-band set is images only: :class:`BandWriter` writes each sample as ``images/<name>.npy`` (``(C, H, W)`` float32
+reflectances in [0, 1], the format :func:`~monai_oct.phantoms.multiband.write_multiband_dataset` writes and
+:class:`~monai_oct.transforms.io.LoadBandsd` reads), and :class:`BandSynthesis` is :class:`SamplerEngine` (its
+folder lock, manifest, settings check on a rerun, resume, shards) with an iteration that samples without a
+condition and a finish that lists images only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Engine
+
+from monai_oct.core.datalist import write_datalist
+from monai_oct.core.io import read_bands, write_json, write_npy, write_png
+from monai_oct.core.seeding import sample_generators, sample_seed
+from monai_oct.core.visualise import pair_grid
+from monai_oct.engines.shards import set_files
+from monai_oct.engines.synthesis import SamplerEngine
+from monai_oct.engines.writer import PairWriter, _resize
+
+__all__ = ["BandWriter", "BandSynthesis"]
+
+logger = logging.getLogger(__name__)
+
+
+class BandWriter(PairWriter):
+    """Write C-band images as ``images/<prefix><index:05d>.npy``, float32 ``(C, H, W)`` in [0, 1], atomically.
+
+    A sample is complete when its ``.npy`` exists (no label: generation is unconditional).
+
+    Args:
+        output_dir: dataset folder.
+        output_size: ``[H, W]`` to resize to (area when shrinking, bilinear when growing; None: as generated).
+        prefix: file name prefix.
+    """
+
+    def __init__(self, output_dir: str, output_size: Sequence[int] | None = None, prefix: str = "synth_") -> None:
+        super().__init__(output_dir, output_size, prefix)
+
+    def name(self, index: int, prefix: str | None = None) -> str:
+        """File name of sample ``index``: ``<prefix><index:05d>.npy``."""
+        return f"{self.prefix if prefix is None else prefix}{int(index):05d}.npy"
+
+    def paths(self, index: int) -> tuple[Path]:  # type: ignore[override]
+        """``(image path,)`` of sample ``index``."""
+        return (self.output_dir / "images" / self.name(index),)
+
+    def files(self, index: int) -> list[str]:
+        """``["images/<name>.npy"]``."""
+        return [f"images/{self.name(index)}"]
+
+    def describe(self) -> dict:
+        """What of the writer determines the files: ``{"output_size", "prefix", "format": "npy"}``."""
+        return {"output_size": self.output_size, "prefix": self.prefix, "format": "npy"}
+
+    def clear(self, extra_dirs: Sequence[str] = (), prefix: str | None = None,
+              indices: Sequence[int] | None = None) -> int:
+        """Remove the set's ``.npy`` files (only ``<prefix>*.npy`` in ``images/``) and temporaries; returns how many."""
+        n = self.clean(indices)
+        for pre in dict.fromkeys((self.prefix, prefix or self.prefix)):
+            found = ((self.output_dir / "images").glob(f"{pre}*.npy") if indices is None else
+                     [self.output_dir / "images" / self.name(i, pre) for i in indices])
+            for p in found:
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    n += 1
+        return n
+
+    def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor | None = None,
+              extras: Any = None) -> None:
+        """Write a batch of ``(B, C, H, W)`` images in [-1, 1] as reflectances in [0, 1] (``labels`` unused)."""
+        x = _resize(images.float().cpu(), self.output_size, label=False)
+        x = ((x.clamp(-1.0, 1.0) + 1.0) / 2.0).numpy().astype(np.float32)
+        for k, i in enumerate(indices):
+            write_npy(self.paths(i)[0], x[k])
+
+
+class BandSynthesis(SamplerEngine):
+    """Generate N unconditional C-band images and write each as soon as it exists.
+
+    :class:`SamplerEngine` with no label source: sample ``i`` draws from ``sample_seed(seed, i)``, the folder is
+    locked, ``manifest.json`` records every setting and is checked on a rerun, a killed run writes only what is
+    missing; the finished set is ``datalist.json`` (``{"training": [{"image": ...}]}``), ``manifest.json`` and
+    ``grid.png`` (the band mean of the first ``grid_size`` images).
+
+    Args:
+        num_samples: N.
+        image_network: the latent (or pixel) UNet, unconditional.
+        image_sampler: its sampler (:class:`~monai_oct.engines.latent.LatentSampler` for latents).
+        image_size: ``[H, W]`` generated (pixels).
+        image_channels: C, the band count.
+        writer: the :class:`BandWriter`.
+        kwargs: :class:`SamplerEngine`'s (``batch_size``, ``seed``, ``device``, ``progress``, ``manifest``,
+            ``config``, ``runtime``, ``overwrite``, ``grid_size``, ``shard``).
+
+    Raises:
+        ValueError: as :class:`SamplerEngine`, or for ``image_channels`` < 1.
+    """
+
+    def __init__(self, num_samples: int, image_network: torch.nn.Module, image_sampler: Any, image_size: Sequence[int],
+                 image_channels: int, writer: BandWriter, **kwargs: Any) -> None:
+        if int(image_channels) < 1:
+            raise ValueError(f"image_channels must be >= 1, got {image_channels}")
+        self.image_channels = int(image_channels)
+        config = {**dict(kwargs.pop("config", None) or {}), "image_channels": self.image_channels}
+        super().__init__(num_samples, None, image_network, image_sampler, image_size, 0, writer, encoding="none",
+                         config=config, **kwargs)
+
+    def _iteration(self, engine: Engine, indices: Sequence[int]) -> dict:
+        gens = sample_generators([sample_seed(self.seed, i) for i in indices], self.device)
+        images = self.image_sampler(self.image_network, gens, (self.image_channels, *self.image_size), None, self.device)
+        self.writer.write(indices, images)
+        return {"indices": list(indices)}
+
+    def finalize(self) -> None:
+        """Write ``datalist.json``, the completed ``manifest.json`` and ``grid.png``.
+
+        Raises:
+            RuntimeError: when an image is missing (names it).
+        """
+        out = self.writer.output_dir
+        missing = [self.writer.name(i) for i in range(self.num_samples) if not self.writer.done(i)]
+        if missing:
+            raise RuntimeError(f"{out}: {len(missing)} image(s) missing after synthesis, e.g. {missing[0]}")
+        manifest = self._manifest(getattr(self, "_generation", None) or self.generation(), "complete",
+                                  files=set_files(self.writer, self.num_samples),
+                                  seconds=round(time.time() - getattr(self, "_t0", time.time()), 3))
+        paths = [self.writer.paths(i)[0] for i in range(self.num_samples)]
+        write_datalist(out / "datalist.json", [{"image": str(p)} for p in paths], key="training")
+        write_json(out / "manifest.json", manifest)
+        k = min(self.grid_size, self.num_samples)
+        mean = torch.stack([torch.as_tensor(read_bands(p)).mean(0, keepdim=True) for p in paths[:k]])
+        write_png(out / "grid.png", pair_grid(mean * 2.0 - 1.0))
+        logger.info("synthetic C-band set: %d images in %s (datalist %s)", self.num_samples, out, out / "datalist.json")
