@@ -9,11 +9,13 @@
 3. ``class_model``: ``--class-ckpt`` when given, else ``oct_ddpm`` ``train_classes`` (stage 1 with classes) on the
    train list at the scale's preset;
 4. ``synth_g<s>``: ``synthesize_classes`` for every guidance scale of ``--guidance`` (``class_samples`` = N per class,
-   the same seeds), then ``monai-oct classify`` on it (accuracy per requested class);
+   the same seeds), then the classifier on it (``classification.json``, what ``monai-oct classify`` writes: accuracy
+   per requested class);
 5. score: per class and scale, FD / KID of the synthetic images of the class against the real train scans of the
    class with the real-vs-real floor (held-out scans of the class: ``metrics.fid.frechet_summary``, the extractor of
    ``monai-oct evaluate``); SDEdit (``recipes.sdedit.sdedit_sweep``) of held-out DME scans to each other class for
-   every ``t`` of ``--strengths``: the teacher's Dice against the source scan's label (``--teacher``, when given) and
+   every ``t`` of ``--strengths`` (a stage-1 model gets the all-zero mask, ``--class-ckpt-masks`` the source's
+   label map): the teacher's Dice against the source scan's label (``--teacher``, when given) and
    the classifier's target-class accuracy.
 
 Writes ``results.md``, ``results.json`` and ``figure.png`` (accuracy and FD vs guidance scale; Dice and accuracy vs
@@ -39,11 +41,13 @@ from duke_retidiff import ROOT, Runner, _cuda, _versions, ddpm_configs, scale_se
 
 NAMES = ["healthy", "DME", "MS"]
 
-#: Scales. ``mini`` is sized for a 2-core CPU (~60 min): the classifier ~5 min, stage 1 with classes ~25 min,
-#: 4 scales x 3 x 12 DDIM-25 samples ~15 min, SDEdit 8 scans x 2 targets x 5 t ~10 min.
+#: Scales. ``mini`` is sized for a 2-core CPU (~60 min, estimated, not run): the classifier ~2 min CPU (measured),
+#: stage 1 with classes on 144 scans, 100 epochs = 1800 steps ~25 min (EMA 0.999: cpu_mini's 0.9999 barely moves
+#: in 1800 steps), 4 scales x 3 x 12 DDIM-25 samples ~15 min, SDEdit 8 scans x 2 targets x 5 t ~10 min.
 SCALES: dict[str, dict[str, Any]] = {
     "mini": {"preset": "cpu_mini", "data": "real", "classifier_size": [128, 256], "classifier_epochs": 30,
-             "class_epochs": 40, "per_class": 12, "guidance": [1, 2, 3, 5], "strengths": [0.0, 0.25, 0.5, 0.75, 1.0],
+             "class_epochs": 100, "class_ema": 0.999, "per_class": 12, "guidance": [1, 2, 3, 5],
+             "strengths": [0.0, 0.25, 0.5, 0.75, 1.0],
              "sdedit_images": 8, "steps": 25, "sampler": "ddim",
              "why": "cpu_mini: 64x128 pixel UNet on 224-row bands, the classifier a small DenseNet at 128x256 bands"},
     "smoke": {"preset": "cpu_smoke", "data": "phantom", "classifier_size": [32, 64], "classifier_epochs": 2,
@@ -59,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder with duke_dme/, hcms_unlabeled/")
     p.add_argument("--class-ckpt", type=Path, default=None, help="class-conditioned image UNet (train_classes.yaml); "
                    "default: trained here")
+    p.add_argument("--class-ckpt-masks", action="store_true", help="--class-ckpt is a finetune_classes model: SDEdit "
+                   "conditions on the source's label map (default: a stage-1 model, the all-zero condition)")
     p.add_argument("--teacher", type=Path, default=None, help="segmenter for SDEdit's structure Dice (oct_layer_seg)")
     p.add_argument("--teacher-network", default="unet")
     p.add_argument("--guidance", type=float, nargs="+", default=None, help="guidance scales (default: the scale's)")
@@ -102,6 +108,8 @@ def write_split(cfg: dict, data: Path, out: Path, seed: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
+    from monai_oct.recipes.classifier import evaluate_classifier
+
     cfg = scale_settings(SCALES, a.scale)
     guidance, strengths = a.guidance or cfg["guidance"], a.strengths or cfg["strengths"]
     n = a.per_class or cfg["per_class"]
@@ -127,18 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     if a.class_ckpt is None:
         run.bundle("class_model", ckpt, ddpm_configs(cfg, "train_classes"), datalist=str(d / "train.json"),
                    dataset_dir=str(d), output_dir=str(ckpt.parent), max_epochs=cfg["class_epochs"], seed=a.seed,
-                   progress=False)
+                   progress=False, ema_decay=cfg.get("class_ema"))
     for s in guidance:
         sd = out / f"synth_g{s:g}"
         run.bundle(f"synth_g{s:g}", sd / "datalist.json", ddpm_configs(cfg, "synthesize_classes"), image_ckpt=str(ckpt),
                    output_dir=str(sd), label_datalist=str(d / "labels.json"), dataset_dir=str(d),
-                   class_samples={c: n for c in NAMES}, guidance_scale=float(s), seed=a.seed, progress=False,
-                   sampler=cfg["sampler"], num_inference_steps=cfg["steps"])
-        run.step(f"classify_g{s:g}", sd / "classifier" / "classification.json", [
-            sys.executable, "-m", "monai_oct", "classify", str(sd / "datalist.json"), "--key", "training",
-            "--ckpt", str(clf), "--out", str(sd / "classifier"), "--device", a.device])
+                   class_samples={c: n for c in NAMES}, num_samples=n * len(NAMES), guidance_scale=float(s),
+                   seed=a.seed, progress=False, sampler=cfg["sampler"], num_inference_steps=cfg["steps"])
     if a.dry_run:
         return 0
+    for s in guidance:  # what `monai-oct classify` writes, in this process (no start-up per scale)
+        sd = out / f"synth_g{s:g}"
+        if not (sd / "classifier" / "classification.json").is_file():
+            evaluate_classifier(clf, sd / "datalist.json", sd / "classifier", key="training", device=a.device)
     res = {"guidance": guidance_scores(out, d, guidance, a), "sdedit": sdedit_scores(cfg, a, out, d, ckpt, clf, strengths)}
     res["classifier"] = {k: v for k, v in _json(clf.with_suffix(".json")).items() if not k.endswith("_items")}
     write_results(out, a, cfg, res, time.time() - t0, run.log, ckpt)
@@ -227,7 +236,7 @@ def sdedit_scores(cfg: dict, a: argparse.Namespace, out: Path, d: Path, ckpt: Pa
     for target in ("healthy", "MS"):
         rep = sdedit_sweep(net, sampler, images, labels, target, strengths, teacher=teacher, classifier=classifier,
                            classifier_size=record["image_size"], seed=a.seed, encoding=g.get("encoding", "onehot"),
-                           device=a.device, keep_images=True)
+                           device=a.device, keep_images=True, mask_condition=a.class_ckpt_masks)
         kept = rep.pop("_images")
         res["targets"][target] = rep
         np.save(out / f"sdedit_{target}.npy", np.stack([kept[float(t)][0, 0].numpy() for t in strengths]))
@@ -279,34 +288,74 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, res: dict, wall: 
     print(f"\nresults: {out / 'results.md'}")
 
 
+def _panels(path: Path, panels: list[tuple[str, list[float], dict[str, list[float]], float | None]],
+            size: tuple[int, int] = (360, 260)) -> None:
+    """``path``: one line plot a panel ``(title, xs, {series: ys}, guide line or None)``, the legend below; drawn with
+    PIL (matplotlib is no dependency of the toolkit, nor installed here). NaN / None points are left out."""
+    from PIL import Image, ImageDraw
+
+    from monai_oct.core.io import atomic_path
+    from monai_oct.core.visualise import PALETTE
+
+    names = list(dict.fromkeys(k for _, _, series, _ in panels for k in series))
+    colour = {k: tuple(int(v) for v in PALETTE[1 + i % (len(PALETTE) - 1)]) for i, k in enumerate(names)}
+    w, h = size
+    img = Image.new("RGB", (len(panels) * w, h + 14 * len(names) + 10), "white")
+    draw = ImageDraw.Draw(img)
+    for p, (title, xs, series, guide) in enumerate(panels):
+        x0, y0, pw, ph = p * w + 50, 20, w - 70, h - 50
+        draw.rectangle([x0, y0, x0 + pw, y0 + ph], outline="black")
+        draw.text((x0, 4), title, fill="black")
+        vals = [v for ys in series.values() for v in ys if v is not None and v == v] + ([guide] if guide else [])
+        if not vals or not xs:
+            draw.text((x0 + 10, y0 + ph // 2), "not measured", fill="black")
+            continue
+        lo, hi = min(vals), max(vals)
+        lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else (lo - 0.08 * (hi - lo), hi + 0.08 * (hi - lo))
+        xl, xh = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+        def pt(x: float, v: float) -> tuple[float, float]:
+            return x0 + 10 + (pw - 20) * (x - xl) / (xh - xl), y0 + ph * (1 - (v - lo) / (hi - lo))
+
+        if guide:
+            draw.line([x0, pt(xl, guide)[1], x0 + pw, pt(xl, guide)[1]], fill=(160, 160, 160))
+        for x in xs:
+            draw.text((pt(x, lo)[0] - 6, y0 + ph + 4), f"{x:g}", fill="black")
+        draw.text((x0 - 48, y0), f"{hi:.3g}", fill="black")
+        draw.text((x0 - 48, y0 + ph - 10), f"{lo:.3g}", fill="black")
+        for k, ys in series.items():
+            pts = [pt(x, v) for x, v in zip(xs, ys) if v is not None and v == v]
+            if len(pts) > 1:
+                draw.line(pts, fill=colour[k], width=2)
+            for x, y in pts:
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour[k])
+    for i, k in enumerate(names):
+        y = h + 4 + 14 * i
+        draw.line([50, y + 5, 70, y + 5], fill=colour[k], width=3)
+        draw.text((76, y), k, fill="black")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
 def figure(out: Path, res: dict) -> None:
-    """``figure.png``: accuracy and FD/floor per class vs guidance scale; Dice and target accuracy vs t."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    """``figure.png``: accuracy per class and FD / floor per class vs guidance scale; SDEdit's teacher Dice and
+    target-class accuracy vs t."""
     scales = [r["scale"] for r in res["guidance"]]
-    for n in NAMES:
-        ax[0].plot(scales, [r["per_class"][n]["accuracy"] for r in res["guidance"]], "o-", label=n)
-        ratio = [((r["per_class"][n].get("frechet") or {}).get("fd_matched") or np.nan)
-                 / ((r["per_class"][n].get("frechet") or {}).get("fd_floor") or np.nan) for r in res["guidance"]]
-        ax[1].plot(scales, ratio, "o-", label=n)
-    ax[0].set(xlabel="guidance scale", ylabel="classifier accuracy", ylim=(-0.05, 1.05), title="requested class found")
-    ax[1].axhline(2.0, color="grey", ls="--", lw=1)
-    ax[1].set(xlabel="guidance scale", ylabel="FD / real-vs-real floor", title="per-class FD (target <= 2)")
+
+    def ratio(pc: dict) -> float | None:
+        fr = pc.get("frechet") or {}
+        return fr["fd_matched"] / fr["fd_floor"] if fr.get("fd_floor") else None
+
+    acc = {n: [r["per_class"][n]["accuracy"] for r in res["guidance"]] for n in NAMES}
+    fd = {f"{n} FD/floor": [ratio(r["per_class"][n]) for r in res["guidance"]] for n in NAMES}
+    sd, ts = {}, []
     for tgt, rep in res["sdedit"]["targets"].items():
         ts = [r["t"] for r in rep["per_t"]]
-        ax[2].plot(ts, [r.get("target_accuracy", np.nan) for r in rep["per_t"]], "o-", label=f"{tgt} accuracy")
-        ax[2].plot(ts, [r.get("dice") if r.get("dice") is not None else np.nan for r in rep["per_t"]], "s--",
-                   label=f"{tgt} teacher Dice")
-    ax[2].set(xlabel="SDEdit t (fraction of the schedule)", ylim=(-0.05, 1.05), title="DME -> other class")
-    for x in ax:
-        x.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "figure.png", dpi=110)
-    plt.close(fig)
+        sd[f"DME->{tgt} accuracy"] = [r.get("target_accuracy") for r in rep["per_t"]]
+        sd[f"DME->{tgt} teacher Dice"] = [r.get("dice") for r in rep["per_t"]]
+    _panels(out / "figure.png", [("accuracy per class vs guidance scale", scales, acc, None),
+                                 ("FD / floor per class vs guidance (line: 2)", scales, fd, 2.0),
+                                 ("SDEdit vs t (fraction of the schedule)", ts, sd, None)])
 
 
 if __name__ == "__main__":

@@ -168,6 +168,8 @@ def test_sdedit_t0_returns_the_source_and_t1_ignores_it():
     cnet = _unet(condition_channels=10)
     a = sdedit_translate(cnet, sampler, src, 1, 0.5, labels=labels)
     assert not torch.allclose(a, sdedit_translate(cnet, sampler, src, 1, 0.5, labels=(labels + 1) % 10))
+    zero = sdedit_translate(cnet, sampler, src, 1, 0.5, mask_condition=False)  # stage 1: the all-zero condition
+    assert torch.equal(zero, sdedit_translate(cnet, sampler, src, 1, 0.5, labels=labels, mask_condition=False))
 
 
 def test_sdedit_sweep_scores_each_t(trained):

@@ -9,8 +9,9 @@ target class that ignores the source. :func:`sdedit_sweep` measures, for each ``
   (:func:`~monai_oct.metrics.adherence.adherence_report`, the same score as mask adherence);
 - target-class accuracy: the share of translated images the B-scan classifier calls the target class.
 
-A mask-conditioned UNet denoises with the source's own label map as its condition (``encoding``), so the layers
-are kept by the condition as well as by the noised image.
+A mask-conditioned UNet (stage 3) denoises with the source's own label map as its condition (``encoding``), so the
+layers are kept by the condition as well as by the noised image; a stage-1 model gets the all-zero condition it
+was trained on (``mask_condition=False``).
 """
 
 from __future__ import annotations
@@ -31,16 +32,20 @@ from monai_oct.transforms.encoding import encode_mask
 __all__ = ["sdedit_translate", "sdedit_sweep"]
 
 
-def _condition(network: nn.Module, labels: torch.Tensor | None, num_label_classes: int, encoding: str,
-               image_channels: int) -> torch.Tensor | None:
-    """The encoded source label maps when the network takes a mask condition, else None.
+def _condition(network: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, num_label_classes: int,
+               encoding: str, mask_condition: bool) -> torch.Tensor | None:
+    """The condition of a UNet with mask channels: the encoded source label maps (``mask_condition``), or all
+    zeros (what stage 1 trains on: no mask); None for a UNet without them.
 
     Raises:
-        ValueError: when the network needs a mask condition and there are no labels.
+        ValueError: when the mask condition is asked for and there are no labels.
     """
-    extra = int(getattr(network, "in_channels", image_channels)) - image_channels
+    n, c, h, w = images.shape
+    extra = int(getattr(network, "in_channels", c)) - c
     if extra <= 0:
         return None
+    if not mask_condition:
+        return torch.zeros((n, extra, h, w))
     if labels is None:
         raise ValueError(f"the UNet takes a {extra}-channel mask condition; SDEdit needs the source scans' label maps")
     return encode_mask(labels, num_label_classes, encoding)
@@ -48,7 +53,8 @@ def _condition(network: nn.Module, labels: torch.Tensor | None, num_label_classe
 
 def sdedit_translate(network: nn.Module, sampler: DiffusionSampler, images: torch.Tensor, target: int | Sequence[int],
                      strength: float, seed: int = 0, labels: torch.Tensor | None = None, num_label_classes: int = 10,
-                     encoding: str = "onehot", batch_size: int = 8, device: str | torch.device = "cpu") -> torch.Tensor:
+                     encoding: str = "onehot", batch_size: int = 8, device: str | torch.device = "cpu",
+                     mask_condition: bool = True) -> torch.Tensor:
     """Translate ``images`` to class ``target`` by noising them to ``strength`` and denoising with that class.
 
     Args:
@@ -62,6 +68,8 @@ def sdedit_translate(network: nn.Module, sampler: DiffusionSampler, images: torc
         num_label_classes, encoding: how the label maps are encoded (as the UNet was trained).
         batch_size: images per sampler call.
         device: where the UNet runs.
+        mask_condition: a UNet with mask channels gets the encoded ``labels`` (stage 3 / ``finetune_classes``);
+            False: the all-zero condition (a stage-1 ``train_classes`` model, trained without masks).
 
     Returns:
         ``(N, 1, H, W)`` translated images.
@@ -72,7 +80,7 @@ def sdedit_translate(network: nn.Module, sampler: DiffusionSampler, images: torc
     n = images.shape[0]
     targets = [int(target)] * n if isinstance(target, int) else [int(c) for c in target]
     seeds = sample_seeds(seed, range(n))
-    cond = _condition(network, labels, num_label_classes, encoding, images.shape[1])
+    cond = _condition(network, images, labels, num_label_classes, encoding, mask_condition)
     out = []
     for s in range(0, n, batch_size):
         e = min(n, s + batch_size)
@@ -87,7 +95,7 @@ def sdedit_sweep(network: nn.Module, sampler: DiffusionSampler, images: torch.Te
                  teacher: Callable[[torch.Tensor], torch.Tensor] | None = None, classifier: nn.Module | None = None,
                  classifier_size: Sequence[int] | None = None, seed: int = 0, encoding: str = "onehot",
                  num_label_classes: int = 10, batch_size: int = 8, device: str | torch.device = "cpu",
-                 keep_images: bool = False) -> dict[str, Any]:
+                 keep_images: bool = False, mask_condition: bool = True) -> dict[str, Any]:
     """Structure preservation and target-class accuracy of SDEdit translations against ``t``.
 
     Args:
@@ -100,7 +108,7 @@ def sdedit_sweep(network: nn.Module, sampler: DiffusionSampler, images: torch.Te
         teacher: a segmenter (``(B, 1, H, W)`` -> scores), e.g. :func:`~monai_oct.metrics.adherence.load_teacher`.
         classifier: the B-scan classifier (:func:`~monai_oct.networks.classifier.load_classifier`).
         classifier_size: the size it was trained at (its record's ``image_size``).
-        seed, encoding, num_label_classes, batch_size, device: as :func:`sdedit_translate`.
+        seed, encoding, num_label_classes, batch_size, device, mask_condition: as :func:`sdedit_translate`.
         keep_images: also return each ``t``'s translations under ``"_images"`` (not JSON).
 
     Returns:
@@ -132,7 +140,7 @@ def sdedit_sweep(network: nn.Module, sampler: DiffusionSampler, images: torch.Te
     kept = {}
     for t in strengths:
         x = sdedit_translate(network, sampler, images, cid, float(t), seed, labels, num_label_classes, encoding,
-                             batch_size, device)
+                             batch_size, device, mask_condition)
         out["per_t"].append({"t": float(t), **score(x),
                              "mean_abs_change": float((x - images).abs().mean())})
         if keep_images:
