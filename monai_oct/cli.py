@@ -195,6 +195,51 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_classifier(args: argparse.Namespace) -> int:
+    from monai_oct.core.io import DataError
+    from monai_oct.recipes.classifier import real_class_split, train_classifier
+    from monai_oct.recipes.items import resolve_items
+
+    try:
+        if args.train:
+            split = {"train": resolve_items(args.train, args.key, fields=["image", "class"]),
+                     "heldout": resolve_items(args.heldout, args.key, fields=["image", "class"]) if args.heldout else []}
+            note = f"train {args.train}, held out {args.heldout}"
+        else:
+            split = real_class_split(args.data, args.first_heldout_frame)
+            note = (f"{args.data}: Duke DME train / val; HCMS hc01 (healthy), ms01 (MS) frames < "
+                    f"{args.first_heldout_frame} train, >= {args.first_heldout_frame} held out")
+        rec = train_classifier(split["train"], split["heldout"], args.out, table=args.class_table,
+                               image_size=args.image_size, max_epochs=args.epochs, batch_size=args.batch_size,
+                               lr=args.lr, seed=args.seed, device=args.device, split_note=note,
+                               band_height=args.band_height)
+    except (DataError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"trained on {rec['num_train']} scans in {rec['wall_s']:.0f} s; train accuracy {rec['train']['accuracy']:.3f}")
+    if "heldout" in rec:
+        per = ", ".join(f"{n} {r['accuracy']:.3f} ({r['images']})" for n, r in rec["heldout"]["per_class"].items())
+        print(f"held-out accuracy {rec['heldout']['accuracy']:.3f} over {rec['num_heldout']} scans: {per}")
+    print(f"wrote {Path(args.out) / 'classifier.pt'} and classifier.json")
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from monai_oct.core.io import DataError
+    from monai_oct.recipes.classifier import evaluate_classifier
+
+    try:
+        rep = evaluate_classifier(args.ckpt, args.datalist, args.out, key=args.key, classes=args.classes,
+                                  device=args.device, band_height=args.band_height)
+    except (DataError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    per = ", ".join(f"{n} {r['accuracy']:.3f} ({r['images']})" for n, r in rep["per_class"].items())
+    print(f"accuracy {rep['accuracy']:.3f} over {rep['num_images']} images: {per}")
+    print(f"wrote {Path(args.out) / 'classification.json'} and classification.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``monai-oct`` argument parser."""
     from monai_oct import __version__
@@ -328,6 +373,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_cmd_evaluate)
+
+    tc = sub.add_parser("train-classifier", help="train the B-scan classifier of image classes (healthy / DME / MS): "
+                        "classifier.pt + classifier.json")
+    tc.add_argument("--out", required=True, help="output folder")
+    tc.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                    help="folder with duke_dme/ and hcms_unlabeled/ (the default split; see recipes/classifier.py)")
+    tc.add_argument("--first-heldout-frame", type=int, default=40, help="HCMS B-scans from this index on are held out")
+    tc.add_argument("--train", nargs="+", default=None, help="training datalists/folders instead of --data's split")
+    tc.add_argument("--heldout", nargs="+", default=None, help="held-out datalists/folders (with --train)")
+    tc.add_argument("--key", default=None, help="datalist list of --train / --heldout")
+    tc.add_argument("--class-table", default="oct_pathology")
+    tc.add_argument("--image-size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"))
+    tc.add_argument("--band-height", type=int, default=None,
+                    help="crop the retina band (rows, located from the image) before resizing, as the diffusion stages do")
+    tc.add_argument("--epochs", type=int, default=30)
+    tc.add_argument("--batch-size", type=int, default=16)
+    tc.add_argument("--lr", type=float, default=1e-3)
+    tc.add_argument("--device", default="cpu")
+    tc.add_argument("--seed", type=int, default=0)
+    tc.set_defaults(func=_cmd_train_classifier)
+
+    cl = sub.add_parser("classify", help="score a datalist whose items name their class (a synthetic set) with the "
+                        "classifier: accuracy per class + confusion matrix (classification.json / .md)")
+    cl.add_argument("datalist", help="datalist (items with \"class\"), folder or image")
+    cl.add_argument("--ckpt", required=True, help="classifier.pt of train-classifier")
+    cl.add_argument("--out", required=True, help="output folder")
+    cl.add_argument("--key", default=None, help="datalist list (default: train or the only list)")
+    cl.add_argument("--classes", nargs="+", default=None, help="requested classes to score (default: all present)")
+    cl.add_argument("--band-height", type=int, default=None,
+                    help="crop the retina band first (whole real scans); synthetic bands: leave unset")
+    cl.add_argument("--device", default="cpu")
+    cl.set_defaults(func=_cmd_classify)
     return p
 
 

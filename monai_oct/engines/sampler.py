@@ -18,7 +18,12 @@ scheduler's; the loop only
   class, ``num_class_embeds - 1``, for a sample without one); under guidance the unconditional half gets the null
   class and, with ``guidance_on="all"`` (default), the zero mask too: ``eps_null + s * (eps_cond - eps_null)`` with
   null = (null class, zero mask); ``guidance_on="class"`` keeps the mask in both halves and guides the class only
-  (the trainer drops class and mask independently, so both nulls are trained).
+  (the trainer drops class and mask independently, so both nulls are trained);
+- SDEdit (optional, ``source`` + ``strength``): instead of pure noise the chain starts from the source images noised
+  (the scheduler's ``add_noise``, the same per-sample noise) to the first of its timesteps below ``strength x T``
+  and runs only the remaining steps: ``strength`` 0 returns the source, 1 is plain sampling (pure noise; the source
+  is not used), what lies between keeps the source's coarse structure and redraws its detail (Meng et al., SDEdit,
+  ICLR 2022). DDPM and DDIM chains only (a multistep or two-stage solver's state starts at its first step).
 """
 
 from __future__ import annotations
@@ -125,7 +130,8 @@ class DiffusionSampler:
     @torch.no_grad()
     def __call__(self, network: nn.Module, generators: Sequence[torch.Generator], shape: Sequence[int],
                  condition: torch.Tensor | None = None, device: str | torch.device | None = None,
-                 class_labels: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+                 class_labels: torch.Tensor | Sequence[int] | None = None, source: torch.Tensor | None = None,
+                 strength: float = 1.0) -> torch.Tensor:
         """Generate ``len(generators)`` samples.
 
         Args:
@@ -136,13 +142,16 @@ class DiffusionSampler:
             condition: ``(B, Cc, H, W)`` encoded condition, or None for an unconditional network.
             device: where to run (default: the network's device).
             class_labels: ``(B,)`` class ids for a class-conditioned network (None: the null class for all).
+            source: ``(B, C, H, W)`` images to edit (SDEdit), in the network's range; None: sample from noise.
+            strength: with ``source``, the fraction of the schedule noised and denoised again, in [0, 1].
 
         Returns:
             float32 ``(B, C, H, W)`` samples (in [-1, 1] when the scheduler clips x0).
 
         Raises:
             ValueError: when the condition's batch or size does not match, for float16 autocast on a CPU, or for
-                class labels given to a network without class embeddings, of the wrong count or out of range.
+                class labels given to a network without class embeddings, of the wrong count or out of range,
+                or a ``source`` of the wrong shape, a ``strength`` outside [0, 1] or a sampler other than DDPM/DDIM.
         """
         device = torch.device(device) if device is not None else next(network.parameters()).device
         dtype = self._autocast(device)
@@ -157,6 +166,11 @@ class DiffusionSampler:
         guided = self.guidance_scale is not None and (condition is not None or classes is not None)
         n = 2 * b if guided else b
         x = randn_per_sample((b, c_img, h, w), generators, device)
+        timesteps = self.timesteps
+        if source is not None:
+            timesteps, x = self._sdedit_start(source, strength, x, (b, c_img, h, w), device)
+            if not timesteps:
+                return x
         inp = torch.zeros((n, c_img + (0 if condition is None else condition.shape[1]), h, w), device=device)
         if condition is not None:
             inp[n - b:, c_img:] = condition.to(device)  # guided: the first half keeps the all-zero condition
@@ -166,7 +180,7 @@ class DiffusionSampler:
         if classes is not None:  # guided: the first half gets the null class
             kw["class_labels"] = torch.cat([torch.full_like(classes, null_class_id(network)), classes]) if guided else classes
         tt = torch.empty((n,), dtype=torch.long, device=device)
-        for t in self.timesteps:
+        for t in timesteps:
             inp[:b, :c_img] = x
             if guided:
                 inp[b:, :c_img] = x
@@ -178,6 +192,30 @@ class DiffusionSampler:
                 out = torch.lerp(out[:b], out[b:], self.guidance_scale)  # uncond + s * (cond - uncond)
             x = self.scheduler.step(out, t, x, generator=generators, **self.step_kwargs)[0]
         return x
+
+    def _sdedit_start(self, source: torch.Tensor, strength: float, noise: torch.Tensor, shape: tuple[int, ...],
+                      device: torch.device) -> tuple[list[int], torch.Tensor]:
+        """The timesteps left below ``strength x T`` and the chain's start: the source noised to the first of them
+        (pure ``noise`` when all are left, the source itself when none is).
+
+        Raises:
+            ValueError: for a source of another shape, a strength outside [0, 1], or a scheduler other than the
+                per-sample DDPM / DDIM.
+        """
+        if not isinstance(self.scheduler, (RespacedDDPMScheduler, PerSampleDDIMScheduler)):
+            raise ValueError(f"SDEdit (source images) needs a DDPM or DDIM sampler, got {type(self.scheduler).__name__}")
+        if tuple(source.shape) != tuple(shape):
+            raise ValueError(f"source of shape {tuple(source.shape)} does not match {shape[0]} samples of {tuple(shape[1:])}")
+        if not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"strength must be in [0, 1] (a fraction of the schedule), got {strength}")
+        limit = float(strength) * int(self.scheduler.num_train_timesteps)
+        kept = [t for t in self.timesteps if t < limit]
+        if len(kept) == len(self.timesteps):
+            return kept, noise
+        src = source.float().to(device)
+        if not kept:
+            return kept, src.clone()
+        return kept, self.scheduler.add_noise(src, noise, torch.full((shape[0],), kept[0], dtype=torch.long, device=device))
 
     @staticmethod
     def _classes(network: nn.Module, class_labels: torch.Tensor | Sequence[int] | None, b: int,
