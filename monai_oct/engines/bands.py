@@ -110,10 +110,9 @@ class BandSynthesis(SamplerEngine):
                  image_channels: int, writer: BandWriter, **kwargs: Any) -> None:
         if int(image_channels) < 1:
             raise ValueError(f"image_channels must be >= 1, got {image_channels}")
-        self.image_channels = int(image_channels)
-        config = {**dict(kwargs.pop("config", None) or {}), "image_channels": self.image_channels}
+        # SamplerEngine records image_channels in the set's generation settings (compared on a rerun)
         super().__init__(num_samples, None, image_network, image_sampler, image_size, 0, writer, encoding="none",
-                         config=config, **kwargs)
+                         image_channels=int(image_channels), **kwargs)
 
     def _iteration(self, engine: Engine, indices: Sequence[int]) -> dict:
         gens = sample_generators([sample_seed(self.seed, i) for i in indices], self.device)
