@@ -118,7 +118,7 @@ def test_retina_ldm_chain_smallest(tmp_path):
     images = np.stack([np.load(it["image"]) for it in items])
     assert images.shape == (4, 16, 32, 32) and images.dtype == np.float32 and 0 <= images.min() <= images.max() <= 1
     manifest = json.loads((syn / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["generation"]["config"]["image_channels"] == 16
+    assert manifest["status"] == "complete" and manifest["generation"]["image_channels"] == 16
     assert set(manifest["generation"]["checkpoint_sha256"]) == {"image", "latent"} and (syn / "grid.png").is_file()
     first = np.load(syn / "images" / "synth_00002.npy")
     (syn / "images" / "synth_00002.npy").unlink()  # a killed run: the rerun writes only the missing image, the same one
