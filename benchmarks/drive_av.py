@@ -58,8 +58,8 @@ SCALES: dict[str, dict[str, Any]] = {
     },
 }
 
-#: The training sets: (key, what it is).
-SETS = (("real", "real 15"), ("synthetic", "synthetic N"), ("mixed", "real 15 + synthetic N"))
+#: The training sets: (key, what it is; ``r`` real and ``n`` synthetic pairs).
+SETS = (("real", "real {r}"), ("synthetic", "synthetic {n}"), ("mixed", "real {r} + synthetic {n}"))
 
 #: metrics.csv names (MONAI's MetricsSaver rows of evaluate_seg) -> the results' column titles.
 METRICS = {"val_vessel_dice": "vessel Dice", "val_vessel_sensitivity": "sensitivity", "val_vessel_specificity": "specificity",
@@ -106,12 +106,12 @@ def seed_means(runs: dict[int, dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def results_table(results: dict[str, dict[str, dict[int, dict[str, float]]]], n: int) -> list[str]:
+def results_table(results: dict[str, dict[str, dict[int, dict[str, float]]]], n: int, n_real: int = 15) -> list[str]:
     """Markdown: one row per task x training set, the seed means of :data:`METRICS` (``n/a`` where not reported).
 
     Args:
         results: ``{task: {set key: {seed: metrics.csv values}}}``.
-        n: the number of synthetic pairs (for the set's description).
+        n, n_real: the numbers of synthetic pairs and real training images (for the sets' descriptions).
     """
     lines = ["| task | training set | seeds | " + " | ".join(METRICS.values()) + " |", "|---|---|---|" + "---:|" * len(METRICS)]
     for task, sets in results.items():
@@ -120,7 +120,7 @@ def results_table(results: dict[str, dict[str, dict[int, dict[str, float]]]], n:
                 continue
             m = seed_means(sets[key])
             cells = [f"{m[k]:.3f} ± {m['spread'][k] / 2:.3f}" if k in m and m[k] == m[k] else "n/a" for k in METRICS]
-            lines.append(f"| {task} | {what.replace('N', str(n))} | {','.join(map(str, m['seeds']))} | " + " | ".join(cells) + " |")
+            lines.append(f"| {task} | {what.format(r=n_real, n=n)} | {','.join(map(str, m['seeds']))} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -222,14 +222,17 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
     Args:
         results: ``{task: {set key: {seed: metrics.csv values of the evaluation}}}``.
     """
+    from monai_oct.core.datalist import load_datalist
     from monai_oct.core.io import read_json, write_json, write_text
+
+    n_real = len(load_datalist(real, key="train"))
 
     manifest = synth / "manifest.json"
     plaus = read_json(manifest, "synthesis manifest").get("plausibility") if manifest.is_file() else None
     real_p = real_plausibility(real)
     goals = targets(results, plaus)
     means = {task: {k: seed_means(v) for k, v in sets.items() if v} for task, sets in results.items()}
-    meta = {"scale": a.scale, "why": cfg["why"], "preset": cfg["preset"], "num_samples": n, "seed": a.seed,
+    meta = {"scale": a.scale, "why": cfg["why"], "preset": cfg["preset"], "num_samples": n, "num_real": n_real, "seed": a.seed,
             "seeds": cfg["seeds"], "tasks": cfg["tasks"], "test_datalist": str(test), "train_datalist": str(real),
             "device": a.device, "mix_ratio": a.mix_ratio, "jobs": a.jobs, "threads": a.threads, "versions": _versions(),
             "wall_time_min": round(wall / 60, 1), "step_minutes": {k: round(v / 60, 2) for k, v in timings.items()}}
@@ -244,7 +247,7 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
              f"{a.threads or 'default'} thread(s) each; wall time of this invocation {wall / 60:.1f} min (sum of step "
              f"times, first runs: {sum(timings.values()) / 60:.1f} min); versions {meta['versions']}.",
              f"Scale: {cfg['why']}.", "",
-             "## Segmentation (seed mean ± half the spread)", ""] + results_table(results, n)
+             "## Segmentation (seed mean ± half the spread)", ""] + results_table(results, n, n_real)
     lines += ["", "Seeds:", ""] + seed_table(results)
     lines += ["", "## Generated label maps", ""] + plausibility_table(plaus, real_p)
     lines += ["", "## Targets (issue 16)", "", "| target | measured | met |", "|---|---|---|"]

@@ -124,7 +124,7 @@ def test_write_results_writes_the_table_json_and_figure(bench, tmp_path):
     results = {"av": {"real": {0: _fake(0.7, av=0.8)}, "mixed": {0: _fake(0.8, av=0.9)}}}
     bench.write_results(tmp_path, a, cfg, 2, real, real, synth, results, 60.0, {"train_masks": 30.0})
     md = (tmp_path / "results.md").read_text()
-    assert "| av | real 15 | 0 | 0.700 ± 0.000 |" in md and "| av | real 15 + synthetic 2 | 0 | 0.800 ± 0.000 |" in md
+    assert "| av | real 2 | 0 | 0.700 ± 0.000 |" in md and "| av | real 2 + synthetic 2 | 0 | 0.800 ± 0.000 |" in md  # 2 train
     assert "| av: real + synthetic beats real only in A/V accuracy | 0.900 vs 0.800 | yes |" in md
     assert "| synthetic (train_masks, vessel-tree decoding) | 2 | 0.990 (lowest 0.980) | 2 | 0 |" in md
     res = json.loads((tmp_path / "results.json").read_text())
