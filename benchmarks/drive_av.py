@@ -13,7 +13,9 @@ ships:
 4. ``train_seg`` on real 15 / synthetic N / mixed (real + synthetic, ``--mix-ratio``) for every task of
    ``--tasks`` (vessel: vessel vs background; av: artery / vein / background) and every seed of ``--seeds``, the same
    iterations for every set, then ``evaluate_seg`` of the final weights (no checkpoint selection on the test data)
-   on the 5 held-out images (or ``--test-datalist``).
+   on the 5 held-out images (or ``--test-datalist``);
+5. adherence: ``evaluate_seg`` of the first seed's real-only segmenter on the synthetic images, their conditioning
+   maps as the truth.
 
 Writes ``results.md`` (real / synthetic / mixed x task: seed means of vessel Dice, sensitivity, specificity, AUC
 and A/V accuracy, each seed, the issue's targets, the generated maps' quality), ``results.json`` and ``figure.png``
@@ -216,11 +218,13 @@ def figure(out: Path, real: Path, synth: Path, rows: int = 3) -> None:
 
 
 def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Path, real: Path, synth: Path,
-                  results: dict, wall: float, timings: dict) -> None:
+                  results: dict, wall: float, timings: dict, adherence: dict[str, dict[str, float]] | None = None) -> None:
     """``results.json``, ``results.md`` and ``figure.png``.
 
     Args:
         results: ``{task: {set key: {seed: metrics.csv values of the evaluation}}}``.
+        adherence: ``{task: metrics.csv values}`` of the real-only segmenter on the synthetic set (its conditioning
+            maps as the truth): does the image show the vessels it was asked for?
     """
     from monai_oct.core.datalist import load_datalist
     from monai_oct.core.io import read_json, write_json, write_text
@@ -237,7 +241,7 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
             "device": a.device, "mix_ratio": a.mix_ratio, "jobs": a.jobs, "threads": a.threads, "versions": _versions(),
             "wall_time_min": round(wall / 60, 1), "step_minutes": {k: round(v / 60, 2) for k, v in timings.items()}}
     write_json(out / "results.json", {"meta": meta, "segmentation": means, "segmentation_seeds": results,
-                                      "plausibility": {"synthetic": plaus, "real": real_p},
+                                      "plausibility": {"synthetic": plaus, "real": real_p}, "adherence": adherence or {},
                                       "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in goals]})
     yes = {True: "yes", False: "**no**", None: "n/a"}
     lines = [f"# Annotated fundus photographs on DRIVE ({a.scale} scale)", "",
@@ -250,10 +254,14 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
              "## Segmentation (seed mean ± half the spread)", ""] + results_table(results, n, n_real)
     lines += ["", "Seeds:", ""] + seed_table(results)
     lines += ["", "## Generated label maps", ""] + plausibility_table(plaus, real_p)
+    lines += ["", f"## Adherence (the real-only segmenter of seed {cfg['seeds'][0]} on the {n} synthetic images, their "
+                  "conditioning maps as the truth; compare with its row above)", "",
+              "| task | vessel Dice | sensitivity | specificity | AUC | A/V accuracy |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {t} | " + " | ".join(f"{m[k]:.3f}" if k in m else "n/a" for k in METRICS) + " |" for t, m in (adherence or {}).items()]
     lines += ["", "## Targets (issue 16)", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {yes[ok]} |" for t, m, ok in goals]
-    lines += ["", "The synthesis quality report of the OCT sets (`monai-oct evaluate`: FD/KID, diversity, memorisation, "
-                  "adherence) reads grey B-scans and the OCT label table; it is not run on the RGB fundus set here.", "",
+    lines += ["", "The rest of the OCT sets' quality report (`monai-oct evaluate`: FD/KID, diversity, memorisation) reads "
+                  "grey B-scans and the OCT label table; it is not run on the RGB fundus set here.", "",
               "## Step times (minutes)", "", "| step | min |", "|---|---:|"] + [f"| {k} | {v / 60:.1f} |" for k, v in timings.items()]
     write_text(out / "results.md", "\n".join(lines) + "\n")
     figure(out, real, synth)
@@ -350,10 +358,24 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("mixed", "synthetic"):
             for seed in cfg["seeds"]:
                 plan.add(f"{task}_{key}_{seed}", lambda task=task, key=key, seed=seed: seg(task, key, seed), after=["synthesize"])
+
+    # 5. adherence: the first seed's real-only segmenter on the synthetic images, scored against their conditioning maps
+    adherence: dict[str, dict[str, float]] = {}
+
+    def adhere(task: str) -> None:
+        r = out / "seg" / f"adherence_{task}"
+        run.bundle(f"adherence_{task}", r / "metrics.csv", configs("evaluate_seg", preset), bundle_dir=FUNDUS,
+                   datalist=str(synth / "datalist.json"), datalist_key=["training"], task=task, seed=cfg["seeds"][0],
+                   ckpt=str(out / "seg" / f"{task}_real_seed{cfg['seeds'][0]}" / "model_final.pt"), output_dir=str(r), progress=False)
+        if (r / "metrics.csv").is_file():
+            adherence[task] = read_metrics(r / "metrics.csv")
+
+    for task in cfg["tasks"]:
+        plan.add(f"adherence_{task}", lambda task=task: adhere(task), after=["synthesize", f"{task}_real_{cfg['seeds'][0]}"])
     plan.run()
     if a.dry_run:
         return 0
-    write_results(out, a, cfg, n, test, real, synth, results, time.time() - t_start, run.log)
+    write_results(out, a, cfg, n, test, real, synth, results, time.time() - t_start, run.log, adherence)
     return 0
 
 

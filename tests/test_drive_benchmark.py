@@ -36,8 +36,8 @@ def _dry_run(bench, capsys, tmp_path, *args):
 def test_dry_run_lists_the_steps_in_order_with_the_right_overrides(bench, capsys, tmp_path):
     steps = _dry_run(bench, capsys, tmp_path, "--scale", "smoke", "--seeds", "0,1", "--tasks", "vessel,av")
     names = [s[0] for s in steps]
-    # data, 4 generative stages, then 2 tasks x 3 sets x 2 seeds x (train + evaluate)
-    assert len(names) == 1 + 4 + 2 * 3 * 2 * 2 and len(set(names)) == len(names)
+    # data, 4 generative stages, 2 tasks x 3 sets x 2 seeds x (train + evaluate), one adherence check a task
+    assert len(names) == 1 + 4 + 2 * 3 * 2 * 2 + 2 and len(set(names)) == len(names)
     assert names[0] == "data"
     pos = names.index
     assert pos("train_autoencoder") < pos("train_images") < pos("synthesize") and pos("train_masks") < pos("synthesize")
@@ -48,6 +48,7 @@ def test_dry_run_lists_the_steps_in_order_with_the_right_overrides(bench, capsys
                 assert pos(f"seg_{run}") < pos(f"eval_{run}")
                 if key != "real":
                     assert pos("synthesize") < pos(f"seg_{run}")
+        assert pos(f"eval_{task}_real_seed0") < pos(f"adherence_{task}") and pos("synthesize") < pos(f"adherence_{task}")
     by = {n: (o, f) for n, o, f in steps}
     out = str(tmp_path.resolve())
     for stage in ("train_masks", "train_autoencoder", "train_images", "synthesize"):
@@ -67,6 +68,9 @@ def test_dry_run_lists_the_steps_in_order_with_the_right_overrides(bench, capsys
     ev = by["eval_av_real_seed0"][0]
     assert ev["ckpt"] == f"{out}/seg/av_real_seed0/model_final.pt" and ev["datalist"] == real  # the held-out list
     assert by["eval_av_real_seed0"][1].rstrip("]'").endswith("presets/cpu_smoke.yaml")
+    adh = by["adherence_vessel"][0]  # the real-only segmenter on the synthetic set, its "training" list
+    assert adh["datalist"] == syn and adh["datalist_key"] == "['training']" and adh["task"] == "vessel"
+    assert adh["ckpt"] == f"{out}/seg/vessel_real_seed0/model_final.pt"
 
 
 def test_test_datalist_is_what_every_evaluation_and_validation_reads(bench, capsys, tmp_path):
@@ -122,11 +126,13 @@ def test_write_results_writes_the_table_json_and_figure(bench, tmp_path):
     a = argparse.Namespace(scale="smoke", seed=0, device="cpu", mix_ratio="1,1", jobs=1, threads=1)
     cfg = {"why": "a test", "preset": "cpu_smoke", "seeds": [0], "tasks": ["av"]}
     results = {"av": {"real": {0: _fake(0.7, av=0.8)}, "mixed": {0: _fake(0.8, av=0.9)}}}
-    bench.write_results(tmp_path, a, cfg, 2, real, real, synth, results, 60.0, {"train_masks": 30.0})
+    bench.write_results(tmp_path, a, cfg, 2, real, real, synth, results, 60.0, {"train_masks": 30.0},
+                        {"av": _fake(0.6, av=0.7)})
     md = (tmp_path / "results.md").read_text()
     assert "| av | real 2 | 0 | 0.700 ± 0.000 |" in md and "| av | real 2 + synthetic 2 | 0 | 0.800 ± 0.000 |" in md  # 2 train
     assert "| av: real + synthetic beats real only in A/V accuracy | 0.900 vs 0.800 | yes |" in md
     assert "| synthetic (train_masks, vessel-tree decoding) | 2 | 0.990 (lowest 0.980) | 2 | 0 |" in md
+    assert "| av | 0.600 | 0.700 | 0.980 | 0.950 | 0.700 |" in md  # adherence
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["segmentation"]["av"]["mixed"]["val_vessel_dice"] == pytest.approx(0.8)
     assert res["plausibility"]["real"]["num_maps"] == 2  # the real train list of the phantom (one is validation)
