@@ -142,10 +142,16 @@ class Runner:
         if self.timing_file.is_file():
             self.log.update(json.loads(self.timing_file.read_text()))
 
-    def bundle(self, name: str, done: Path, configs: list[Path], **overrides: Any) -> None:
-        """Run one bundle stage (``python -m monai.bundle run``) as :meth:`step`; None overrides are left out."""
+    def bundle(self, name: str, done: Path, configs: list[Path], *, bundle_dir: Path | None = None, **overrides: Any) -> None:
+        """Run one bundle stage (``python -m monai.bundle run``) as :meth:`step`; None overrides are left out.
+
+        Args:
+            bundle_dir: the bundle whose ``metadata.json`` and ``logging.conf`` the stage uses (default: the folder
+                above the first config's; the fundus stages start with oct_ddpm's files but are ``fundus_av``'s).
+        """
         overrides.setdefault("device", self.device)
-        self.step(name, done, bundle_command(configs[0].parent.parent, configs, **{k: v for k, v in overrides.items() if v is not None}))
+        self.step(name, done, bundle_command(bundle_dir or configs[0].parent.parent, configs,
+                                             **{k: v for k, v in overrides.items() if v is not None}))
 
     def step(self, name: str, done: Path, cmd: list[str], required: bool = True) -> bool:
         """Run ``cmd`` unless ``done`` exists; output in ``logs/<name>.log``, time in ``timings.json``.
