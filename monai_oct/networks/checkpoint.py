@@ -155,11 +155,7 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model"
         DataError: (a ``ValueError``) when the file is not a state dict or does not fit the network (names the file).
     """
     path = Path(path)
-    ckpt = load_checkpoint(path, map_location)
-    if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
-        ckpt = ckpt[key]
-    if not isinstance(ckpt, dict):
-        raise DataError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
+    ckpt = _state_dict(path, key, map_location)
     if adapt_input:
         ckpt = dict(ckpt)
         adapted = adapt_input_channels(ckpt, network, keep=keep_input_channels)
@@ -171,6 +167,20 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str = "model"
     except RuntimeError as e:
         raise DataError(f"{path}: checkpoint does not fit {type(network).__name__} (wrong --network or channels?): {e}") from e
     return network
+
+
+def _state_dict(path: str | os.PathLike, key: str = "model", map_location: str | torch.device = "cpu") -> dict:
+    """The state dict in the checkpoint at ``path``: the file itself, or its ``key`` entry when it is a dict holding one.
+
+    Raises:
+        DataError: when the file holds no state dict (names the file).
+    """
+    ckpt = load_checkpoint(path, map_location)
+    if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
+        ckpt = ckpt[key]
+    if not isinstance(ckpt, dict):
+        raise DataError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
+    return ckpt
 
 
 def trained_class_embeds(path: str | os.PathLike | None, key: str = "model") -> int | None:
@@ -190,12 +200,7 @@ def trained_class_embeds(path: str | os.PathLike | None, key: str = "model") -> 
     """
     if path is None or not Path(path).is_file():
         return None
-    ckpt = load_checkpoint(path)
-    if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
-        ckpt = ckpt[key]
-    if not isinstance(ckpt, dict):
-        raise DataError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
-    weight = ckpt.get("class_embedding.weight")
+    weight = _state_dict(path, key).get("class_embedding.weight")
     return None if weight is None else int(weight.shape[0])
 
 
