@@ -57,6 +57,9 @@ class EMA(EMAHandler):
         self.network, self.decay, self.warmup, self.update_every = network, float(decay), bool(warmup), int(update_every)
         self.ema_model.requires_grad_(False)
         self.num_updates = 0
+        # parameters trained without gradients (a VQ codebook set by its own EMA or k-means) are copied, not averaged:
+        # the pairs are fixed by the network, so they are found once here rather than at every update
+        self._copied = [(e, p) for e, p in zip(self.ema_model.parameters(), self.model.parameters()) if not p.requires_grad]
 
     def current_decay(self) -> float:
         """The decay the next update uses."""
@@ -69,9 +72,8 @@ class EMA(EMAHandler):
         setattr(engine.state, name, 1.0 - self.current_decay())
         super()._update_ema_model(engine, name)
         with torch.no_grad():
-            for ema_p, p in zip(self.ema_model.parameters(), self.model.parameters()):
-                if not p.requires_grad:
-                    ema_p.copy_(p)
+            for ema_p, p in self._copied:
+                ema_p.copy_(p)
         self.num_updates += 1
 
     def attach(self, engine: Engine, name: str = "ema_momentum", warn_if_exists: bool = False,
