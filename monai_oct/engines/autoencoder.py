@@ -39,7 +39,7 @@ from torch.optim import Optimizer
 from monai_oct.core.seeding import sample_seed
 from monai_oct.engines.distributed import unwrap
 from monai_oct.engines.guard import check_finite_loss
-from monai_oct.networks.autoencoder import compression
+from monai_oct.networks.autoencoder import check_kind, compression
 from monai_oct.networks.codebook import kmeans, set_codebook
 from monai_oct.networks.sizes import check_divisible
 
@@ -89,7 +89,7 @@ def epoch_metrics(kind: str = "kl") -> dict[str, Average]:
     into ``training_log.jsonl``.
     """
     out = {"recon_l1": Average(output_transform=lambda o: o["l1"])}
-    if str(kind).strip().lower() == "vq":
+    if check_kind(kind) == "vq":
         out["codebook_perplexity"] = Average(output_transform=lambda o: o["perplexity"])
         out["vq_loss"] = Average(output_transform=lambda o: o["vq"])
     return out
