@@ -33,7 +33,6 @@ from monai.transforms import (
     EnsureTyped,
     MapLabelValued,
     RandFlipd,
-    RandSpatialCropd,
     Resized,
     ScaleIntensityRanged,
     SelectItemsd,
@@ -42,6 +41,7 @@ from monai.transforms import (
 from monai_oct.core.io import read_json, read_label, write_json
 from monai_oct.core.labels import FUNDUS_AV, UNANNOTATED, LabelTable, get_label_table
 from monai_oct.metrics.fundus import fundus_plausibility
+from monai_oct.recipes.latent_pipelines import crop_transform
 from monai_oct.transforms.encoding import MaskEncoded
 from monai_oct.transforms.fov import MaskOutsideFOVd
 from monai_oct.transforms.io import LoadBScand
@@ -126,13 +126,8 @@ def autoencoder_transforms(image_size: Sequence[int], crop_size: Sequence[int] |
         ValueError: for a crop larger than ``image_size``.
     """
     steps = [fundus_transforms(image_size, with_label=False), SelectItemsd(["image"]),
-             RandFlipd(["image"], prob=flip, spatial_axis=1)]
-    if crop_size is not None:
-        crop = [int(s) for s in crop_size]
-        if any(c > s for c, s in zip(crop, image_size)):
-            raise ValueError(f"ae_crop_size {crop} is larger than image_size {list(image_size)}")
-        steps.append(RandSpatialCropd(["image"], roi_size=crop, random_size=False))
-    return _seeded(steps, seed)
+             RandFlipd(["image"], prob=flip, spatial_axis=1), crop_transform(crop_size, image_size)]
+    return _seeded([t for t in steps if t is not None], seed)
 
 
 def image_transforms(image_size: Sequence[int], flip: float = 0.0, seed: int = 0, encoding: str = "onehot",
