@@ -40,7 +40,7 @@ from monai_oct.core.datalist import write_datalists
 from monai_oct.core.io import write_json, write_npy, write_png
 from monai_oct.core.labels import UNANNOTATED
 from monai_oct.core.seeding import sample_seed
-from monai_oct.phantoms.fundus import ARTERY, VEIN, fundus_geometry
+from monai_oct.phantoms.fundus import ARTERY, CROSSING, VEIN, fundus_geometry
 
 __all__ = [
     "HB_EXTINCTION", "ISOSBESTIC_NM", "DEFAULT_WAVELENGTHS", "RGB_WAVELENGTHS", "STRUCTURES", "SPECTRAL_PARAMETERS",
@@ -220,7 +220,7 @@ def multiband_phantom(size: int | Sequence[int] = 256, wavelengths: Sequence[flo
     structures[ell <= 1.0] = 3
     structures[label == ARTERY] = 1
     structures[label == VEIN] = 2
-    structures[(label == 3) | ~fov] = UNANNOTATED
+    structures[(label == CROSSING) | ~fov] = UNANNOTATED
     return {"image": np.clip(img, 0.0, 1.0).astype(np.float32), "structures": structures, "label": label,
             "fov": fov, "wavelengths": lam, "parameters": p}
 
