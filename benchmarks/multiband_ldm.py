@@ -48,10 +48,10 @@ from monai_oct.core.io import read_bands, read_json, read_label, write_json, wri
 #: ``compressions`` x ``latent_channels`` x ``widths`` (UNet widths, three levels) is the sweep.
 SCALES: dict[str, dict[str, Any]] = {
     "smoke": {"size": 64, "train": 8, "val": 4, "samples": 4, "compressions": [8, 16], "latent_channels": [4],
-              "widths": [[8, 16, 16]], "ae_base": 8, "ae_crop": None, "ae_epochs": 1, "ldm_epochs": 1, "steps": 3, "batch": 8,
+              "widths": [[8, 16, 16]], "ae_base": 8, "ae_crop": None, "ae_epochs": 1, "ldm_epochs": 1, "ae_lr": 1e-3, "steps": 3, "batch": 8,
               "timesteps": 100, "why": "smoke test of the chain (numbers meaningless)"},
     "cpu": {"size": 64, "train": 48, "val": 16, "samples": 16, "compressions": [4, 8, 16], "latent_channels": [4, 8],
-            "widths": [[16, 32, 32], [32, 64, 64]], "ae_base": 16, "ae_crop": 32, "ae_epochs": 15, "ldm_epochs": 30,
+            "widths": [[16, 32, 32], [32, 64, 64]], "ae_base": 16, "ae_crop": 32, "ae_epochs": 15, "ldm_epochs": 30, "ae_lr": 2e-4,
             "steps": 20,
             "batch": 8, "timesteps": 1000,
             "why": "64x64 16-band phantoms, 12 configurations, sized for ~30 min on this 2-core CPU"},
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             run_bundle(bundle, ldm_stage_configs("train_autoencoder"), output_dir=str(ae), compression=f,
                        latent_channels=z, ae_base_channels=cfg["ae_base"], max_epochs=cfg["ae_epochs"],
                        ae_crop_size=[cfg["ae_crop"]] * 2 if cfg["ae_crop"] else None,
-                       **{**common, "learning_rate": 2e-4 if a.scale == "cpu" else 1e-3})
+                       **{**common, "learning_rate": cfg["ae_lr"]})
             write_json(ae / "timing.json", {"minutes": (time.time() - t) / 60})
         for widths in cfg["widths"]:
             name = config_name(f, z, widths)
