@@ -13,7 +13,8 @@ from monai.utils.type_conversion import convert_data_type
 
 from monai_oct.core.labels import UNANNOTATED, LabelTable, get_label_table
 
-__all__ = ["regions_from_boundaries", "label_boundaries", "as_2d_label", "boundaries_of", "four_adjacent"]
+__all__ = ["regions_from_boundaries", "label_boundaries", "as_2d_label", "boundaries_of", "four_adjacent", "disc_mask",
+           "connected_to"]
 
 
 def regions_from_boundaries(bounds: np.ndarray, height: int) -> np.ndarray:
@@ -112,3 +113,20 @@ def four_adjacent(mask: np.ndarray) -> np.ndarray:
     near[:, 1:] |= mask[:, :-1]
     near[:, :-1] |= mask[:, 1:]
     return near
+
+
+def disc_mask(shape: tuple[int, int], centre: tuple[float, float] | list[float], radius: float) -> np.ndarray:
+    """The bool ``(H, W)`` disc of ``radius`` pixels around ``centre`` = ``(row, col)`` (e.g. the optic disc)."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return (yy - float(centre[0])) ** 2 + (xx - float(centre[1])) ** 2 <= float(radius) ** 2
+
+
+def connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The pixels of the bool ``(H, W)`` ``mask`` in its 8-connected components that meet ``seed`` (e.g. the vessel
+    trees that touch the optic disc); the rest of ``mask`` are the specks."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    comp, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    hit = np.unique(comp[mask & np.asarray(seed, dtype=bool)])
+    return np.isin(comp, hit[hit > 0])

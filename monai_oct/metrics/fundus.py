@@ -32,9 +32,8 @@ import torch
 from monai.metrics import CumulativeIterationMetric, compute_dice, compute_roc_auc
 from monai.metrics.confusion_matrix import compute_confusion_matrix_metric, get_confusion_matrix
 from monai.utils import convert_to_numpy
-from scipy import ndimage
 
-from monai_oct.core.geometry import as_2d_label, four_adjacent
+from monai_oct.core.geometry import as_2d_label, connected_to, disc_mask, four_adjacent
 from monai_oct.core.labels import FUNDUS_AV, UNANNOTATED, LabelTable
 
 __all__ = [
@@ -219,9 +218,7 @@ def _disc_mask(shape: tuple[int, int], disc: np.ndarray | torch.Tensor | None, c
         return mask
     if centre is None:
         raise ValueError("give the optic disc as a mask (disc=) or a centre (disc_centre=, (row, col))")
-    r = radius if radius is not None else 0.07 * min(shape)
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    return (yy - float(centre[0])) ** 2 + (xx - float(centre[1])) ** 2 <= r ** 2
+    return disc_mask(shape, centre, radius if radius is not None else 0.07 * min(shape))
 
 
 def vessel_connectivity(label: np.ndarray | torch.Tensor, disc: np.ndarray | torch.Tensor | None = None,
@@ -246,9 +243,7 @@ def vessel_connectivity(label: np.ndarray | torch.Tensor, disc: np.ndarray | tor
     vessel = np.isin(lab, table.group("vessel"))
     if not vessel.any():
         return float("nan")
-    comp, _ = ndimage.label(vessel, structure=np.ones((3, 3), dtype=bool))
-    touching = np.unique(comp[_disc_mask(lab.shape, disc, disc_centre, disc_radius) & vessel])
-    return float(np.isin(comp, touching[touching > 0]).sum() / vessel.sum())
+    return float(connected_to(vessel, _disc_mask(lab.shape, disc, disc_centre, disc_radius)).sum() / vessel.sum())
 
 
 def av_adjacency(label: np.ndarray | torch.Tensor, table: LabelTable = FUNDUS_AV) -> int:

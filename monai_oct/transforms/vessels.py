@@ -28,7 +28,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 
-from monai_oct.core.geometry import four_adjacent
+from monai_oct.core.geometry import connected_to, disc_mask, four_adjacent
 from monai_oct.core.labels import FUNDUS_AV, UNANNOTATED, LabelTable, get_label_table
 
 __all__ = ["ResolveUncertain", "ResolveUncertaind", "estimate_disc_centre", "VesselTreeDecode", "VesselTreeDecoded"]
@@ -150,11 +150,7 @@ class VesselTreeDecode(Transform):
             lab[~self.fov] = 0
         centre = tuple(disc_centre) if disc_centre is not None else estimate_disc_centre(lab, self.table)
         vessel = np.isin(lab, self.table.group("vessel"))
-        comp, _ = ndimage.label(vessel, structure=np.ones((3, 3), dtype=bool))
-        yy, xx = np.mgrid[0:lab.shape[0], 0:lab.shape[1]]
-        disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= (self.disc_radius * min(lab.shape)) ** 2
-        keep = np.unique(comp[disc & vessel])
-        specks = vessel & ~np.isin(comp, keep[keep > 0])
+        specks = vessel & ~connected_to(vessel, disc_mask(lab.shape, centre, self.disc_radius * min(lab.shape)))
         lab[specks] = 0
         touching = (lab == self.artery) & four_adjacent(lab == self.vein)
         lab[touching] = self.crossing
