@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,37 +42,13 @@ class BandWriter(PairWriter):
         prefix: file name prefix.
     """
 
-    def __init__(self, output_dir: str, output_size: Sequence[int] | None = None, prefix: str = "synth_") -> None:
-        super().__init__(output_dir, output_size, prefix)
-
-    def name(self, index: int, prefix: str | None = None) -> str:
-        """File name of sample ``index``: ``<prefix><index:05d>.npy``."""
-        return f"{self.prefix if prefix is None else prefix}{int(index):05d}.npy"
-
-    def paths(self, index: int) -> tuple[Path]:  # type: ignore[override]
-        """``(image path,)`` of sample ``index``."""
-        return (self.output_dir / "images" / self.name(index),)
-
-    def files(self, index: int) -> list[str]:
-        """``["images/<name>.npy"]``."""
-        return [f"images/{self.name(index)}"]
+    KEYS = ("image",)
+    SUBDIRS = ("images",)
+    EXT = ".npy"
 
     def describe(self) -> dict:
         """What of the writer determines the files: ``{"output_size", "prefix", "format": "npy"}``."""
         return {"output_size": self.output_size, "prefix": self.prefix, "format": "npy"}
-
-    def clear(self, extra_dirs: Sequence[str] = (), prefix: str | None = None,
-              indices: Sequence[int] | None = None) -> int:
-        """Remove the set's ``.npy`` files (only ``<prefix>*.npy`` in ``images/``) and temporaries; returns how many."""
-        n = self.clean(indices)
-        for pre in dict.fromkeys((self.prefix, prefix or self.prefix)):
-            found = ((self.output_dir / "images").glob(f"{pre}*.npy") if indices is None else
-                     [self.output_dir / "images" / self.name(i, pre) for i in indices])
-            for p in found:
-                if p.is_file():
-                    p.unlink(missing_ok=True)
-                    n += 1
-        return n
 
     def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor | None = None,
               extras: Any = None) -> None:
@@ -134,7 +109,7 @@ class BandSynthesis(SamplerEngine):
                                   files=set_files(self.writer, self.num_samples),
                                   seconds=round(time.time() - getattr(self, "_t0", time.time()), 3))
         paths = [self.writer.paths(i)[0] for i in range(self.num_samples)]
-        write_datalist(out / "datalist.json", [{"image": str(p)} for p in paths], key="training")
+        write_datalist(out / "datalist.json", [self.writer.item(i) for i in range(self.num_samples)], key="training")
         write_json(out / "manifest.json", manifest)
         k = min(self.grid_size, self.num_samples)
         mean = torch.stack([torch.as_tensor(read_bands(p)).mean(0, keepdim=True) for p in paths[:k]])

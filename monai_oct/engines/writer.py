@@ -56,13 +56,20 @@ class PairWriter:
             folder's name (e.g. ``("fov",)``: a fundus pair's field of view, which segmentation reads).
     """
 
+    #: the datalist keys of a sample's files and the folders they are written to (in write order's reverse: a sample
+    #: is complete when all exist), and the files' extension; a writer of other files (e.g. C-band ``.npy`` images
+    #: without labels, :class:`~monai_oct.engines.bands.BandWriter`) changes these three, not the methods
+    KEYS: tuple[str, ...] = ("image", "label")
+    SUBDIRS: tuple[str, ...] = ("images", "labels")
+    EXT = ".png"
+
     def __init__(self, output_dir: str | os.PathLike, output_size: Sequence[int] | None = None, prefix: str = "synth_",
                  extra_dirs: Sequence[str] = (), datalist_extras: Sequence[str] = ()) -> None:
         self.output_dir = Path(output_dir)
         self.output_size = None if output_size is None else [int(s) for s in output_size]
         self.prefix = prefix
         self.extra_dirs = tuple(str(d) for d in extra_dirs or ())
-        bad = [d for d in self.extra_dirs if d in ("images", "labels") or not d or "/" in d]
+        bad = [d for d in self.extra_dirs if d in self.SUBDIRS or not d or "/" in d]
         if bad:
             raise ValueError(f"extra_dirs must be plain folder names other than images/labels, got {bad}")
         self.datalist_extras = tuple(str(d) for d in datalist_extras or ())
@@ -71,12 +78,12 @@ class PairWriter:
 
     def name(self, index: int, prefix: str | None = None) -> str:
         """File name of sample ``index`` (with ``prefix`` instead of the writer's, e.g. a replaced set's)."""
-        return f"{self.prefix if prefix is None else prefix}{int(index):05d}.png"
+        return f"{self.prefix if prefix is None else prefix}{int(index):05d}{self.EXT}"
 
-    def paths(self, index: int) -> tuple[Path, Path]:
-        """``(image path, label path)`` of sample ``index``."""
+    def paths(self, index: int) -> tuple[Path, ...]:
+        """``(image path, label path)`` of sample ``index`` (one path per :attr:`SUBDIRS`)."""
         n = self.name(index)
-        return self.output_dir / "images" / n, self.output_dir / "labels" / n
+        return tuple(self.output_dir / sub / n for sub in self.SUBDIRS)
 
     def extra_path(self, sub: str, index: int) -> Path:
         """Path of sample ``index``'s extra image in ``sub``."""
@@ -89,12 +96,13 @@ class PairWriter:
     def files(self, index: int) -> list[str]:
         """Every file of sample ``index``, relative to ``output_dir``: image, label, then the extra images."""
         n = self.name(index)
-        return [f"images/{n}", f"labels/{n}", *(f"{d}/{n}" for d in self.extra_dirs)]
+        return [f"{sub}/{n}" for sub in (*self.SUBDIRS, *self.extra_dirs)]
 
     def item(self, index: int) -> dict[str, str]:
-        """Sample ``index``'s datalist item: ``{"image", "label"}`` and the ``datalist_extras`` (absolute paths)."""
-        image, label = self.paths(index)
-        return {"image": str(image), "label": str(label), **{d: str(self.extra_path(d, index)) for d in self.datalist_extras}}
+        """Sample ``index``'s datalist item: ``{"image", "label"}`` (:attr:`KEYS`) and the ``datalist_extras``
+        (absolute paths)."""
+        return {**{k: str(p) for k, p in zip(self.KEYS, self.paths(index))},
+                **{d: str(self.extra_path(d, index)) for d in self.datalist_extras}}
 
     def describe(self) -> dict:
         """What of the writer determines the files: ``{"output_size", "prefix", "extra_dirs"}`` (and
@@ -120,10 +128,10 @@ class PairWriter:
             how many files were removed.
         """
         n = self.clean(indices)
-        for sub in dict.fromkeys(("images", "labels", *self.extra_dirs, *extra_dirs)):
+        for sub in dict.fromkeys((*self.SUBDIRS, *self.extra_dirs, *extra_dirs)):
             for pre in dict.fromkeys((self.prefix, prefix or self.prefix)):
                 if indices is None:
-                    found = list((self.output_dir / str(sub)).glob(f"{pre}*.png"))
+                    found = list((self.output_dir / str(sub)).glob(f"{pre}*{self.EXT}"))
                 else:
                     found = [self.output_dir / str(sub) / self.name(i, pre) for i in indices]
                 for p in found:
