@@ -25,7 +25,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from monai.transforms import (
     CastToTyped,
