@@ -24,6 +24,7 @@ and A/V accuracy, each seed, the issue's targets, the generated maps' quality), 
 
     python benchmarks/drive_av.py --scale mini --out runs/drive_mini --jobs 2 --threads 1    # <= 90 min, 2-core CPU
     python benchmarks/drive_av.py --scale smoke --out runs/drive_smoke                       # phantom, ~2 min
+    python benchmarks/drive_av.py --scale gpu --out runs/drive_gpu --device cuda:0          # the GPU sizes (not run)
     python benchmarks/drive_av.py --scale mini --out runs/drive_mini --dry-run               # the commands only
 """
 
@@ -53,6 +54,11 @@ SCALES: dict[str, dict[str, Any]] = {
         "preset": "cpu_mini", "data": "drive", "seeds": [0, 1, 2], "tasks": ["av"],
         "why": ("2-core CPU, <= 90 min with --jobs 2 --threads 1 (bundles/fundus_av/configs/presets/cpu_mini.yaml "
                 "states the sizes and the timed estimate); task av only: its evaluation scores the vessel metrics too"),
+    },
+    "gpu": {
+        "preset": "gpu", "data": "drive", "seeds": [0, 1, 2], "tasks": ["av"],
+        "why": ("one GPU (bundles/fundus_av/configs/presets/gpu.yaml: thousands of iterations per stage, N = 200; "
+                "written down, not run: no GPU was lent)"),
     },
     "smoke": {
         "preset": "cpu_smoke", "data": "phantom", "phantom": {"num": 6, "size": 128}, "seeds": [0], "tasks": ["av"],

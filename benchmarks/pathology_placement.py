@@ -38,7 +38,7 @@ from duke_retidiff import ROOT, Plan, Runner, _cuda, _versions, ddpm_configs, sc
 #: model and the teacher must have been trained with it.
 SCALES: dict[str, dict[str, Any]] = {
     "mini": {"preset": "cpu_mini",
-             "why": "cpu_mini: 64x128 pixel UNet images enlarged to 224x512 bands, the teacher a MONAI UNet at 128x256"},
+             "why": "cpu_mini: 64x128 pixel UNet images enlarged to 224x512 bands, the teacher (--teacher-network) at 128x256"},
     "tiny": {"preset": "cpu_smoke", "why": "smoke test (numbers meaningless)"},
 }
 

@@ -185,3 +185,20 @@ def test_cpu_mini_sizes_every_stage_consistently():
 def test_mask_size_defaults_to_the_image_size():
     """Without a preset's --mask_size the mask DDPM samples at --image_size, as before (the smoke chain's case)."""
     assert _parsed("synthesize", "cpu_smoke", "label_source#image_size", "label_source#label_size") == [[128, 128]] * 2
+
+
+def test_gpu_scale_sizes_every_stage_consistently(bench, capsys, tmp_path):
+    """The gpu scale (written down, not run here): masks drawn at the images' 512x512 (no enlargement), the synthesis
+    samples the mask and image UNets with the widths they were trained with, the same segmenter for training and
+    evaluation, and the dry run passes the gpu preset to every generative stage."""
+    masks = _parsed("train_masks", "gpu", "image_size", "channels")
+    images = _parsed("train_images", "gpu", "image_size", "channels", "max_epochs")
+    synth = _parsed("synthesize", "gpu", "image_size", "channels", "mask_channels", "label_source#image_size",
+                    "label_source#label_size", "num_samples")
+    seg = _parsed("train_seg", "gpu", "image_size", "channels")
+    assert masks[0] == images[0] == synth[0] == synth[3] == synth[4] == [512, 512]
+    assert synth[1] == images[1] and synth[2] == masks[1] and synth[5] == 200 and images[2] >= 1000
+    assert _parsed("evaluate_seg", "gpu", "image_size", "channels") == seg
+    steps = {n: f for n, _, f in _dry_run(bench, capsys, tmp_path, "--scale", "gpu", "--device", "cuda:0")}
+    for stage in ("train_masks", "train_autoencoder", "train_images", "synthesize"):
+        assert steps[stage].rstrip("]'").endswith("fundus_av/configs/presets/gpu.yaml"), steps[stage]
