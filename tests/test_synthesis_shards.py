@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from ignite.engine import Events
 
 from monai_oct.cli import main
@@ -184,3 +185,69 @@ def test_torchrun_ranks_split_a_shard_further(tmp_path):
     assert eng.pending(rank=0, world_size=2) == [[1, 5]] and eng.pending(rank=1, world_size=2) == [[3]]
     assert eng.manifest_path == tmp_path / "s" / "manifests" / "shard-1-of-2.json"
     assert eng.lock.path == tmp_path / "s" / ".lock.shard-1-of-2"
+
+
+def _class_synthesis(out, shard=None):
+    """A tiny class-conditioned synthesis: 5 pairs of classes MS, MS, healthy, DME, DME."""
+    from monai_oct.core.classes import OCT_PATHOLOGY, class_plan
+    from monai_oct.engines.sampler import DiffusionSampler
+    from monai_oct.engines.synthesis import SamplerEngine
+    from monai_oct.engines.writer import PairWriter
+    from monai_oct.networks import conditional_diffusion_unet
+    from monai_oct.recipes.sources import LabelBank
+    from monai_oct.schedulers import diffusion_scheduler
+
+    torch.manual_seed(0)
+    net = conditional_diffusion_unet(1, 3, channels=(8, 16), num_res_blocks=1, num_class_embeds=OCT_PATHOLOGY.num_class_embeds)
+    labels = torch.zeros(2, 1, 16, 16, dtype=torch.long)
+    labels[0, :, 4:9], labels[1, :, 6:12] = 1, 2
+    ids = class_plan(OCT_PATHOLOGY, class_samples={"MS": 2, "healthy": 1, "DME": 2})
+    sampler = DiffusionSampler(diffusion_scheduler("ddim", 20, "cosine", "v_prediction"), 2)
+    return SamplerEngine(N, LabelBank(labels), net, sampler, [16, 16], 3, PairWriter(out), batch_size=2, seed=0,
+                         progress=False, config={"label_datalist": None}, shard=shard, class_table=OCT_PATHOLOGY,
+                         class_ids=ids)
+
+
+def test_merged_class_conditional_shards_keep_every_pairs_class(tmp_path):
+    """Before, a shard manifest recorded no classes and the merge listed the pairs without them (an unsharded
+    class-conditional set lists each pair's class in datalist.json and ``classes`` in manifest.json)."""
+    whole, out = tmp_path / "whole", tmp_path / "sharded"
+    _class_synthesis(whole).run_all()
+    for s in ("0/2", "1/2"):
+        _class_synthesis(out, shard=s).run_all()
+    assert _json(out / "manifests" / "shard-0-of-2.json")["classes"] == ["MS", "healthy", "DME"]  # pairs 0, 2, 4
+    merge_synthesis(out)
+    _same_set(out, whole)
+    assert [it["class"] for it in _json(out / "datalist.json")["training"]] == ["MS", "MS", "healthy", "DME", "DME"]
+
+
+def _band_synthesis(out, shard=None):
+    """A tiny unconditional 3-band synthesis (BandSynthesis + BandWriter, pixel space)."""
+    from monai_oct.engines.bands import BandSynthesis
+    from monai_oct.engines.sampler import DiffusionSampler
+    from monai_oct.engines.writer import BandWriter
+    from monai_oct.networks import conditional_diffusion_unet
+    from monai_oct.schedulers import diffusion_scheduler
+
+    torch.manual_seed(0)
+    net = conditional_diffusion_unet(3, 0, channels=(8, 16), num_res_blocks=1)
+    sampler = DiffusionSampler(diffusion_scheduler("ddim", 20, "cosine", "v_prediction"), 2)
+    return BandSynthesis(N, net, sampler, [16, 16], 3, BandWriter(out), batch_size=2, seed=0, progress=False,
+                         config={}, shard=shard)
+
+
+def test_c_band_shards_merge_into_the_unsharded_set(tmp_path):
+    """Before, merge-synthesis rebuilt a PNG PairWriter for every set, so C-band (.npy, no label) shards failed
+    with 'listed but missing' on labels that never exist; now the manifest's writer format picks BandWriter."""
+    whole, out = tmp_path / "whole", tmp_path / "sharded"
+    _band_synthesis(whole).run_all()
+    for s in ("0/2", "1/2"):
+        _band_synthesis(out, shard=s).run_all()
+    assert not (out / "datalist.json").exists()
+    merge_synthesis(out)
+    npy = lambda d: {p.name: p.read_bytes() for p in sorted((d / "images").glob("*.npy"))}  # noqa: E731
+    assert len(npy(whole)) == N and npy(out) == npy(whole) and not (out / "labels").exists()
+    assert (out / "datalist.json").read_bytes() == (whole / "datalist.json").read_bytes()
+    a, b = _json(out / "manifest.json"), _json(whole / "manifest.json")
+    assert len(a.pop("shards")) == 2 and a.pop("seconds") >= 0 and b.pop("seconds") >= 0 and a == b
+    assert (out / "grid.png").read_bytes() == (whole / "grid.png").read_bytes()

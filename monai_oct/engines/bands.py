@@ -1,7 +1,7 @@
 """Unconditional synthesis of multi-band (C-band) images: :class:`SamplerEngine` without label maps.
 
 The hyperspectral study behind issue 17 generated unlabeled images (for self-supervised pre-training), so a
-C-band set is images only: :class:`BandWriter` writes each sample as ``images/<name>.npy`` (``(C, H, W)`` float32
+C-band set is images only: :class:`~monai_oct.engines.writer.BandWriter` writes each sample as ``images/<name>.npy`` (``(C, H, W)`` float32
 reflectances in [0, 1], the format :func:`~monai_oct.phantoms.multiband.write_multiband_dataset` writes and
 :class:`~monai_oct.transforms.io.LoadBandsd` reads), and :class:`BandSynthesis` is :class:`SamplerEngine` (its
 folder lock, manifest, settings check on a rerun, resume, shards) with an iteration that samples without a
@@ -10,53 +10,18 @@ condition and a finish that lists images only.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from ignite.engine import Engine
 
-from monai_oct.core.datalist import write_datalist
-from monai_oct.core.io import read_bands, write_json, write_npy, write_png
 from monai_oct.core.seeding import sample_generators, sample_seed
-from monai_oct.core.visualise import pair_grid
-from monai_oct.engines.shards import set_files
+from monai_oct.engines.shards import set_files, write_set_index
 from monai_oct.engines.synthesis import SamplerEngine
-from monai_oct.engines.writer import PairWriter, _resize
+from monai_oct.engines.writer import BandWriter
 
-__all__ = ["BandWriter", "BandSynthesis"]
-
-logger = logging.getLogger(__name__)
-
-
-class BandWriter(PairWriter):
-    """Write C-band images as ``images/<prefix><index:05d>.npy``, float32 ``(C, H, W)`` in [0, 1], atomically.
-
-    A sample is complete when its ``.npy`` exists (no label: generation is unconditional).
-
-    Args:
-        output_dir: dataset folder.
-        output_size: ``[H, W]`` to resize to (area when shrinking, bilinear when growing; None: as generated).
-        prefix: file name prefix.
-    """
-
-    KEYS = ("image",)
-    SUBDIRS = ("images",)
-    EXT = ".npy"
-
-    def describe(self) -> dict:
-        """What of the writer determines the files: ``{"output_size", "prefix", "format": "npy"}``."""
-        return {"output_size": self.output_size, "prefix": self.prefix, "format": "npy"}
-
-    def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor | None = None,
-              extras: Any = None) -> None:
-        """Write a batch of ``(B, C, H, W)`` images in [-1, 1] as reflectances in [0, 1] (``labels`` unused)."""
-        x = _resize(images.float().cpu(), self.output_size, label=False)
-        x = ((x.clamp(-1.0, 1.0) + 1.0) / 2.0).numpy().astype(np.float32)
-        for k, i in enumerate(indices):
-            write_npy(self.paths(i)[0], x[k])
+__all__ = ["BandWriter", "BandSynthesis"]  # BandWriter lives in engines.writer; named here for older configs
 
 
 class BandSynthesis(SamplerEngine):
@@ -96,22 +61,12 @@ class BandSynthesis(SamplerEngine):
         return {"indices": list(indices)}
 
     def finalize(self) -> None:
-        """Write ``datalist.json``, the completed ``manifest.json`` and ``grid.png``.
+        """Write ``datalist.json``, the completed ``manifest.json`` and ``grid.png`` (band means).
 
         Raises:
             RuntimeError: when an image is missing (names it).
         """
-        out = self.writer.output_dir
-        missing = [self.writer.name(i) for i in range(self.num_samples) if not self.writer.done(i)]
-        if missing:
-            raise RuntimeError(f"{out}: {len(missing)} image(s) missing after synthesis, e.g. {missing[0]}")
         manifest = self._manifest(getattr(self, "_generation", None) or self.generation(), "complete",
                                   files=set_files(self.writer, self.num_samples),
                                   seconds=round(time.time() - getattr(self, "_t0", time.time()), 3))
-        paths = [self.writer.paths(i)[0] for i in range(self.num_samples)]
-        write_datalist(out / "datalist.json", [self.writer.item(i) for i in range(self.num_samples)], key="training")
-        write_json(out / "manifest.json", manifest)
-        k = min(self.grid_size, self.num_samples)
-        mean = torch.stack([torch.as_tensor(read_bands(p)).mean(0, keepdim=True) for p in paths[:k]])
-        write_png(out / "grid.png", pair_grid(mean * 2.0 - 1.0))
-        logger.info("synthetic C-band set: %d images in %s (datalist %s)", self.num_samples, out, out / "datalist.json")
+        write_set_index(self.writer, self.num_samples, manifest, 0, self.grid_size)

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from monai_oct.core.datalist import write_datalist
-from monai_oct.core.io import DataError, atomic_path, read_image, read_json, read_label, write_json, write_png
+from monai_oct.core.io import DataError, atomic_path, read_bands, read_image, read_json, read_label, write_json, write_png
 from monai_oct.core.records import differences
 from monai_oct.core.seeding import sample_seed
 from monai_oct.core.visualise import pair_grid
-from monai_oct.engines.writer import FolderLock, PairWriter
+from monai_oct.engines.writer import FolderLock, PairWriter, writer_for
 
 __all__ = ["parse_shard", "shard_name", "shard_manifests", "manifest_head", "set_files", "write_set_index",
            "merge_synthesis", "MANIFEST_DIR"]
@@ -41,7 +41,7 @@ MANIFEST_DIR = "manifests"
 
 #: the keys of a shard manifest that describe the shard run, not the set (left out of the merged manifest's top level).
 SHARD_KEYS = ("status", "num_samples", "seed", "seeds", "generation", "runtime", "files", "seconds", "shard",
-              "indices", "host", "pid", "processes", "started", "ended")
+              "indices", "host", "pid", "processes", "started", "ended", "classes")
 
 
 def parse_shard(value: Any) -> tuple[int, int] | None:
@@ -106,6 +106,9 @@ def write_set_index(writer: PairWriter, num_samples: int, manifest: Mapping[str,
                     grid_size: int = 16, records: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write what lists a finished set: ``datalist.json`` ({"training": [...]}), ``manifest.json`` and ``grid.png``.
 
+    ``grid.png`` shows the first ``grid_size`` pairs (image beside its label); a writer without labels
+    (:class:`~monai_oct.engines.writer.BandWriter`'s C-band ``.npy`` images) gets the band mean of each image.
+
     Args:
         writer: the set's writer (its folder, names and extra folders).
         num_samples: N; pairs ``0..N-1`` must all exist.
@@ -128,11 +131,15 @@ def write_set_index(writer: PairWriter, num_samples: int, manifest: Mapping[str,
     write_datalist(out / "datalist.json", [{**writer.item(i), **extra[i]} for i in range(num_samples)], key="training")
     write_json(out / "manifest.json", dict(manifest))
     k = min(int(grid_size), num_samples)
-    imgs = torch.stack([_channels_first(read_image(writer.paths(i)[0])) for i in range(k)])
-    labs = torch.stack([torch.as_tensor(read_label(writer.paths(i)[1]).astype(np.int64))[None] for i in range(k)])
-    write_png(out / "grid.png", pair_grid(imgs / 127.5 - 1.0, labs, num_classes))
-    logger.info("synthetic dataset: %d pairs in %s (datalist %s, grid %s)", num_samples, out, out / "datalist.json",
-                out / "grid.png")
+    if "label" in writer.KEYS:
+        imgs = torch.stack([_channels_first(read_image(writer.paths(i)[0])) for i in range(k)])
+        labs = torch.stack([torch.as_tensor(read_label(writer.paths(i)[1]).astype(np.int64))[None] for i in range(k)])
+        write_png(out / "grid.png", pair_grid(imgs / 127.5 - 1.0, labs, num_classes))
+    else:  # C-band reflectances in [0, 1]: the band mean
+        means = torch.stack([torch.as_tensor(read_bands(writer.paths(i)[0])).mean(0, keepdim=True) for i in range(k)])
+        write_png(out / "grid.png", pair_grid(means * 2.0 - 1.0))
+    logger.info("synthetic dataset: %d %s in %s (datalist %s, grid %s)", num_samples,
+                "pairs" if "label" in writer.KEYS else "images", out, out / "datalist.json", out / "grid.png")
     return out / "datalist.json"
 
 
@@ -163,7 +170,35 @@ def _compared(manifest: Mapping[str, Any]) -> dict:
     return {"num_samples": manifest.get("num_samples"), **(manifest.get("generation") or {})}
 
 
+def _class_records(shards: Mapping[str, Mapping[str, Any]], num_samples: int) -> list[dict[str, Any]] | None:
+    """``[{"class": name}]`` of pairs ``0..N-1`` from the shard manifests' ``classes`` (aligned with their
+    ``indices``), as an unsharded run lists them; None when no shard has classes.
+
+    Raises:
+        ValueError: when some shards record classes and others do not, or a shard's ``classes`` and ``indices``
+            differ in length (names the manifest).
+    """
+    with_classes = [e for e in shards.values() if e["manifest"].get("classes") is not None]
+    if not with_classes:
+        return None
+    if len(with_classes) != len(shards):
+        bare = sorted(str(e["path"]) for e in shards.values() if e["manifest"].get("classes") is None)
+        raise ValueError(f"some shards record their pairs' classes and {', '.join(bare)} do(es) not: shards of one "
+                         "class-conditional set all record them; run those shards again with this version")
+    out: list[dict[str, Any]] = [{"class": None} for _ in range(num_samples)]
+    for e in with_classes:
+        idx, cls = e["manifest"].get("indices") or [], e["manifest"]["classes"]
+        if len(idx) != len(cls):
+            raise ValueError(f"{e['path']}: {len(cls)} classes for {len(idx)} indices")
+        for i, c in zip(idx, cls):
+            out[int(i)] = {"class": c}
+    return out
+
+
 def _check_readable(path: Path, label: bool) -> None:
+    if path.suffix == ".npy":  # a C-band image (read_bands names the file in its errors)
+        read_bands(path)
+        return
     try:
         read_label(path) if label else read_image(path)
     except DataError:
@@ -264,8 +299,7 @@ def merge_synthesis(output_dir: str | os.PathLike, shard_dirs: Sequence[str | os
                          + "; ".join(problems))
 
     gen = ref["generation"]
-    writer = PairWriter(out, gen.get("output_size"), gen.get("prefix", "synth_"), gen.get("extra_dirs") or (),
-                        gen.get("datalist_extras") or ())
+    writer = writer_for(out, gen)
     lock = FolderLock(out)
     lock.acquire()
     try:
@@ -306,7 +340,10 @@ def merge_synthesis(output_dir: str | os.PathLike, shard_dirs: Sequence[str | os
                                                            "runtime")}}
                        for name, e in sorted(shards.items())],
         }
-        datalist = write_set_index(writer, num_samples, manifest, int(gen.get("num_classes") or 10), grid_size)
+        records = _class_records(shards, num_samples)
+        if records is not None:
+            manifest["classes"] = [r["class"] for r in records]
+        datalist = write_set_index(writer, num_samples, manifest, int(gen.get("num_classes") or 10), grid_size, records)
     finally:
         lock.release()
     logger.info("merged %d shard(s) into %s: %d pairs, %d copied", len(shards), out, num_samples,

@@ -392,7 +392,8 @@ class SamplerEngine(Engine):
         write_set_index(self.writer, self.num_samples, manifest, self.num_classes, self.grid_size, records)
 
     def finalize_shard(self) -> None:
-        """Complete a shard's ``manifests/shard-i-of-n.json`` (its files, end time, seconds); no datalist.
+        """Complete a shard's ``manifests/shard-i-of-n.json`` (its files, end time, seconds, and its pairs' ``classes``
+        in the order of ``indices`` when they have classes); no datalist.
 
         Raises:
             RuntimeError: when a pair of the shard is missing (names it).
@@ -401,9 +402,11 @@ class SamplerEngine(Engine):
         if missing:
             raise RuntimeError(f"{self.writer.output_dir}: {len(missing)} pair(s) of shard {shard_name(self.shard)} "
                                f"missing after synthesis, e.g. {missing[0]}")
+        records = self.class_records(self.num_samples)  # each pair's class, aligned with "indices", for the merge
+        extra = {} if records is None else {"classes": [records[i]["class"] for i in self.indices()]}
         self.manifest = self._manifest(getattr(self, "_generation", None) or self.generation(), "complete",
                                        files=[f for i in self.indices() for f in self.writer.files(i)], ended=_now(),
-                                       seconds=round(time.time() - getattr(self, "_t0", time.time()), 3))
+                                       seconds=round(time.time() - getattr(self, "_t0", time.time()), 3), **extra)
         write_json(self.manifest_path, self.manifest)
 
 

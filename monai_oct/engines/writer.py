@@ -7,16 +7,16 @@ import errno
 import os
 import socket
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monai_oct.core.io import remove_temporaries, temp_path, write_png
+from monai_oct.core.io import remove_temporaries, temp_path, write_npy, write_png
 from monai_oct.core.visualise import image_to_uint8
 
-__all__ = ["PairWriter", "FolderLock"]
+__all__ = ["PairWriter", "BandWriter", "writer_for", "FolderLock"]
 
 
 def _resize(x: torch.Tensor, size: Sequence[int] | None, label: bool, nearest: bool = False) -> torch.Tensor:
@@ -58,7 +58,7 @@ class PairWriter:
 
     #: the datalist keys of a sample's files and the folders they are written to (in write order's reverse: a sample
     #: is complete when all exist), and the files' extension; a writer of other files (e.g. C-band ``.npy`` images
-    #: without labels, :class:`~monai_oct.engines.bands.BandWriter`) changes these three, not the methods
+    #: without labels, :class:`BandWriter`) changes these three, not the methods
     KEYS: tuple[str, ...] = ("image", "label")
     SUBDIRS: tuple[str, ...] = ("images", "labels")
     EXT = ".png"
@@ -183,6 +183,44 @@ class PairWriter:
             img_path, lab_path = self.paths(i)
             write_png(lab_path, lab_u8[k])
             write_png(img_path, img_u8[k])
+
+
+class BandWriter(PairWriter):
+    """Write C-band images as ``images/<prefix><index:05d>.npy``, float32 ``(C, H, W)`` in [0, 1], atomically.
+
+    A sample is complete when its ``.npy`` exists (no label: generation is unconditional).
+
+    Args:
+        output_dir: dataset folder.
+        output_size: ``[H, W]`` to resize to (area when shrinking, bilinear when growing; None: as generated).
+        prefix: file name prefix.
+    """
+
+    KEYS = ("image",)
+    SUBDIRS = ("images",)
+    EXT = ".npy"
+
+    def describe(self) -> dict:
+        """What of the writer determines the files: ``{"output_size", "prefix", "format": "npy"}``."""
+        return {"output_size": self.output_size, "prefix": self.prefix, "format": "npy"}
+
+    def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor | None = None,
+              extras: Any = None) -> None:
+        """Write a batch of ``(B, C, H, W)`` images in [-1, 1] as reflectances in [0, 1] (``labels`` unused)."""
+        x = _resize(images.float().cpu(), self.output_size, label=False)
+        x = ((x.clamp(-1.0, 1.0) + 1.0) / 2.0).numpy().astype(np.float32)
+        for k, i in enumerate(indices):
+            write_npy(self.paths(i)[0], x[k])
+
+
+def writer_for(output_dir: str | os.PathLike, generation: Mapping) -> PairWriter:
+    """The writer of a set from its manifest's ``generation`` record (what :meth:`PairWriter.describe` put there):
+    a :class:`BandWriter` for ``format: npy`` (C-band images), else a :class:`PairWriter` with the set's output
+    size, prefix and extra folders (what ``merge-synthesis`` and a rerun need to find every file)."""
+    if generation.get("format") == "npy":
+        return BandWriter(output_dir, generation.get("output_size"), generation.get("prefix", "synth_"))
+    return PairWriter(output_dir, generation.get("output_size"), generation.get("prefix", "synth_"),
+                      generation.get("extra_dirs") or (), generation.get("datalist_extras") or ())
 
 
 class FolderLock:
