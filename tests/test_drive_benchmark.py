@@ -222,3 +222,16 @@ def test_connectivity_target_judges_the_sampled_maps_and_blobs_are_not_trees(ben
     assert goals[">= 95 % of vessel pixels in components touching the disc (every generated map)"] == (
         "2/2 maps, lowest 0.998 (decoded)", True)
     assert [ok for t, (_, ok) in goals.items() if t.startswith("trees, not blobs")] == [True]
+
+
+def test_long_scale_trains_longer_on_real_maps(bench, capsys, tmp_path):
+    """--scale long: no train_masks step, the synthesis reads the real train maps (--label_datalist, no mask
+    checkpoint), the autoencoder and the image model get the scale's epochs, N = 30; --label-source masks restores
+    the mask model."""
+    steps = {n: o for n, o, _ in _dry_run(bench, capsys, tmp_path, "--scale", "long")}
+    assert "train_masks" not in steps
+    synth, out = steps["synthesize"], str(tmp_path.resolve())
+    assert synth["label_datalist"] == f"{out}/data/datalist.json" and "mask_ckpt" not in synth and synth["num_samples"] == "30"
+    assert steps["train_autoencoder"]["max_epochs"] == "300" and steps["train_images"]["max_epochs"] == "200"
+    steps = {n: o for n, o, _ in _dry_run(bench, capsys, tmp_path, "--scale", "long", "--label-source", "masks")}
+    assert "train_masks" in steps and steps["synthesize"]["mask_ckpt"] == f"{out}/masks/model.pt"
