@@ -131,7 +131,7 @@ def test_write_results_writes_the_table_json_and_figure(bench, tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| av | real 2 | 0 | 0.700 ± 0.000 |" in md and "| av | real 2 + synthetic 2 | 0 | 0.800 ± 0.000 |" in md  # 2 train
     assert "| av: real + synthetic beats real only in A/V accuracy | 0.900 vs 0.800 | yes |" in md
-    assert "| synthetic (train_masks, vessel-tree decoding) | 2 | 0.990 (lowest 0.980) | 2 | 0 |" in md
+    assert "| synthetic (train_masks, vessel-tree decoding) | 2 | 0.990 (lowest 0.980) | 2 | 0 | n/a | n/a |" in md
     assert "| av | 0.600 | 0.700 | 0.980 | 0.950 | 0.700 |" in md  # adherence
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["segmentation"]["av"]["mixed"]["val_vessel_dice"] == pytest.approx(0.8)
@@ -202,3 +202,36 @@ def test_gpu_scale_sizes_every_stage_consistently(bench, capsys, tmp_path):
     steps = {n: f for n, _, f in _dry_run(bench, capsys, tmp_path, "--scale", "gpu", "--device", "cuda:0")}
     for stage in ("train_masks", "train_autoencoder", "train_images", "synthesize"):
         assert steps[stage].rstrip("]'").endswith("fundus_av/configs/presets/gpu.yaml"), steps[stage]
+
+
+def test_connectivity_target_judges_the_sampled_maps_and_blobs_are_not_trees(bench):
+    """The decoded maps are connected by construction (VesselTreeDecode removes what misses the disc): the mini
+    run's noise blobs scored 0.998. Where the synthesis recorded its decoding, the target reads the sampled maps'
+    connectivity; and maps far from the real maps' vessel fraction and width fail the shape check."""
+    plaus = {"num_maps": 2, "min_connected_fraction": 0.998, "maps_connected": 2, "av_adjacent_pixels": 0,
+             "vessel_fraction": 0.026, "vessel_width": 6.9,
+             "decoding": {"maps": 2, "connected_fraction": 0.6, "min_connected_fraction": 0.4, "maps_connected": 0}}
+    real = {"vessel_fraction": 0.082, "vessel_width": 4.4}
+    goals = {t: (m, ok) for t, m, ok in bench.targets({}, plaus, real)}
+    m, ok = goals[">= 95 % of vessel pixels in components touching the disc (every generated map)"]
+    assert ok is False and m == "0/2 maps, lowest 0.400 (sampled, before the decoding)"
+    shape = [v for t, v in goals.items() if t.startswith("trees, not blobs")]
+    assert shape == [("fraction 0.32 x, width 1.57 x", False)]
+    plaus.update(vessel_fraction=0.07, vessel_width=4.8, decoding=None)
+    goals = {t: (m, ok) for t, m, ok in bench.targets({}, plaus, real)}
+    assert goals[">= 95 % of vessel pixels in components touching the disc (every generated map)"] == (
+        "2/2 maps, lowest 0.998 (decoded)", True)
+    assert [ok for t, (_, ok) in goals.items() if t.startswith("trees, not blobs")] == [True]
+
+
+def test_long_scale_trains_longer_on_real_maps(bench, capsys, tmp_path):
+    """--scale long: no train_masks step, the synthesis reads the real train maps (--label_datalist, no mask
+    checkpoint), the autoencoder and the image model get the scale's epochs, N = 30; --label-source masks restores
+    the mask model."""
+    steps = {n: o for n, o, _ in _dry_run(bench, capsys, tmp_path, "--scale", "long")}
+    assert "train_masks" not in steps
+    synth, out = steps["synthesize"], str(tmp_path.resolve())
+    assert synth["label_datalist"] == f"{out}/data/datalist.json" and "mask_ckpt" not in synth and synth["num_samples"] == "30"
+    assert steps["train_autoencoder"]["max_epochs"] == "300" and steps["train_images"]["max_epochs"] == "200"
+    steps = {n: o for n, o, _ in _dry_run(bench, capsys, tmp_path, "--scale", "long", "--label-source", "masks")}
+    assert "train_masks" in steps and steps["synthesize"]["mask_ckpt"] == f"{out}/masks/model.pt"

@@ -185,6 +185,41 @@ def test_vessel_tree_decode_of_a_synthesis_ignores_what_lies_outside_the_fov():
     assert abs(disc[0] - 32) < 8 and abs(disc[1] - 32) < 8
 
 
+def test_synthesis_records_the_sampled_maps_connectivity_before_the_decoding(tmp_path):
+    """The decoded maps are connected by construction, so a set of noise blobs scored 0.998 (drive_av mini): the
+    vessel-tree decoding's reports (kept and removed pixels per pair) go to ``label_decoding.json`` (kept across a
+    resume) and ``write_plausibility`` reports the sampled maps' own connectivity from them."""
+    from monai_oct.engines.synthesis import SamplerEngine
+    from monai_oct.engines.writer import PairWriter
+    from monai_oct.recipes.sources import MaskSampler
+
+    lab = torch.zeros(64, 64, dtype=torch.long)
+    lab[30:34, 10:54] = 1  # a tree through the middle (176 px) ...
+    lab[44:48, 20:28] = 2  # ... and a 32-px speck away from it
+    scores = (torch.nn.functional.one_hot(lab, 4).permute(2, 0, 1)[None].float() * 2 - 1).repeat(2, 1, 1, 1)
+    report = tmp_path / "synth" / "label_decoding.json"
+
+    def sampler():
+        return MaskSampler(torch.nn.Conv2d(4, 4, 1), _fixed_sampler(values=scores), [64, 64], 4, encoding="onehot",
+                           decode="vessel_tree", table="fundus_av", report_path=report)
+
+    first = sampler()
+    fr.FundusLabelSource(first, fov_radius=0.49)([0], [torch.Generator().manual_seed(0)], torch.device("cpu"))
+    rep = json.loads(report.read_text())
+    assert rep["per_sample"]["0"]["kept_pixels"] == 176 and rep["per_sample"]["0"]["removed_pixels"] == 32
+    again = sampler()  # a resumed synthesis keeps what the first run decoded
+    assert again.tree_reports["0"]["kept_pixels"] == 176
+    engine = SamplerEngine(2, fr.FundusLabelSource(again, fov_radius=0.49), torch.nn.Conv2d(1, 1, 1), _fixed_sampler(),
+                           [64, 64], 4, PairWriter(tmp_path / "synth", extra_dirs=["fov"], datalist_extras=["fov"]),
+                           encoding="onehot", batch_size=2, progress=False, config={}, image_channels=3)
+    engine.run_all()
+    plaus = fr.write_plausibility(tmp_path / "synth")
+    assert plaus["min_connected_fraction"] == pytest.approx(1.0)  # the decoded maps: connected by construction
+    dec = plaus["decoding"]
+    assert dec["maps"] == 2 and dec["connected_fraction"] == pytest.approx(176 / 208) and dec["maps_connected"] == 0
+    assert json.loads((tmp_path / "synth" / "manifest.json").read_text())["plausibility"]["decoding"] == dec
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """The smoke chain on a 6-photograph 128x128 phantom, each stage's output folder."""

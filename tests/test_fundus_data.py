@@ -336,3 +336,24 @@ def test_connectivity_and_adjacency_known_answers():
     assert rep["av_adjacent_pixels"] == 2 and rep["maps_without_adjacency"] == 1 and rep["maps_connected"] == 0
     with pytest.raises(ValueError, match="give the optic disc"):
         vessel_connectivity(lab)
+
+
+def test_vessel_shape_tells_vessels_from_blobs():
+    """Connectivity alone passes a single blob at the disc; the width index does not: a straight vessel w px wide
+    scores about w, a solid 24x24 block far more, and the vessel fraction is the share of vessel pixels."""
+    from monai_oct.metrics.fundus import vessel_shape
+
+    lab = np.zeros((64, 64), np.int64)
+    lab[30:33, 4:60] = 1  # 3 px wide
+    s = vessel_shape(lab)
+    assert s["vessel_fraction"] == pytest.approx(3 * 56 / 64**2) and 2.5 < s["vessel_width"] < 3.6
+    lab[30:31] = 0
+    lab[31:33] = 0
+    lab[31, 4:60] = 2  # 1 px wide
+    assert vessel_shape(lab)["vessel_width"] == pytest.approx(2.0)
+    blob = np.zeros((64, 64), np.int64)
+    blob[20:44, 20:44] = 2
+    assert vessel_shape(blob)["vessel_width"] > 12
+    assert vessel_shape(np.zeros((8, 8), np.int64)) == {"vessel_fraction": None, "vessel_width": None}
+    rep = fundus_plausibility([lab, blob], disc_centres=[(31, 4), (32, 32)])
+    assert rep["vessel_width"] == pytest.approx((2.0 + vessel_shape(blob)["vessel_width"]) / 2)

@@ -32,6 +32,7 @@ import torch
 from monai.metrics import CumulativeIterationMetric, compute_dice, compute_roc_auc
 from monai.metrics.confusion_matrix import compute_confusion_matrix_metric, get_confusion_matrix
 from monai.utils import convert_to_numpy
+from scipy import ndimage
 
 from monai_oct.core.geometry import as_2d_label, connected_to, disc_mask, four_adjacent
 from monai_oct.core.labels import FUNDUS_AV, UNANNOTATED, LabelTable
@@ -42,6 +43,7 @@ __all__ = [
     "ArteryVeinMetric",
     "vessel_connectivity",
     "av_adjacency",
+    "vessel_shape",
     "fundus_plausibility",
 ]
 
@@ -272,15 +274,22 @@ def fundus_plausibility(labels: Sequence[np.ndarray | torch.Tensor], discs: Sequ
 
     Returns:
         ``{"num_maps", "connected_fraction" (mean over maps), "min_connected_fraction", "maps_connected",
-        "av_adjacent_pixels" (total), "maps_without_adjacency", "per_map": [{"connected_fraction",
-        "av_adjacent_pixels"}], "definition"}``.
+        "av_adjacent_pixels" (total), "maps_without_adjacency", "vessel_fraction", "vessel_width" (means over
+        maps, :func:`vessel_shape`), "per_map": [{"connected_fraction", "av_adjacent_pixels", "vessel_fraction",
+        "vessel_width"}], "definition"}``.
     """
     per_map = []
     for i, lab in enumerate(labels):
         conn = vessel_connectivity(lab, None if discs is None else discs[i],
                                    None if disc_centres is None else disc_centres[i], table=table)
-        per_map.append({"connected_fraction": None if np.isnan(conn) else conn, "av_adjacent_pixels": av_adjacency(lab, table)})
+        per_map.append({"connected_fraction": None if np.isnan(conn) else conn, "av_adjacent_pixels": av_adjacency(lab, table),
+                        **vessel_shape(lab, table)})
     conns = [m["connected_fraction"] for m in per_map if m["connected_fraction"] is not None]
+
+    def mean(key: str) -> float | None:
+        vals = [m[key] for m in per_map if m[key] is not None]
+        return float(np.mean(vals)) if vals else None
+
     return {
         "num_maps": len(per_map),
         "connected_fraction": float(np.mean(conns)) if conns else None,
@@ -288,9 +297,31 @@ def fundus_plausibility(labels: Sequence[np.ndarray | torch.Tensor], discs: Sequ
         "maps_connected": sum(c >= min_connected for c in conns),
         "av_adjacent_pixels": sum(m["av_adjacent_pixels"] for m in per_map),
         "maps_without_adjacency": sum(m["av_adjacent_pixels"] == 0 for m in per_map),
+        "vessel_fraction": mean("vessel_fraction"),
+        "vessel_width": mean("vessel_width"),
         "per_map": per_map,
         "definition": ("connected_fraction: share of vessel pixels (ids "
                        f"{list(table.group('vessel'))}) in 8-connected vessel components touching the optic disc; "
                        f"maps_connected: maps with at least {min_connected}; av_adjacent_pixels: artery pixels "
-                       "4-adjacent to a vein pixel (no crossing between), target 0."),
+                       "4-adjacent to a vein pixel (no crossing between), target 0; vessel_fraction: vessel pixels / "
+                       "map pixels; vessel_width: 4 x mean distance of a vessel pixel to the background - 2 (about "
+                       "the width in pixels of a vessel of constant width; a solid blob scores far more)."),
     }
+
+
+def vessel_shape(label: np.ndarray | torch.Tensor, table: LabelTable = FUNDUS_AV) -> dict[str, float | None]:
+    """How vessel-like a map's vessel pixels are, beside its connectivity (which a single blob at the disc meets):
+    ``{"vessel_fraction", "vessel_width"}``.
+
+    ``vessel_fraction`` is the share of the map's pixels in the table's ``vessel`` group; ``vessel_width`` is
+    ``4 * mean(d) - 2`` with ``d`` the Euclidean distance of each vessel pixel to the nearest non-vessel pixel
+    (scipy's ``distance_transform_edt``): for a straight vessel ``w`` pixels wide the distances run 1 .. w/2 from
+    each edge, so this is close to ``w`` (1-px vessels give 2); a solid region gives far more. Both None for a
+    map without vessels.
+    """
+    lab = as_2d_label(label, table)
+    vessel = np.isin(lab, table.group("vessel"))
+    if not vessel.any():
+        return {"vessel_fraction": None, "vessel_width": None}
+    d = ndimage.distance_transform_edt(vessel)
+    return {"vessel_fraction": float(vessel.mean()), "vessel_width": float(4.0 * d[vessel].mean() - 2.0)}

@@ -44,7 +44,7 @@ from monai_oct.recipes.latent_pipelines import crop_transform
 from monai_oct.transforms.encoding import MaskEncoded
 from monai_oct.transforms.fov import MaskOutsideFOVd
 from monai_oct.transforms.io import LoadBScand
-from monai_oct.transforms.vessels import ResolveUncertain, ResolveUncertaind, estimate_disc_centre
+from monai_oct.transforms.vessels import ResolveUncertain, ResolveUncertaind, estimate_disc_centre, vessel_tree_total
 
 __all__ = ["GENERATIVE_CLASSES", "SEG_TASKS", "fundus_transforms", "mask_transforms", "autoencoder_transforms",
            "image_transforms", "circular_fov", "FundusLabelSource", "write_plausibility", "seg_transforms",
@@ -186,7 +186,11 @@ class FundusLabelSource:
 def write_plausibility(output_dir: str | os.PathLike, table: LabelTable | str = FUNDUS_AV) -> dict:
     """Add ``"plausibility"`` (:func:`~monai_oct.metrics.fundus.fundus_plausibility` of every label map the set's
     ``datalist.json`` lists, the optic disc located by :func:`~monai_oct.transforms.vessels.estimate_disc_centre`)
-    to ``output_dir/manifest.json``, atomically; returns it.
+    to ``output_dir/manifest.json``, atomically; returns it. The maps' connectivity after the vessel-tree decoding
+    is close to 1 by construction (it removes what misses the disc), so where the synthesis wrote its decoding
+    reports (``label_decoding*.json``, every pair with ``kept_pixels``) ``"decoding"`` adds what the sampled maps
+    had before it: :func:`~monai_oct.transforms.vessels.vessel_tree_total` plus ``min_connected_fraction`` and
+    ``maps_connected`` (>= 0.95) per map.
 
     Raises:
         DataError: naming a missing or unreadable datalist, manifest or label file.
@@ -196,6 +200,21 @@ def write_plausibility(output_dir: str | os.PathLike, table: LabelTable | str = 
     labels = [read_label(out / it["label"] if not os.path.isabs(it["label"]) else it["label"], table) for it in items]
     report = fundus_plausibility(labels, disc_centres=[estimate_disc_centre(lab, table) for lab in labels], table=table)
     report["definition"] += " The disc of a generated map is where its vessels are densest."
+    per_sample: dict[str, dict] = {}
+    for path in sorted(out.glob("label_decoding*.json")):  # the vessel-tree decoding's reports (one file per rank)
+        per_sample.update(read_json(path, "label decoding report").get("per_sample") or {})
+    if per_sample:
+        reports = [per_sample.get(str(i)) for i in range(len(items))]
+        if all(r is not None and "kept_pixels" in r for r in reports):
+            before = [r["kept_pixels"] / (r["kept_pixels"] + r["removed_pixels"])
+                      for r in reports if r["kept_pixels"] + r["removed_pixels"]]
+            report["decoding"] = {**vessel_tree_total(reports),
+                                  "min_connected_fraction": float(min(before)) if before else None,
+                                  "maps_connected": sum(b >= 0.95 for b in before),
+                                  "definition": ("the sampled maps before VesselTreeDecode: connected_fraction = kept / "
+                                                 "(kept + removed) vessel pixels over every map, the share already in "
+                                                 "components touching the disc; removed_pixels were set to background, "
+                                                 "crossing_pixels made crossings where artery touched vein")}
     manifest = read_json(out / "manifest.json", "synthesis manifest")
     manifest["plausibility"] = report
     write_json(out / "manifest.json", manifest)

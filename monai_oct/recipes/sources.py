@@ -37,7 +37,7 @@ from monai_oct.transforms.io import LoadBScand
 from monai_oct.transforms.sketch import LayerSketch
 from monai_oct.transforms.topology import LayerOrderDecode, merge_decoding_reports
 from monai_oct.transforms.utils import check_mode
-from monai_oct.transforms.vessels import VesselTreeDecode
+from monai_oct.transforms.vessels import VesselTreeDecode, vessel_tree_total
 
 __all__ = ["MaskSampler", "LabelBank", "build_label_source", "SketchSource", "sketch_source"]
 
@@ -70,9 +70,10 @@ class MaskSampler:
         decode: ``"dmc"`` (scalar), ``"argmax"`` / ``"vessel_tree"`` (onehot) or ``"topology"`` (either); None: dmc / topology.
         table: label table of the topology decoding.
         min_fluid: fluid components smaller than this are given back to their layer (topology decoding).
-        report_path: with ``"topology"``, a JSON file that keeps the decoding report of every sample (by index,
-            so a resumed synthesis adds to it) and their sum under ``"total"`` (:func:`merge_decoding_reports` keys);
-            a multi-process run writes one file per rank (``<name>.rank<r>.json``). None: ``report`` only.
+        report_path: with ``"topology"`` or ``"vessel_tree"``, a JSON file that keeps the decoding report of every
+            sample (by index, so a resumed synthesis adds to it) and their sum under ``"total"``
+            (:func:`merge_decoding_reports` keys; :func:`~monai_oct.transforms.vessels.vessel_tree_total` for vessel trees); a multi-process run
+            writes one file per rank (``<name>.rank<r>.json``). None: ``report`` / ``tree_reports`` only.
 
     Raises:
         ValueError: for an unknown encoding or decode, a decode that does not fit the encoding, a ``label_size``
@@ -105,11 +106,12 @@ class MaskSampler:
         self.tree_reports: dict[str, dict] = {}
         self.report_path = None
         self.reports: dict[str, dict] = {}
-        if report_path is not None and self.topology is not None:
+        if report_path is not None and (self.topology is not None or self.vessel_tree is not None):
             path = Path(report_path)
             self.report_path = path.with_name(f"{path.stem}.rank{get_rank()}{path.suffix}") if get_world_size() > 1 else path
             if self.report_path.is_file():
-                self.reports = dict(read_json(self.report_path, "label decoding report").get("per_sample", {}))
+                kept = dict(read_json(self.report_path, "label decoding report").get("per_sample", {}))
+                (self.reports if self.topology is not None else self.tree_reports).update(kept)
 
     @property
     def report(self) -> dict:
@@ -130,6 +132,9 @@ class MaskSampler:
             for i, one in zip(indices, labels):
                 out.append(self.vessel_tree(one.cpu()))
                 self.tree_reports[str(int(i))] = self.vessel_tree.last_report
+            if self.report_path is not None:
+                write_json(self.report_path, {"total": vessel_tree_total(self.tree_reports.values()),
+                                              "per_sample": self.tree_reports})
             return {"label": torch.stack(out).long().to(device)}
         if self.topology is None:
             return {"label": labels.long()}

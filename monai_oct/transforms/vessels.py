@@ -18,7 +18,7 @@ largest component(s) by size, not the ones that reach the disc, which is what ma
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ from scipy import ndimage
 from monai_oct.core.geometry import connected_to, disc_mask, four_adjacent
 from monai_oct.core.labels import FUNDUS_AV, UNANNOTATED, LabelTable, get_label_table
 
-__all__ = ["ResolveUncertain", "ResolveUncertaind", "estimate_disc_centre", "VesselTreeDecode", "VesselTreeDecoded"]
+__all__ = ["ResolveUncertain", "ResolveUncertaind", "estimate_disc_centre", "VesselTreeDecode", "VesselTreeDecoded",
+           "vessel_tree_total"]
 
 ARTERY, VEIN, CROSSING, UNCERTAIN = 1, 2, 3, 4
 
@@ -124,8 +125,9 @@ class VesselTreeDecode(Transform):
         fov: ``(H, W)`` bool field of view: outside it the map is background.
 
     ``__call__(scores, disc_centre=None)``: ``(C, H, W)`` scores (one-hot in [-1, 1]) or ``(1, H, W)`` ids; returns
-    ``(1, H, W)`` int64 ids (torch in, torch out). ``last_report`` holds ``{"disc_centre", "removed_pixels",
-    "crossing_pixels"}`` of the last call.
+    ``(1, H, W)`` int64 ids (torch in, torch out). ``last_report`` holds ``{"disc_centre", "removed_pixels"
+    (vessel pixels of components missing the disc, set to background), "kept_pixels" (vessel pixels kept),
+    "crossing_pixels"}`` of the last call; ``kept / (kept + removed)`` is the sampled map's own connectivity.
     """
 
     backend = [torch.Tensor, np.ndarray]
@@ -155,8 +157,21 @@ class VesselTreeDecode(Transform):
         touching = (lab == self.artery) & four_adjacent(lab == self.vein)
         lab[touching] = self.crossing
         self.last_report = {"disc_centre": [float(c) for c in centre], "removed_pixels": int(specks.sum()),
-                            "crossing_pixels": int(touching.sum())}
+                            "kept_pixels": int((vessel & ~specks).sum()), "crossing_pixels": int(touching.sum())}
         return convert_to_dst_type(lab[None].astype(np.int64), scores, dtype=torch.int64 if isinstance(scores, torch.Tensor) else np.int64)[0]
+
+
+def vessel_tree_total(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The sum of :class:`VesselTreeDecode` reports: ``{"maps", "removed_pixels",
+    "kept_pixels", "crossing_pixels", "connected_fraction"}``, the last ``kept / (kept + removed)`` over every map
+    (the sampled maps' own connectivity to the disc, before the decoding removed the rest; None without vessels)."""
+    reps = list(reports)
+    total: dict[str, Any] = {"maps": len(reps)}
+    for k in ("removed_pixels", "kept_pixels", "crossing_pixels"):
+        total[k] = int(sum(int(r.get(k, 0)) for r in reps))
+    pixels = total["removed_pixels"] + total["kept_pixels"]
+    total["connected_fraction"] = total["kept_pixels"] / pixels if pixels else None
+    return total
 
 
 class VesselTreeDecoded(MapTransform):
