@@ -203,11 +203,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if sp:
         gap = sp["ms_ssim_gap"]
         print(f"|MS-SSIM(synthetic) - MS-SSIM({sp['ms_ssim_gap_against']})| {gap['gap']:.4f}")
-        floor = (sp.get("kl_floor") or {}).get("floor") or {}
+        fl = sp.get("kl_floor") or {}
         for name, v in ((sp.get("kl") or {}).get("per_structure") or {}).items():
-            fl = floor.get(name)
-            print(f"spectral KL {name}: {v['kl']:.4f}" if v else f"spectral KL {name}: absent from a set",
-                  f"(floor {fl:.4f})" if v and fl is not None else "")
+            floor, matched = (fl.get("floor") or {}).get(name), (fl.get("matched") or {}).get(name)
+            print(f"spectral KL {name}: " + (f"{v['kl']:.4f}" if v else "absent from a set")
+                  + (f"  floor {floor:.4f} vs matched {matched:.4f}" if floor is not None and matched is not None else ""))
         if sp.get("kl_note"):
             print(f"spectral KL {sp['kl_note']}")
     print("MS-SSIM real {:.3f} synthetic {:.3f}".format(*((dv[k] or {}).get("mean", float("nan")) for k in ("real", "synthetic"))))

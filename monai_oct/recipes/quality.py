@@ -97,6 +97,12 @@ def _tile(img: torch.Tensor, label: torch.Tensor | None, h: int) -> "Any":
     return im.resize((w, h), Image.BILINEAR)
 
 
+def _mean(per_structure: dict[str, float | None] | None) -> float | None:
+    """Mean of a ``{structure: value or None}`` dict over its values (None when there are none)."""
+    vals = [v for v in (per_structure or {}).values() if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def _fmt(x: Any, nd: int = 3) -> str:
     if x is None:
         return "n/a"
@@ -152,11 +158,9 @@ def quality_figure(real: ImageSet, synthetic: ImageSet, report: dict[str, Any], 
             f"{t['bands']} {_fmt(t['fd'], 1)} (floor {_fmt(t.get('fd_floor'), 1)})" for t in fr["per_triplet"]))
     sp = report.get("spectral") or {}
     if sp:
-        kl = (sp.get("kl") or {}).get("mean")
-        floor = (sp.get("kl_floor") or {}).get("floor") or {}
-        lines.append(f"|dMS-SSIM| {_fmt(sp['ms_ssim_gap']['gap'])}  spectral KL {_fmt(kl)}  floor "
-                     + _fmt(float(np.mean([v for v in floor.values() if v is not None])) if any(
-                         v is not None for v in floor.values()) else None))
+        fl = sp.get("kl_floor") or {}
+        lines.append(f"|dMS-SSIM| {_fmt(sp['ms_ssim_gap']['gap'])}  spectral KL {_fmt((sp.get('kl') or {}).get('mean'))}"
+                     f"  matched {_fmt(_mean(fl.get('matched')))} vs floor {_fmt(_mean(fl.get('floor')))}")
     width = max([sum(t.width for t, _ in tiles) + pad * (len(tiles) + 1) for _, tiles in rows] + [720])
     legend = Image.fromarray(label_legend(table.names, width=width - 2 * pad)) if synthetic.labels is not None else None
     height = (sum(text_h + tile_height + text_h + pad for _ in rows) + len(lines) * text_h + 2 * pad
