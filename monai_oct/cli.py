@@ -192,11 +192,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     nan = float("nan")
     bands = f", {rep['bands']['num_bands']} bands" if rep.get("bands") else ""
     print(f"real {rep['real']['num_images']} vs synthetic {rep['synthetic']['num_images']} images at {rep['image_size']}{bands}")
-    for t in fr.get("per_triplet", []):
-        print(f"  bands {t['bands']}: FD {t['fd']:.2f}  KID {t['kid']:.4f}  floor FD {t.get('fd_floor', nan):.2f} vs "
-              f"matched {t.get('fd_matched', nan):.2f}")
+    per_triplet = fr.get("per_triplet", [])
+    if len(per_triplet) > 1:  # one triplet (RGB): its numbers are the means printed below
+        for t in per_triplet:
+            print(f"  bands {t['bands']}: FD {t['fd']:.2f}  KID {t['kid']:.4f}  floor FD {t.get('fd_floor', nan):.2f} "
+                  f"vs matched {t.get('fd_matched', nan):.2f}")
     if fr:
-        print(("mean over triplets: " if fr.get("per_triplet") else "")
+        print(("mean over triplets: " if len(per_triplet) > 1 else "")
               + f"FD {fr['fd']:.2f}  KID {fr['kid']:.4f}  floor FD {fr.get('fd_floor', nan):.2f} vs matched "
               f"{fr.get('fd_matched', nan):.2f} ({fr['extractor']})")
     sp = rep.get("spectral")
@@ -208,7 +210,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             floor, matched = (fl.get("floor") or {}).get(name), (fl.get("matched") or {}).get(name)
             print(f"spectral KL {name}: " + (f"{v['kl']:.4f}" if v else "absent from a set")
                   + (f"  floor {floor:.4f} vs matched {matched:.4f}" if floor is not None and matched is not None else ""))
-        if sp.get("kl_note"):
+        if sp.get("kl_note") and args.structure_key:
             print(f"spectral KL {sp['kl_note']}")
     print("MS-SSIM real {:.3f} synthetic {:.3f}".format(*((dv[k] or {}).get("mean", float("nan")) for k in ("real", "synthetic"))))
     print(f"memorised: pixels {mem['pixel']['fraction_flagged']:.3f}"
