@@ -161,6 +161,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), quick=args.quick)
 
 
+def _channels(value: str) -> int | None:
+    """``--channels``: ``auto`` -> None, else a positive number."""
+    if value.lower() == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive number, got {value!r}")
+    return int(value)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from monai_oct.core.io import DataError
     from monai_oct.metrics.fid import ExtractorUnavailable
@@ -173,16 +182,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             image_size=args.image_size, extractor=args.extractor,
             extractor_layer=args.extractor_layer, teacher=args.teacher, teacher_network=args.teacher_network,
             teacher_image_size=args.teacher_image_size, table=args.table, max_images=args.max_images,
-            max_pairs=args.max_pairs, repeats=args.repeats, batch_size=args.batch_size, device=args.device, seed=args.seed)
+            max_pairs=args.max_pairs, repeats=args.repeats, batch_size=args.batch_size, device=args.device, seed=args.seed,
+            channels=args.channels, structure_key=args.structure_key, band_range=args.band_range)
     except (DataError, ExtractorUnavailable, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     fr, dv = rep.get("frechet") or {}, rep["diversity"]["ms_ssim"]
     mem = rep["memorisation"]
-    print(f"real {rep['real']['num_images']} vs synthetic {rep['synthetic']['num_images']} images at {rep['image_size']}")
+    nan = float("nan")
+    bands = f", {rep['bands']['num_bands']} bands" if rep.get("bands") else ""
+    print(f"real {rep['real']['num_images']} vs synthetic {rep['synthetic']['num_images']} images at {rep['image_size']}{bands}")
+    per_triplet = fr.get("per_triplet", [])
+    if len(per_triplet) > 1:  # one triplet (RGB): its numbers are the means printed below
+        for t in per_triplet:
+            print(f"  bands {t['bands']}: FD {t['fd']:.2f}  KID {t['kid']:.4f}  floor FD {t.get('fd_floor', nan):.2f} "
+                  f"vs matched {t.get('fd_matched', nan):.2f}")
     if fr:
-        print(f"FD {fr['fd']:.2f}  KID {fr['kid']:.4f}  floor FD {fr.get('fd_floor', float('nan')):.2f} vs matched "
-              f"{fr.get('fd_matched', float('nan')):.2f} ({fr['extractor']})")
+        print(("mean over triplets: " if len(per_triplet) > 1 else "")
+              + f"FD {fr['fd']:.2f}  KID {fr['kid']:.4f}  floor FD {fr.get('fd_floor', nan):.2f} vs matched "
+              f"{fr.get('fd_matched', nan):.2f} ({fr['extractor']})")
+    sp = rep.get("spectral")
+    if sp:
+        gap = sp["ms_ssim_gap"]
+        print(f"|MS-SSIM(synthetic) - MS-SSIM({sp['ms_ssim_gap_against']})| {gap['gap']:.4f}")
+        fl = sp.get("kl_floor") or {}
+        for name, v in ((sp.get("kl") or {}).get("per_structure") or {}).items():
+            floor, matched = (fl.get("floor") or {}).get(name), (fl.get("matched") or {}).get(name)
+            print(f"spectral KL {name}: " + (f"{v['kl']:.4f}" if v else "absent from a set")
+                  + (f"  floor {floor:.4f} vs matched {matched:.4f}" if floor is not None and matched is not None else ""))
+        if sp.get("kl_note") and args.structure_key:
+            print(f"spectral KL {sp['kl_note']}")
     print("MS-SSIM real {:.3f} synthetic {:.3f}".format(*((dv[k] or {}).get("mean", float("nan")) for k in ("real", "synthetic"))))
     print(f"memorised: pixels {mem['pixel']['fraction_flagged']:.3f}"
           + (f", features {mem['feature']['fraction_flagged']:.3f}" if mem["feature"] else ""))
@@ -349,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--quick", action="store_true", help="smallest possible run (used by the tests)")
     de.set_defaults(func=_cmd_demo)
 
-    ev = sub.add_parser("evaluate", help="compare a synthetic dataset with a real one: report.json + report.png")
+    ev = sub.add_parser("evaluate", help="compare a synthetic dataset with a real one (grey, RGB or C-band .npy): "
+                                          "report.json + report.png")
     ev.add_argument("--real", required=True, help="real training set: datalist JSON or image folder")
     ev.add_argument("--synthetic", required=True, help="synthetic set: datalist JSON or folder (labels = conditions)")
     ev.add_argument("--out", required=True, help="output folder")
@@ -372,6 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--channels", type=_channels, default=None, metavar="auto|N",
+                    help="channels of the images: auto (default: the files' own, grey PNG 1, RGB PNG 3, .npy (C, H, W) "
+                         "C; the sets must agree; C > 1: FD/KID per band triplet (0,1,2),(3,4,5)... with floors), "
+                         "1 (grey, RGB averaged) or a number the files must have")
+    ev.add_argument("--structure-key", default=None,
+                    help="datalist entry of structure masks (e.g. structures, of multiband-phantoms): spectral KL per "
+                         "structure with its real-vs-real floor")
+    ev.add_argument("--band-range", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
+                    help="value range of .npy bands (default 0 1, reflectances)")
     ev.set_defaults(func=_cmd_evaluate)
 
     tc = sub.add_parser("train-classifier", help="train the B-scan classifier of image classes (healthy / DME / MS): "

@@ -27,6 +27,7 @@ __all__ = [
     "read_image",
     "read_label",
     "read_bands",
+    "read_channels",
     "write_npy",
     "read_grey",
     "pil_array",
@@ -218,6 +219,24 @@ def read_bands(path: str | os.PathLike) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise DataError(f"{path}: holds non-finite values (NaN or inf)")
     return arr
+
+
+def read_channels(path: str | os.PathLike) -> np.ndarray:
+    """Read an image of any channel count as ``(C, H, W)``: ``.npy`` by :func:`read_bands` (float32), an image file
+    (:data:`IMAGE_EXTENSIONS`) by :func:`read_image` (grey ``C = 1``, RGB ``C = 3``, its own integer type).
+
+    Raises:
+        DataError: for an extension that is neither (naming the file and the supported ones), or what the two
+            readers raise.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        return read_bands(path)
+    if suffix not in IMAGE_EXTENSIONS:
+        raise DataError(f"{path}: unknown image extension {suffix or '(none)'!r}; expected .npy (C, H, W) or one of "
+                        f"{', '.join(IMAGE_EXTENSIONS)}")
+    arr = read_image(path)
+    return arr[None] if arr.ndim == 2 else np.moveaxis(arr[..., :3], -1, 0)
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -8,7 +8,9 @@ from monai_oct.metrics.fid import (
     ExtractorUnavailable,
     ModuleExtractor,
     TFInceptionExtractor,
+    band_triplets,
     extract_features,
+    extract_triplet_features,
     find_tf_inception_weights,
     frechet_distance,
     frechet_summary,
@@ -16,6 +18,7 @@ from monai_oct.metrics.fid import (
     kernel_distance,
     matched_draws,
     segmentation_encoder_extractor,
+    triplet_frechet_summary,
 )
 from monai_oct.metrics.fundus import (
     ArteryVeinMetric,

@@ -60,7 +60,7 @@ def pairwise_ms_ssim(images: torch.Tensor, max_pairs: int | None = 1000, batch_s
     """MS-SSIM of distinct pairs of a set (all pairs, or ``max_pairs`` random ones).
 
     Args:
-        images: ``(N, 1, H, W)`` in [-1, 1].
+        images: ``(N, C, H, W)`` in [-1, 1] (grey, RGB or C bands: MONAI averages the MS-SSIM over channels).
         max_pairs: cap on the number of pairs (None: all ``N (N - 1) / 2``).
         batch_size: pairs per MS-SSIM call.
         seed: seed of the pair draw.

