@@ -9,7 +9,9 @@
 3. ``class_model``: ``--class-ckpt`` when given, else ``oct_ddpm`` ``train_classes`` (stage 1 with classes) on the
    train list at the scale's preset;
 4. ``synth_g<s>``: ``synthesize_classes`` for every guidance scale of ``--guidance`` (``class_samples`` = N per class,
-   the same seeds), then the classifier on it (``classification.json``, what ``monai-oct classify`` writes: accuracy
+   the same seeds; class only, ``--mask_condition false``: a stage-1 model gets the all-zero "no mask" condition it
+   was trained on and the set is images only; with ``--class-ckpt-masks`` conditioned on the Duke label maps of
+   ``data/labels.json``), then the classifier on it (``classification.json``, what ``monai-oct classify`` writes: accuracy
    per requested class);
 5. score: per class and scale, FD / KID of the synthetic images of the class against the real train scans of the
    class with the real-vs-real floor (held-out scans of the class: ``metrics.fid.frechet_summary``, the extractor of
@@ -63,8 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder with duke_dme/, hcms_unlabeled/")
     p.add_argument("--class-ckpt", type=Path, default=None, help="class-conditioned image UNet (train_classes.yaml); "
                    "default: trained here")
-    p.add_argument("--class-ckpt-masks", action="store_true", help="--class-ckpt is a finetune_classes model: SDEdit "
-                   "conditions on the source's label map (default: a stage-1 model, the all-zero condition)")
+    p.add_argument("--class-ckpt-masks", action="store_true", help="--class-ckpt is a finetune_classes model: synthesis "
+                   "conditions on Duke label maps, SDEdit on the source's (default: a stage-1 model, class only: the "
+                   "all-zero condition it was trained on)")
     p.add_argument("--teacher", type=Path, default=None, help="segmenter for SDEdit's structure Dice (oct_layer_seg)")
     p.add_argument("--teacher-network", default="unet")
     p.add_argument("--guidance", type=float, nargs="+", default=None, help="guidance scales (default: the scale's)")
@@ -138,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                    progress=False, ema_decay=cfg.get("class_ema"))
     for s in guidance:
         sd = out / f"synth_g{s:g}"
+        masks = {"label_datalist": str(d / "labels.json")} if a.class_ckpt_masks else {}
         run.bundle(f"synth_g{s:g}", sd / "datalist.json", ddpm_configs(cfg, "synthesize_classes"), image_ckpt=str(ckpt),
-                   output_dir=str(sd), label_datalist=str(d / "labels.json"), dataset_dir=str(d),
+                   output_dir=str(sd), dataset_dir=str(d), mask_condition=bool(a.class_ckpt_masks), **masks,
                    class_samples={c: n for c in NAMES}, num_samples=n * len(NAMES), guidance_scale=float(s),
                    seed=a.seed, progress=False, sampler=cfg["sampler"], num_inference_steps=cfg["steps"])
     if a.dry_run:

@@ -129,7 +129,8 @@ def write_set_index(writer: PairWriter, num_samples: int, manifest: Mapping[str,
     write_json(out / "manifest.json", dict(manifest))
     k = min(int(grid_size), num_samples)
     imgs = torch.stack([_channels_first(read_image(writer.paths(i)[0])) for i in range(k)])
-    labs = torch.stack([torch.as_tensor(read_label(writer.paths(i)[1]).astype(np.int64))[None] for i in range(k)])
+    labs = (torch.stack([torch.as_tensor(read_label(writer.paths(i)[1]).astype(np.int64))[None] for i in range(k)])
+            if "label" in writer.KEYS else None)  # an ImageWriter's set (class-only synthesis) has no labels
     write_png(out / "grid.png", pair_grid(imgs / 127.5 - 1.0, labs, num_classes))
     logger.info("synthetic dataset: %d pairs in %s (datalist %s, grid %s)", num_samples, out, out / "datalist.json",
                 out / "grid.png")

@@ -323,13 +323,13 @@ class SamplerEngine(Engine):
     def _iteration(self, engine: Engine, indices: Sequence[int]) -> dict:
         gens = sample_generators([sample_seed(self.seed, i) for i in indices], self.device)
         out = self.label_source(indices, gens, self.device)
-        labels = out["label"]
+        labels = out.get("label")  # None: no label maps (class-only synthesis), the source gives the condition
         cond = out.get("cond")
         fov = out.get("fov")
-        if cond is None:  # labels of any size: their encoding area-averaged to the network's size
+        if cond is None and labels is not None:  # labels of any size: their encoding area-averaged to the network's size
             known = labels if fov is None else torch.where(fov.to(labels.device), labels, torch.full_like(labels, UNANNOTATED))
             cond = encode_mask_resized(known, self.num_classes, self.image_size, self.encoding)
-        cond = cond.to(self.device)
+        cond = None if cond is None else cond.to(self.device)
         kw = {} if (classes := self._class_labels(indices)) is None else {"class_labels": classes}
         images = self.image_sampler(self.image_network, gens, (self.image_channels, *self.image_size), cond, self.device, **kw)
         if fov is not None:  # black outside the field of view, at the image's size

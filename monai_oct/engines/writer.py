@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from monai_oct.core.io import remove_temporaries, temp_path, write_png
 from monai_oct.core.visualise import image_to_uint8
 
-__all__ = ["PairWriter", "FolderLock"]
+__all__ = ["PairWriter", "ImageWriter", "set_writer", "FolderLock"]
 
 
 def _resize(x: torch.Tensor, size: Sequence[int] | None, label: bool, nearest: bool = False) -> torch.Tensor:
@@ -183,6 +183,47 @@ class PairWriter:
             img_path, lab_path = self.paths(i)
             write_png(lab_path, lab_u8[k])
             write_png(img_path, img_u8[k])
+
+
+class ImageWriter(PairWriter):
+    """Write images without labels as ``images/<name>.png`` (a class-only synthesis, whose images are conditioned
+    on no label map: :class:`~monai_oct.recipes.sources.NoMaskSource`); each file atomically. A sample is complete
+    when its image exists; its datalist item is ``{"image"}``.
+
+    Args:
+        output_dir: dataset folder.
+        output_size: ``[H, W]`` to resize the images to (area when shrinking, bilinear when growing; None: as
+            generated).
+        prefix: file name prefix.
+    """
+
+    KEYS = ("image",)
+    SUBDIRS = ("images",)
+
+    def __init__(self, output_dir: str | os.PathLike, output_size: Sequence[int] | None = None,
+                 prefix: str = "synth_") -> None:
+        super().__init__(output_dir, output_size, prefix)
+
+    def describe(self) -> dict:
+        """What of the writer determines the files: ``{"output_size", "prefix", "labels": False}``."""
+        return {"output_size": self.output_size, "prefix": self.prefix, "labels": False}
+
+    def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor | None = None,
+              extras: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Write a batch of ``(B, 1 or 3, H, W)`` images in [-1, 1] (``labels`` and ``extras`` unused)."""
+        images = _resize(images.float().cpu(), self.output_size, label=False)
+        img_u8 = image_to_uint8(images.permute(0, 2, 3, 1) if images.shape[1] == 3 else images[:, 0])
+        for k, i in enumerate(indices):
+            write_png(self.paths(i)[0], img_u8[k])
+
+
+def set_writer(output_dir: str | os.PathLike, output_size: Sequence[int] | None = None, labels: bool = True,
+               **kwargs) -> PairWriter:
+    """The writer of a synthetic set: :class:`PairWriter` (image and label) or, without ``labels``,
+    :class:`ImageWriter` (images only); ``kwargs`` go to :class:`PairWriter`."""
+    if labels:
+        return PairWriter(output_dir, output_size, **kwargs)
+    return ImageWriter(output_dir, output_size, **kwargs)
 
 
 class FolderLock:
