@@ -39,7 +39,9 @@ may be finer than ``image_size`` (labels at the written size, the image UNet sma
 on the label's encoding area-averaged to ``image_size``
 (:func:`~monai_oct.transforms.encoding.encode_mask_resized`: a boundary between two of the network's pixels
 is a fraction, not a shifted edge), as stage 3 trained with ``label_size``, and the writer writes the label at
-its own size with the image enlarged to it.
+its own size with the image enlarged to it. A source of no label maps (class-only synthesis,
+:class:`~monai_oct.recipes.sources.NoMaskSource`) returns only ``"cond"`` (the "no mask" zeros), and its writer
+(:class:`~monai_oct.engines.writer.ImageWriter`) writes images only.
 
 Classes (a class-conditioned image UNet, :mod:`monai_oct.core.classes`): sample ``i``'s class is ``class_ids[i]``
 when the engine is given a plan (``--class_name`` / ``class_samples``), else the label source's ``class_of(i)``
