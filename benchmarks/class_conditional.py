@@ -43,9 +43,10 @@ from duke_retidiff import ROOT, Runner, _cuda, _versions, ddpm_configs, scale_se
 
 NAMES = ["healthy", "DME", "MS"]
 
-#: Scales. ``mini`` is sized for a 2-core CPU shared with another run (~90 min, from measured step times): the
-#: classifier ~2 min CPU (measured), stage 1 with classes on 144 scans, 100 epochs = 1800 steps at 2.0 s a step
-#: (measured: batch 8 at 64x128, 1 thread, the other run busy) ~62 min (EMA 0.999: cpu_mini's 0.9999 barely moves
+#: Scales. ``mini`` is sized for a 2-core CPU shared with another run (~90 min from a step timing, ~2.5 h as run):
+#: the classifier 2.1 min (measured), stage 1 with classes on 144 scans, 100 epochs = 1800 steps at 2.0 s a step
+#: (timed alone: batch 8 at 64x128, 1 thread; in the run, beside the other benchmark, 72 s an 18-step epoch, so
+#: ~2 h) (EMA 0.999: cpu_mini's 0.9999 barely moves
 #: in 1800 steps), 4 scales x 3 x 12 DDIM-25 class-only samples (guided: a 2 x 16 batch a step, 3.9 s measured)
 #: ~15 min, SDEdit 8 scans x 2 targets x 5 t ~5 min. The epochs are kept: fewer would leave the class barely
 #: learnt, and the targets are about what the class does.
