@@ -9,7 +9,9 @@
 3. ``class_model``: ``--class-ckpt`` when given, else ``oct_ddpm`` ``train_classes`` (stage 1 with classes) on the
    train list at the scale's preset;
 4. ``synth_g<s>``: ``synthesize_classes`` for every guidance scale of ``--guidance`` (``class_samples`` = N per class,
-   the same seeds), then the classifier on it (``classification.json``, what ``monai-oct classify`` writes: accuracy
+   the same seeds; class only, ``--mask_condition false``: a stage-1 model gets the all-zero "no mask" condition it
+   was trained on and the set is images only; with ``--class-ckpt-masks`` conditioned on the Duke label maps of
+   ``data/labels.json``), then the classifier on it (``classification.json``, what ``monai-oct classify`` writes: accuracy
    per requested class);
 5. score: per class and scale, FD / KID of the synthetic images of the class against the real train scans of the
    class with the real-vs-real floor (held-out scans of the class: ``metrics.fid.frechet_summary``, the extractor of
@@ -41,9 +43,13 @@ from duke_retidiff import ROOT, Runner, _cuda, _versions, ddpm_configs, scale_se
 
 NAMES = ["healthy", "DME", "MS"]
 
-#: Scales. ``mini`` is sized for a 2-core CPU (~60 min, estimated, not run): the classifier ~2 min CPU (measured),
-#: stage 1 with classes on 144 scans, 100 epochs = 1800 steps ~25 min (EMA 0.999: cpu_mini's 0.9999 barely moves
-#: in 1800 steps), 4 scales x 3 x 12 DDIM-25 samples ~15 min, SDEdit 8 scans x 2 targets x 5 t ~10 min.
+#: Scales. ``mini`` is sized for a 2-core CPU shared with another run (~90 min from a step timing, ~2.5 h as run):
+#: the classifier 2.1 min (measured), stage 1 with classes on 144 scans, 100 epochs = 1800 steps at 2.0 s a step
+#: (timed alone: batch 8 at 64x128, 1 thread; in the run, beside the other benchmark, 72 s an 18-step epoch, so
+#: ~2 h) (EMA 0.999: cpu_mini's 0.9999 barely moves
+#: in 1800 steps), 4 scales x 3 x 12 DDIM-25 class-only samples (guided: a 2 x 16 batch a step, 3.9 s measured)
+#: ~15 min, SDEdit 8 scans x 2 targets x 5 t ~5 min. The epochs are kept: fewer would leave the class barely
+#: learnt, and the targets are about what the class does.
 SCALES: dict[str, dict[str, Any]] = {
     "mini": {"preset": "cpu_mini", "data": "real", "classifier_size": [128, 256], "classifier_epochs": 30,
              "class_epochs": 100, "class_ema": 0.999, "per_class": 12, "guidance": [1, 2, 3, 5],
@@ -63,8 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder with duke_dme/, hcms_unlabeled/")
     p.add_argument("--class-ckpt", type=Path, default=None, help="class-conditioned image UNet (train_classes.yaml); "
                    "default: trained here")
-    p.add_argument("--class-ckpt-masks", action="store_true", help="--class-ckpt is a finetune_classes model: SDEdit "
-                   "conditions on the source's label map (default: a stage-1 model, the all-zero condition)")
+    p.add_argument("--class-ckpt-masks", action="store_true", help="--class-ckpt is a finetune_classes model: synthesis "
+                   "conditions on Duke label maps, SDEdit on the source's (default: a stage-1 model, class only: the "
+                   "all-zero condition it was trained on)")
     p.add_argument("--teacher", type=Path, default=None, help="segmenter for SDEdit's structure Dice (oct_layer_seg)")
     p.add_argument("--teacher-network", default="unet")
     p.add_argument("--guidance", type=float, nargs="+", default=None, help="guidance scales (default: the scale's)")
@@ -138,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                    progress=False, ema_decay=cfg.get("class_ema"))
     for s in guidance:
         sd = out / f"synth_g{s:g}"
+        masks = {"label_datalist": str(d / "labels.json")} if a.class_ckpt_masks else {}
         run.bundle(f"synth_g{s:g}", sd / "datalist.json", ddpm_configs(cfg, "synthesize_classes"), image_ckpt=str(ckpt),
-                   output_dir=str(sd), label_datalist=str(d / "labels.json"), dataset_dir=str(d),
+                   output_dir=str(sd), dataset_dir=str(d), mask_condition=bool(a.class_ckpt_masks), **masks,
                    class_samples={c: n for c in NAMES}, num_samples=n * len(NAMES), guidance_scale=float(s),
                    seed=a.seed, progress=False, sampler=cfg["sampler"], num_inference_steps=cfg["steps"])
     if a.dry_run:

@@ -18,11 +18,14 @@ from monai_oct.core.seeding import sample_generators
 from monai_oct.engines.diffusion import DiffusionTrainer
 from monai_oct.engines.latent import LatentDiffusionTrainer, LatentSampler
 from monai_oct.engines.sampler import DiffusionSampler
+from monai_oct.engines.synthesis import SamplerEngine
+from monai_oct.engines.writer import set_writer
 from monai_oct.bundle import stage_configs
 from monai_oct.networks.autoencoder import LatentCodec, autoencoder_kl
 from monai_oct.networks.checkpoint import save_checkpoint, trained_class_embeds, write_model_info
 from monai_oct.networks.diffusion import conditional_diffusion_unet
 from monai_oct.recipes.classes import synthesis_classes
+from monai_oct.recipes.sources import build_label_source
 from monai_oct.schedulers import diffusion_scheduler
 
 from conftest import OCT_DDPM_BUNDLE, run_stage
@@ -238,6 +241,39 @@ def test_different_classes_give_different_samples_from_the_same_seed():
     assert torch.equal(_sample(net, [1], scale=2.0)[0], x[1])  # a sample does not depend on its batch
 
 
+class _RecordingSampler(DiffusionSampler):
+    """A sampler that keeps the condition and classes it was called with."""
+
+    seen: list
+
+    def __call__(self, network, generators, shape, condition=None, device=None, **kw):
+        self.seen = [*getattr(self, "seen", []), (condition, kw.get("class_labels"))]
+        return super().__call__(network, generators, shape, condition, device, **kw)
+
+
+def test_class_only_synthesis_gives_a_stage1_model_the_condition_it_trained_on(tmp_path):
+    """A class model trained without masks (stage 1: the trainer's condition of a batch without one) sampled class
+    only gets exactly that condition, with its classes; the set is images only, and label maps are refused."""
+    net = _trained_unet(condition_channels=2)
+    images = torch.rand(3, 1, 32, 32)
+    trained_on = _trainer(net, condition_channels=2)._condition({"image": images}, images)  # a pretrain batch
+    sampler = _RecordingSampler(diffusion_scheduler("ddim", num_train_timesteps=20), 2, guidance_scale=2.0)
+    source = build_label_source([32, 32], 10, mask_condition=False, condition_channels=2)
+    engine = SamplerEngine(3, source, net, sampler, [32, 32], 10, set_writer(tmp_path, labels=False), batch_size=3,
+                           progress=False, class_table=OCT_PATHOLOGY, class_ids=[2, 0, 1])
+    engine.run_all()
+    (cond, classes), = sampler.seen
+    assert torch.equal(cond, trained_on) and classes == [2, 0, 1]
+    listed = load_datalist(tmp_path / "datalist.json", key="training")
+    assert [sorted(it) for it in listed] == [["class", "image"]] * 3
+    assert [it["class"] for it in listed] == ["MS", "healthy", "DME"]
+    assert not (tmp_path / "labels").exists() and (tmp_path / "grid.png").is_file()
+    assert SamplerEngine(3, source, net, sampler, [32, 32], 10, set_writer(tmp_path, labels=False),
+                         progress=False, class_table=OCT_PATHOLOGY, class_ids=[2, 0, 1]).pending() == []  # resumable
+    with pytest.raises(ValueError, match="takes no label maps, got --label_datalist labels.json"):
+        build_label_source([32, 32], 10, label_datalist="labels.json", mask_condition=False, condition_channels=2)
+
+
 # ---- the configs pair on the phantom --------------------------------------------------------------------------
 
 TINY = dict(image_size=[32, 32], channels=[8, 16], num_res_blocks=1, num_train_timesteps=20, batch_size=4,
@@ -253,16 +289,23 @@ def test_train_classes_and_synthesize_classes_on_the_phantom(phantom_dir, tmp_pa
               sample_interval=1, **TINY)
     assert trained_class_embeds(model / "model.pt") == 4
     assert json.loads((model / "model.json").read_text())["classes"] == names
-    out = tmp_path / "synth"
+    assert json.loads((model / "model.json").read_text())["mask_condition"] is False  # stage 1: the zero condition
+    out = tmp_path / "synth"  # class only, as the model was trained (its model.json): no label maps, images only
     run_stage("synthesize_classes", dataset_dir=phantom_dir, image_ckpt=model / "model.pt", output_dir=out,
-              label_datalist=str(datalist), class_samples={"MS": 2, "healthy": 1}, num_inference_steps=2,
-              sampler="ddim", guidance_scale=2.0, **TINY)
+              class_samples={"MS": 2, "healthy": 1}, num_inference_steps=2, sampler="ddim", guidance_scale=2.0, **TINY)
     listed = load_datalist(out / "datalist.json", key="training")
-    assert [it["class"] for it in listed] == ["MS", "MS", "healthy"]
+    assert [it["class"] for it in listed] == ["MS", "MS", "healthy"] and all("label" not in it for it in listed)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == ["MS", "MS", "healthy"] and manifest["generation"]["guidance_scale"] == 2.0
     assert manifest["generation"]["config"]["classes"]["class_samples"] == {"MS": 2, "healthy": 1}
-    assert len(list(Path(out / "images").iterdir())) == 3
+    assert manifest["generation"]["config"]["classes"]["mask_condition"] is False
+    assert len(list(Path(out / "images").iterdir())) == 3 and not (out / "labels").exists()
+    out = tmp_path / "synth_masks"  # --mask_condition true (a finetune_classes model's way): label maps, pairs
+    run_stage("synthesize_classes", dataset_dir=phantom_dir, image_ckpt=model / "model.pt", output_dir=out,
+              label_datalist=str(datalist), mask_condition=True, class_samples={"DME": 2}, num_inference_steps=2,
+              sampler="ddim", **TINY)
+    listed = load_datalist(out / "datalist.json", key="training")
+    assert [it["class"] for it in listed] == ["DME", "DME"] and all(Path(it["label"]).is_file() for it in listed)
 
 
 def _classes_datalist(phantom_dir, path):

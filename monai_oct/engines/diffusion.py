@@ -45,7 +45,7 @@ from monai_oct.engines.guard import check_finite_loss
 from monai_oct.networks.diffusion import check_image_size
 from monai_oct.schedulers import PREDICTION_TYPES
 
-__all__ = ["DiffusionTrainer", "diffusion_target", "draw_timesteps", "drop_classes", "null_class_id"]
+__all__ = ["DiffusionTrainer", "diffusion_target", "draw_timesteps", "drop_classes", "null_class_id", "no_mask_condition"]
 
 
 def null_class_id(network: nn.Module) -> int | None:
@@ -53,6 +53,23 @@ def null_class_id(network: nn.Module) -> int | None:
     for a network without class embeddings (also inside a DDP wrapper)."""
     n = getattr(unwrap(network), "num_class_embeds", None)
     return None if n is None else int(n) - 1
+
+
+def no_mask_condition(batch: int, channels: int, size: Sequence[int], device: str | torch.device | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The "no mask" condition: ``(batch, channels, H, W)`` zeros, what the trainer feeds a network with condition
+    channels when a batch has no condition (stage 1, pretraining on unannotated scans), and therefore what such a
+    model must get at sampling (class-only synthesis, SDEdit with a stage-1 model): one definition for all three.
+
+    Args:
+        batch: B.
+        channels: the network's condition channels.
+        size: ``(H, W)``.
+        device: where the tensor lives.
+        dtype: its dtype.
+    """
+    h, w = (int(s) for s in size)
+    return torch.zeros((int(batch), int(channels), h, w), device=device, dtype=dtype)
 
 
 def drop_classes(classes: torch.Tensor, p: float, null_id: int) -> torch.Tensor:
@@ -195,8 +212,7 @@ class DiffusionTrainer(SupervisedTrainer):
             return None
         cond = batch.get(self.condition_key) if isinstance(batch, Mapping) else None
         if cond is None:
-            b, _, h, w = images.shape
-            return torch.zeros((b, self.condition_channels, h, w), device=images.device, dtype=images.dtype)
+            return no_mask_condition(images.shape[0], self.condition_channels, images.shape[2:], images.device, images.dtype)
         cond = torch.as_tensor(cond).to(images.device, non_blocking=self.non_blocking).float()
         if cond.shape[1] != self.condition_channels or cond.shape[2:] != images.shape[2:]:
             raise ValueError(f"condition of shape {tuple(cond.shape)} does not fit images {tuple(images.shape)} with "

@@ -131,15 +131,15 @@ def write_set_index(writer: PairWriter, num_samples: int, manifest: Mapping[str,
     write_datalist(out / "datalist.json", [{**writer.item(i), **extra[i]} for i in range(num_samples)], key="training")
     write_json(out / "manifest.json", dict(manifest))
     k = min(int(grid_size), num_samples)
-    if "label" in writer.KEYS:
+    if writer.EXT == ".npy":  # C-band reflectances in [0, 1] (BandWriter): the band mean
+        imgs = torch.stack([torch.as_tensor(read_bands(writer.paths(i)[0])).mean(0, keepdim=True) for i in range(k)]) * 255.0
+    else:
         imgs = torch.stack([_channels_first(read_image(writer.paths(i)[0])) for i in range(k)])
-        labs = torch.stack([torch.as_tensor(read_label(writer.paths(i)[1]).astype(np.int64))[None] for i in range(k)])
-        write_png(out / "grid.png", pair_grid(imgs / 127.5 - 1.0, labs, num_classes))
-    else:  # C-band reflectances in [0, 1]: the band mean
-        means = torch.stack([torch.as_tensor(read_bands(writer.paths(i)[0])).mean(0, keepdim=True) for i in range(k)])
-        write_png(out / "grid.png", pair_grid(means * 2.0 - 1.0))
+    labs = (torch.stack([torch.as_tensor(read_label(writer.paths(i)[1]).astype(np.int64))[None] for i in range(k)])
+            if "label" in writer.KEYS else None)  # an ImageWriter's or BandWriter's set has no labels
+    write_png(out / "grid.png", pair_grid(imgs / 127.5 - 1.0, labs, num_classes))
     logger.info("synthetic dataset: %d %s in %s (datalist %s, grid %s)", num_samples,
-                "pairs" if "label" in writer.KEYS else "images", out, out / "datalist.json", out / "grid.png")
+                "pairs" if labs is not None else "images", out, out / "datalist.json", out / "grid.png")
     return out / "datalist.json"
 
 

@@ -39,7 +39,9 @@ may be finer than ``image_size`` (labels at the written size, the image UNet sma
 on the label's encoding area-averaged to ``image_size``
 (:func:`~monai_oct.transforms.encoding.encode_mask_resized`: a boundary between two of the network's pixels
 is a fraction, not a shifted edge), as stage 3 trained with ``label_size``, and the writer writes the label at
-its own size with the image enlarged to it.
+its own size with the image enlarged to it. A source of no label maps (class-only synthesis,
+:class:`~monai_oct.recipes.sources.NoMaskSource`) returns only ``"cond"`` (the "no mask" zeros), and its writer
+(:class:`~monai_oct.engines.writer.ImageWriter`) writes images only.
 
 Classes (a class-conditioned image UNet, :mod:`monai_oct.core.classes`): sample ``i``'s class is ``class_ids[i]``
 when the engine is given a plan (``--class_name`` / ``class_samples``), else the label source's ``class_of(i)``
@@ -323,13 +325,13 @@ class SamplerEngine(Engine):
     def _iteration(self, engine: Engine, indices: Sequence[int]) -> dict:
         gens = sample_generators([sample_seed(self.seed, i) for i in indices], self.device)
         out = self.label_source(indices, gens, self.device)
-        labels = out["label"]
+        labels = out.get("label")  # None: no label maps (class-only synthesis), the source gives the condition
         cond = out.get("cond")
         fov = out.get("fov")
-        if cond is None:  # labels of any size: their encoding area-averaged to the network's size
+        if cond is None and labels is not None:  # labels of any size: their encoding area-averaged to the network's size
             known = labels if fov is None else torch.where(fov.to(labels.device), labels, torch.full_like(labels, UNANNOTATED))
             cond = encode_mask_resized(known, self.num_classes, self.image_size, self.encoding)
-        cond = cond.to(self.device)
+        cond = None if cond is None else cond.to(self.device)
         kw = {} if (classes := self._class_labels(indices)) is None else {"class_labels": classes}
         images = self.image_sampler(self.image_network, gens, (self.image_channels, *self.image_size), cond, self.device, **kw)
         if fov is not None:  # black outside the field of view, at the image's size

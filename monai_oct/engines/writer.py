@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from monai_oct.core.io import remove_temporaries, temp_path, write_npy, write_png
 from monai_oct.core.visualise import image_to_uint8
 
-__all__ = ["PairWriter", "BandWriter", "writer_for", "FolderLock"]
+__all__ = ["PairWriter", "ImageWriter", "BandWriter", "set_writer", "writer_for", "FolderLock"]
 
 
 def _resize(x: torch.Tensor, size: Sequence[int] | None, label: bool, nearest: bool = False) -> torch.Tensor:
@@ -185,7 +185,39 @@ class PairWriter:
             write_png(img_path, img_u8[k])
 
 
-class BandWriter(PairWriter):
+class ImageWriter(PairWriter):
+    """Write images without labels as ``images/<name>.png`` (a class-only synthesis, whose images are conditioned
+    on no label map: :class:`~monai_oct.recipes.sources.NoMaskSource`); each file atomically. A sample is complete
+    when its image exists; its datalist item is ``{"image"}``.
+
+    Args:
+        output_dir: dataset folder.
+        output_size: ``[H, W]`` to resize the images to (area when shrinking, bilinear when growing; None: as
+            generated).
+        prefix: file name prefix.
+    """
+
+    KEYS = ("image",)
+    SUBDIRS = ("images",)
+
+    def __init__(self, output_dir: str | os.PathLike, output_size: Sequence[int] | None = None,
+                 prefix: str = "synth_") -> None:
+        super().__init__(output_dir, output_size, prefix)
+
+    def describe(self) -> dict:
+        """What of the writer determines the files: ``{"output_size", "prefix", "labels": False}``."""
+        return {"output_size": self.output_size, "prefix": self.prefix, "labels": False}
+
+    def write(self, indices: Sequence[int], images: torch.Tensor, labels: torch.Tensor | None = None,
+              extras: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Write a batch of ``(B, 1 or 3, H, W)`` images in [-1, 1] (``labels`` and ``extras`` unused)."""
+        images = _resize(images.float().cpu(), self.output_size, label=False)
+        img_u8 = image_to_uint8(images.permute(0, 2, 3, 1) if images.shape[1] == 3 else images[:, 0])
+        for k, i in enumerate(indices):
+            write_png(self.paths(i)[0], img_u8[k])
+
+
+class BandWriter(ImageWriter):
     """Write C-band images as ``images/<prefix><index:05d>.npy``, float32 ``(C, H, W)`` in [0, 1], atomically.
 
     A sample is complete when its ``.npy`` exists (no label: generation is unconditional).
@@ -196,8 +228,6 @@ class BandWriter(PairWriter):
         prefix: file name prefix.
     """
 
-    KEYS = ("image",)
-    SUBDIRS = ("images",)
     EXT = ".npy"
 
     def describe(self) -> dict:
@@ -213,14 +243,26 @@ class BandWriter(PairWriter):
             write_npy(self.paths(i)[0], x[k])
 
 
+def set_writer(output_dir: str | os.PathLike, output_size: Sequence[int] | None = None, labels: bool = True,
+               **kwargs) -> PairWriter:
+    """The writer of a synthetic set: :class:`PairWriter` (image and label) or, without ``labels``,
+    :class:`ImageWriter` (images only); ``kwargs`` go to :class:`PairWriter`."""
+    if labels:
+        return PairWriter(output_dir, output_size, **kwargs)
+    return ImageWriter(output_dir, output_size, **kwargs)
+
+
 def writer_for(output_dir: str | os.PathLike, generation: Mapping) -> PairWriter:
     """The writer of a set from its manifest's ``generation`` record (what :meth:`PairWriter.describe` put there):
-    a :class:`BandWriter` for ``format: npy`` (C-band images), else a :class:`PairWriter` with the set's output
-    size, prefix and extra folders (what ``merge-synthesis`` and a rerun need to find every file)."""
+    a :class:`BandWriter` for ``format: npy`` (C-band images), an :class:`ImageWriter` for ``labels: false``
+    (class-only PNG images), else a :class:`PairWriter` with the set's output size, prefix and extra folders (what
+    ``merge-synthesis`` needs to find every file)."""
+    size, prefix = generation.get("output_size"), generation.get("prefix", "synth_")
     if generation.get("format") == "npy":
-        return BandWriter(output_dir, generation.get("output_size"), generation.get("prefix", "synth_"))
-    return PairWriter(output_dir, generation.get("output_size"), generation.get("prefix", "synth_"),
-                      generation.get("extra_dirs") or (), generation.get("datalist_extras") or ())
+        return BandWriter(output_dir, size, prefix)
+    if generation.get("labels") is False:
+        return ImageWriter(output_dir, size, prefix)
+    return PairWriter(output_dir, size, prefix, generation.get("extra_dirs") or (), generation.get("datalist_extras") or ())
 
 
 class FolderLock:

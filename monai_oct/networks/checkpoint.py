@@ -22,7 +22,8 @@ from monai_oct.core.io import DataError, atomic_path, read_json, write_json
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_weights", "maybe_load_weights", "adapt_input_channels", "load_checkpoint", "save_checkpoint",
-           "MODEL_INFO_FILE", "model_info_path", "read_model_info", "write_model_info", "trained_class_embeds"]
+           "MODEL_INFO_FILE", "model_info_path", "read_model_info", "write_model_info", "trained_class_embeds",
+           "trained_mask_condition"]
 
 #: what a training stage records beside its weights (e.g. the diffusion stages' ``prediction_type``).
 MODEL_INFO_FILE = "model.json"
@@ -202,6 +203,18 @@ def trained_class_embeds(path: str | os.PathLike | None, key: str = "model") -> 
         return None
     weight = _state_dict(path, key).get("class_embedding.weight")
     return None if weight is None else int(weight.shape[0])
+
+
+def trained_mask_condition(path: str | os.PathLike | None) -> bool:
+    """Whether the image UNet at ``path`` was trained conditioned on label maps: its ``model.json``'s
+    ``mask_condition`` (``train_classes.yaml`` records it: false after ``pretrain.yaml``, whose trainer feeds the
+    all-zero "no mask" condition, true after ``finetune.yaml``); True when not recorded (weights from elsewhere,
+    older runs, every stage-3 model), so a synthesis config samples the model with the condition it learnt.
+
+    Raises:
+        DataError: when ``model.json`` is not a JSON object (names the file).
+    """
+    return bool(read_model_info(path).get("mask_condition", True))
 
 
 def maybe_load_weights(network: nn.Module, path: str | os.PathLike | None, key: str = "model", strict: bool = True,

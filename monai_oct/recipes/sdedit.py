@@ -23,6 +23,7 @@ from torch import nn
 
 from monai_oct.core.classes import ClassTable, get_class_table
 from monai_oct.core.seeding import sample_generators, sample_seeds
+from monai_oct.engines.diffusion import no_mask_condition
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.metrics.adherence import adherence_report
 from monai_oct.metrics.classification import confusion_report
@@ -45,7 +46,7 @@ def _condition(network: nn.Module, images: torch.Tensor, labels: torch.Tensor | 
     if extra <= 0:
         return None
     if not mask_condition:
-        return torch.zeros((n, extra, h, w))
+        return no_mask_condition(n, extra, (h, w))
     if labels is None:
         raise ValueError(f"the UNet takes a {extra}-channel mask condition; SDEdit needs the source scans' label maps")
     return encode_mask(labels, num_label_classes, encoding)

@@ -23,6 +23,7 @@ from torch import nn
 from monai_oct.core.classes import ClassTable, get_class_table
 from monai_oct.core.io import read_json, write_json
 from monai_oct.core.labels import LabelTable
+from monai_oct.engines.diffusion import no_mask_condition
 from monai_oct.engines.distributed import get_rank, get_world_size
 from monai_oct.engines.sampler import DiffusionSampler
 from monai_oct.networks.checkpoint import load_weights
@@ -39,7 +40,7 @@ from monai_oct.transforms.topology import LayerOrderDecode, merge_decoding_repor
 from monai_oct.transforms.utils import check_mode
 from monai_oct.transforms.vessels import VesselTreeDecode, vessel_tree_total
 
-__all__ = ["MaskSampler", "LabelBank", "build_label_source", "SketchSource", "sketch_source"]
+__all__ = ["MaskSampler", "LabelBank", "NoMaskSource", "build_label_source", "SketchSource", "sketch_source"]
 
 
 class MaskSampler:
@@ -226,6 +227,36 @@ class LabelBank:
         return None if self.classes is None else self.classes[int(index) % len(self)]
 
 
+class NoMaskSource:
+    """No label maps: every sample gets the "no mask" condition (class-only synthesis, issue 18).
+
+    A UNet with condition channels trained without masks (stage 1, ``pretrain.yaml`` + ``train_classes.yaml``) saw
+    the all-zero condition in every training step (:func:`~monai_oct.engines.diffusion.no_mask_condition`, the
+    trainer's condition of a batch without one); fed a label map's encoding at sampling it would get an input it
+    never learnt. This source gives it the same zeros, and no ``"label"``: the set is images only
+    (:class:`~monai_oct.engines.writer.ImageWriter`). The class of each sample comes from the engine's plan.
+
+    Args:
+        image_size: ``[H, W]`` of the image UNet.
+        condition_channels: its condition channels (0: an unconditional UNet, no condition at all).
+    """
+
+    #: no label map is decoded (what a synthesis records as ``mask_decode``)
+    decode = None
+
+    def __init__(self, image_size: Sequence[int], condition_channels: int) -> None:
+        self.image_size = [int(s) for s in image_size]
+        self.condition_channels = int(condition_channels)
+        if self.condition_channels < 0:
+            raise ValueError(f"condition_channels must be >= 0, got {condition_channels}")
+
+    def __call__(self, indices: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> dict:
+        """``{"cond": (B, condition_channels, H, W) zeros}`` (``{"cond": None}`` without condition channels)."""
+        if self.condition_channels == 0:
+            return {"cond": None}
+        return {"cond": no_mask_condition(len(indices), self.condition_channels, self.image_size, device)}
+
+
 def build_label_source(image_size: Sequence[int], num_classes: int, label_datalist: str | Sequence[str] | None = None,
                        mask_ckpt: str | os.PathLike | None = None, mask_network: nn.Module | None = None,
                        mask_sampler: DiffusionSampler | None = None, dataset_dir: str | None = None,
@@ -233,8 +264,10 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
                        table: LabelTable | str | None = "duke_dme", device: str | torch.device = "cpu",
                        label_size: Sequence[int] | None = None, mask_options: Mapping[str, Any] | None = None,
                        boundary_model: str | os.PathLike | None = None,
-                       class_table: ClassTable | str | None = None) -> Callable:
-    """The label maps of a synthesis: from ``boundary_model`` or ``label_datalist`` when given, else the stage-2 model.
+                       class_table: ClassTable | str | None = None, mask_condition: bool = True,
+                       condition_channels: int | None = None) -> Callable:
+    """The label maps of a synthesis: from ``boundary_model`` or ``label_datalist`` when given, else the stage-2 model;
+    none (:class:`NoMaskSource`) without ``mask_condition``.
 
     Args:
         image_size: ``[H, W]``.
@@ -256,15 +289,27 @@ def build_label_source(image_size: Sequence[int], num_classes: int, label_datali
             drawn at ``label_size``.
         class_table: with ``label_datalist``, the class table its items' classes are looked up in (the source's
             ``class_of(i)``); the other sources have no classes.
+        mask_condition: False: no label maps, every image conditioned on the "no mask" zeros a model trained
+            without masks saw (class-only synthesis of a stage-1 class model); needs ``condition_channels``.
+        condition_channels: the image UNet's condition channels (used without ``mask_condition``).
 
     Returns:
-        a :class:`~monai_oct.recipes.boundaries.BoundarySource`, :class:`LabelBank` or :class:`MaskSampler`.
+        a :class:`~monai_oct.recipes.boundaries.BoundarySource`, :class:`LabelBank`, :class:`MaskSampler` or
+        :class:`NoMaskSource`.
 
     Raises:
         ValueError: when neither a datalist nor a mask checkpoint (with network and sampler) is given, or both a
-            boundary model and a datalist.
+            boundary model and a datalist; without ``mask_condition``, when label maps (a datalist or a boundary
+            model) are given anyway or ``condition_channels`` is missing.
         DataError: naming a boundary model file that is missing, bad or fitted for another table.
     """
+    if not mask_condition:
+        if label_datalist or boundary_model:
+            given = f"--label_datalist {label_datalist}" if label_datalist else f"--boundary_model {boundary_model}"
+            raise ValueError(f"class-only synthesis (--mask_condition false) takes no label maps, got {given}")
+        if condition_channels is None:
+            raise ValueError("class-only synthesis (mask_condition false) needs the image UNet's condition_channels")
+        return NoMaskSource(image_size, condition_channels)
     if boundary_model:
         if label_datalist:
             raise ValueError("synthesis label maps: give --boundary_model or --label_datalist, not both")
