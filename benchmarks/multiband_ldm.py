@@ -11,9 +11,9 @@
    (artery, vein, ONH) at matched sizes against its real-vs-real floor, |MS-SSIM(synthetic) - MS-SSIM(validation)|,
    nearest training images, and artery/vein separability (a linear classifier on band values) of synthetic vs
    real. The real images' structures are the phantom's masks. Synthetic images have none: their structures are
-   assigned by a per-pixel classifier (:func:`structure_classifier`: logistic regression on the log band values of
-   the pixel and of its Gaussian-smoothed neighbourhood, classes background / artery / vein / ONH / outside the
-   FOV) trained on the real training images. Caveat: the classifier assigns artery vs vein by band values, so
+   assigned by a per-pixel classifier (:func:`monai_oct.metrics.spectral.structure_classifier`: logistic
+   regression on the log band values of the pixel and of its Gaussian-smoothed neighbourhood, classes background /
+   artery / vein / ONH / outside the FOV) trained on the real training images. Caveat: the classifier assigns artery vs vein by band values, so
    the synthetic separability is measured on pixels already chosen to look like one or the other; it is an upper
    bound, and the classifier's own held-out accuracy on real validation images (``classifier_accuracy``) says how
    far its labels can be trusted.
@@ -56,7 +56,6 @@ SCALES: dict[str, dict[str, Any]] = {
             "batch": 8, "timesteps": 1000,
             "why": "64x64 16-band phantoms, 12 configurations, sized for ~30 min on this 2-core CPU"},
 }
-STRUCTURE_IDS = (0, 1, 2, 3, 255)  # background, artery, vein, ONH, outside the FOV (a class of the classifier)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,38 +82,6 @@ def load_set(datalist: Path, key: str = "training") -> tuple[np.ndarray, np.ndar
     if all("structures" in it for it in items):
         return images, np.stack([read_label(it["structures"]) for it in items])
     return images, None
-
-
-def _pixel_features(images: np.ndarray, sigma: float = 1.5) -> np.ndarray:
-    """``(N*H*W, 2C)``: log band values of each pixel and of its Gaussian neighbourhood (``sigma`` pixels)."""
-    from scipy import ndimage
-
-    logv = np.log(np.maximum(images, 1e-3))
-    smooth = ndimage.gaussian_filter(logv, (0, 0, sigma, sigma))
-    return np.concatenate([logv, smooth], 1).transpose(0, 2, 3, 1).reshape(-1, 2 * images.shape[1])
-
-
-def structure_classifier(images: np.ndarray, structures: np.ndarray, per_class: int = 4000, seed: int = 0) -> Any:
-    """A per-pixel structure classifier fitted on real images and their masks (module docstring, step 3).
-
-    Logistic regression (scikit-learn, standardised features, classes balanced by subsampling at most
-    ``per_class`` pixels each); why not a segmentation network: the point is to label synthetic pixels by the
-    real spectra alone, cheaply, with a classifier whose boundary is linear in log reflectance like the physics.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x, y = _pixel_features(images), structures.reshape(-1)
-    rng = np.random.default_rng(seed)
-    keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in STRUCTURE_IDS])
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[keep], y[keep])
-
-
-def classify_structures(clf: Any, images: np.ndarray) -> np.ndarray:
-    """``(N, H, W)`` uint8 structure ids of ``images`` by ``clf`` (:func:`structure_classifier`)."""
-    n, _, h, w = images.shape
-    return clf.predict(_pixel_features(images)).reshape(n, h, w).astype(np.uint8)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -234,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from monai_oct.bundle import bundle_dir, ldm_stage_configs, run_bundle
-    from monai_oct.metrics.spectral import spectral_report
+    from monai_oct.metrics.spectral import classify_structures, spectral_report, structure_classifier
     from monai_oct.phantoms.multiband import write_multiband_dataset
 
     if a.threads:

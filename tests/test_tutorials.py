@@ -29,8 +29,8 @@ def _untracked(folder: Path) -> set[str]:
     return set(res.stdout.split()) if res.returncode == 0 else set()
 
 
-def test_the_four_tutorials_are_notebooks():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
+def test_the_six_tutorials_are_notebooks():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
     assert not list((ROOT / "tutorials").glob("*.md")), "a markdown tutorial left beside its notebook"
 
 

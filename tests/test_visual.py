@@ -76,6 +76,25 @@ def test_legend_names_every_drawn_class_in_its_colour():
         label_legend(DUKE_DME.names, ids=[1, 12])
 
 
+def test_line_plot_draws_each_series_in_its_colour_where_its_values_lie():
+    """Tutorial 6's spectra chart: a rising and a falling series, each in its palette colour at the plot's bottom-left
+    or top-left where its values say, a dashed marker, and a series of the wrong length refused."""
+    from monai_oct.core.visualise import line_plot
+
+    x = np.linspace(450, 900, 10)
+    pic = line_plot(x, {"rising": np.linspace(0, 1, 10), "falling": np.linspace(1, 0, 10)}, markers=[570.0],
+                    size=(300, 200))
+    assert pic.shape == (200, 300, 3) and pic.dtype == np.uint8
+    rising, falling = (np.all(pic == PALETTE[i], axis=-1) for i in (1, 2))
+    left = slice(56, 100)  # the plot's left part: the rising line low (large rows), the falling one high
+    assert rising[:, left].any() and falling[:, left].any()
+    assert np.nonzero(rising[:, left])[0].mean() > np.nonzero(falling[:, left])[0].mean() + 50
+    marker_col = 56 + round((570 - 450) / 450 * (300 - 68))
+    assert (pic[20:150, marker_col - 1:marker_col + 2] == 150).all(-1).sum() > 20  # the dashed grey marker
+    with pytest.raises(ValueError, match="'short' has 3 values for 10"):
+        line_plot(x, {"short": [1, 2, 3]})
+
+
 def test_overlay_panel_is_image_truth_prediction_and_legend():
     img = np.full((40, 50), 100, np.uint8)
     truth = np.zeros((40, 50), np.int64)

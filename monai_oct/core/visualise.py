@@ -11,7 +11,7 @@ import torch
 from monai_oct.core.labels import DUKE_DME, UNANNOTATED, LabelTable
 
 __all__ = ["PALETTE", "image_to_uint8", "label_to_uint8", "label_to_rgb", "pair_grid", "label_overlay", "label_legend",
-           "overlay_panel"]
+           "overlay_panel", "line_plot"]
 
 
 #: RGB colour per class id 0..9. The seven layers (1-7) take the Okabe-Ito colours, chosen to stay apart for
@@ -191,3 +191,65 @@ def overlay_panel(image: np.ndarray, labels: Sequence[np.ndarray], table: LabelT
     if legend.shape[1] > panel.shape[1]:
         panel = np.pad(panel, ((0, 0), (0, legend.shape[1] - panel.shape[1]), (0, 0)), constant_values=255)
     return np.concatenate([panel, np.full((sep, panel.shape[1], 3), 255, np.uint8), legend], axis=0)
+
+
+def line_plot(x: Sequence[float], series: dict[str, Sequence[float]], markers: Sequence[float] = (),
+              size: tuple[int, int] = (480, 280), x_label: str = "", y_label: str = "",
+              palette: np.ndarray = PALETTE) -> np.ndarray:
+    """A line chart of named series over a shared x axis, with dashed vertical markers, as a uint8 RGB picture.
+
+    Drawn with PIL because matplotlib is not a dependency of this package (the benchmarks' figures are drawn the
+    same way). Series take the palette's colours from id 1 on, in order, named in a legend at the top right.
+
+    Args:
+        x: the ``N`` x values (increasing).
+        series: ``{name: N y values}``.
+        markers: x values marked by a dashed grey vertical line (e.g. isosbestic wavelengths).
+        size: ``(width, height)`` in pixels.
+        x_label, y_label: axis captions.
+        palette: colours.
+
+    Returns:
+        ``(height, width, 3)`` uint8.
+
+    Raises:
+        ValueError: for fewer than 2 x values, no series, or a series whose length is not ``len(x)``.
+    """
+    from PIL import Image, ImageDraw
+
+    xs = np.asarray(x, dtype=np.float64)
+    ys = {name: np.asarray(v, dtype=np.float64) for name, v in series.items()}
+    if xs.size < 2 or not ys:
+        raise ValueError(f"line_plot needs at least 2 x values and one series; got {xs.size} and {len(ys)}")
+    for name, v in ys.items():
+        if v.shape != xs.shape:
+            raise ValueError(f"series {name!r} has {v.size} values for {xs.size} x values")
+    w, h = size
+    left, right, top, bottom = 56, 12, 12, 36
+    pw, ph = w - left - right, h - top - bottom
+    x_lo, x_hi = float(xs.min()), float(xs.max())
+    y_lo, y_hi = min(float(v.min()) for v in ys.values()), max(float(v.max()) for v in ys.values())
+    y_lo, y_hi = (y_lo - 0.5, y_hi + 0.5) if y_hi == y_lo else (y_lo, y_hi)
+
+    def at(px: float, py: float) -> tuple[float, float]:
+        return left + (px - x_lo) / (x_hi - x_lo) * pw, top + ph - (py - y_lo) / (y_hi - y_lo) * ph
+
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    for m in markers:
+        mx = at(float(m), y_lo)[0]
+        for y0 in range(top, top + ph, 6):
+            draw.line([(mx, y0), (mx, min(y0 + 3, top + ph))], fill=(150, 150, 150))
+    draw.rectangle([left, top, left + pw, top + ph], outline="black")
+    for i, (name, v) in enumerate(ys.items()):
+        colour = tuple(int(c) for c in palette[1 + i % (len(palette) - 1)])
+        draw.line([at(a, b) for a, b in zip(xs, v)], fill=colour, width=2)
+        draw.line([(left + pw - 90, top + 8 + 12 * i), (left + pw - 74, top + 8 + 12 * i)], fill=colour, width=2)
+        draw.text((left + pw - 70, top + 2 + 12 * i), name, fill="black")
+    for px in np.linspace(x_lo, x_hi, 5):
+        draw.text((at(px, y_lo)[0] - 12, top + ph + 4), f"{px:.4g}", fill="black")
+    for py in np.linspace(y_lo, y_hi, 5):
+        draw.text((4, at(x_lo, py)[1] - 6), f"{py:.3g}", fill="black")
+    draw.text((left + pw // 2 - 4 * len(x_label), h - 14), x_label, fill="black")
+    draw.text((left + 4, top + 2), y_label, fill="black")
+    return np.asarray(img)

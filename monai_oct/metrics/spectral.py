@@ -20,6 +20,8 @@ the phantom, for synthetic images from the phantom's masks or a structure segmen
   of artery vs vein pixels, classes balanced by subsampling (chance = 0.5), accuracy on a held-out split.
 - :func:`spectral_report`: all of them and the nearest-training-image distances of
   :func:`monai_oct.metrics.memorisation.memorisation_report`.
+- :func:`structure_classifier` / :func:`classify_structures`: structure masks for images that have none (a
+  synthetic set), by a per-pixel classifier fitted on real images and their masks.
 """
 
 from __future__ import annotations
@@ -29,16 +31,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from monai_oct.core.labels import UNANNOTATED
 from monai_oct.metrics.diversity import diversity_report
 from monai_oct.metrics.fid import matched_draws
 from monai_oct.metrics.memorisation import memorisation_report
 from monai_oct.phantoms.multiband import STRUCTURES
 
-__all__ = ["VESSEL_STRUCTURES", "structure_histograms", "spectral_kl", "spectral_kl_floor", "ms_ssim_gap",
-           "av_separability", "spectral_report"]
+__all__ = ["VESSEL_STRUCTURES", "CLASSIFIER_STRUCTURES", "structure_histograms", "spectral_kl", "spectral_kl_floor",
+           "ms_ssim_gap", "av_separability", "spectral_report", "structure_classifier", "classify_structures"]
 
 #: Structures scored by default: everything of :data:`STRUCTURES` but the background.
 VESSEL_STRUCTURES = {k: v for k, v in STRUCTURES.items() if k != 0}
+#: Classes of :func:`structure_classifier`: background, artery, vein, ONH and 255 (outside the FOV, crossings).
+CLASSIFIER_STRUCTURES = (0, 1, 2, 3, UNANNOTATED)
 
 
 def _as_arrays(images: Any, structures: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -284,3 +289,51 @@ def spectral_report(synthetic: Any, synthetic_structures: Any, train: Any, train
     out["memorisation"] = memorisation_report(torch.as_tensor((s - lo) / (hi - lo) * 2 - 1),
                                               torch.as_tensor((t - lo) / (hi - lo) * 2 - 1))
     return out
+
+
+def _pixel_features(images: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    """``(N*H*W, 2C)``: log band values of each pixel and of its Gaussian neighbourhood (``sigma`` pixels)."""
+    from scipy import ndimage
+
+    logv = np.log(np.maximum(images, 1e-3))
+    smooth = ndimage.gaussian_filter(logv, (0, 0, sigma, sigma))
+    return np.concatenate([logv, smooth], 1).transpose(0, 2, 3, 1).reshape(-1, 2 * images.shape[1])
+
+
+def structure_classifier(images: Any, structures: Any, per_class: int = 4000, seed: int = 0) -> Any:
+    """A per-pixel structure classifier fitted on real images and their masks, to give synthetic images masks.
+
+    Logistic regression (scikit-learn, standardised features: the log band values of the pixel and of its
+    Gaussian-smoothed neighbourhood; classes :data:`CLASSIFIER_STRUCTURES` balanced by subsampling at most
+    ``per_class`` pixels each). Why not a segmentation network: the point is to label synthetic pixels by the real
+    spectra alone, cheaply, with a boundary linear in log reflectance like the physics. Caveat: artery vs vein is
+    then assigned by band values, so :func:`av_separability` of the classified pixels is an upper bound; the
+    classifier's accuracy on real validation images says how far its labels can be trusted.
+
+    Args:
+        images, structures: ``(N, C, H, W)`` reflectances and ``(N, H, W)`` structure ids.
+        per_class: pixels per class at most.
+        seed: the subsampling.
+
+    Returns:
+        a fitted scikit-learn pipeline for :func:`classify_structures`.
+
+    Raises:
+        ValueError: for images that are not ``(N, C, H, W)`` or masks of another size.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, m = _as_arrays(images, structures)
+    feats, y = _pixel_features(x), m.reshape(-1)
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in CLASSIFIER_STRUCTURES])
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(feats[keep], y[keep])
+
+
+def classify_structures(classifier: Any, images: Any) -> np.ndarray:
+    """``(N, H, W)`` uint8 structure ids of ``(N, C, H, W)`` ``images`` by a :func:`structure_classifier`."""
+    x = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=np.float64)
+    n, _, h, w = x.shape
+    return classifier.predict(_pixel_features(x)).reshape(n, h, w).astype(np.uint8)
