@@ -187,14 +187,15 @@ def test_torchrun_ranks_split_a_shard_further(tmp_path):
     assert eng.lock.path == tmp_path / "s" / ".lock.shard-1-of-2"
 
 
-def _class_synthesis(out, shard=None):
-    """A tiny class-conditioned synthesis: 5 pairs of classes MS, MS, healthy, DME, DME."""
+def _class_synthesis(out, shard=None, masks=True):
+    """A tiny class-conditioned synthesis: 5 pairs of classes MS, MS, healthy, DME, DME (``masks=False``: class
+    only, images without labels)."""
     from monai_oct.core.classes import OCT_PATHOLOGY, class_plan
     from monai_oct.engines.sampler import DiffusionSampler
     from monai_oct.engines.synthesis import SamplerEngine
-    from monai_oct.engines.writer import PairWriter
+    from monai_oct.engines.writer import set_writer
     from monai_oct.networks import conditional_diffusion_unet
-    from monai_oct.recipes.sources import LabelBank
+    from monai_oct.recipes.sources import LabelBank, NoMaskSource
     from monai_oct.schedulers import diffusion_scheduler
 
     torch.manual_seed(0)
@@ -203,21 +204,29 @@ def _class_synthesis(out, shard=None):
     labels[0, :, 4:9], labels[1, :, 6:12] = 1, 2
     ids = class_plan(OCT_PATHOLOGY, class_samples={"MS": 2, "healthy": 1, "DME": 2})
     sampler = DiffusionSampler(diffusion_scheduler("ddim", 20, "cosine", "v_prediction"), 2)
-    return SamplerEngine(N, LabelBank(labels), net, sampler, [16, 16], 3, PairWriter(out), batch_size=2, seed=0,
+    source = LabelBank(labels) if masks else NoMaskSource([16, 16], 3)
+    return SamplerEngine(N, source, net, sampler, [16, 16], 3, set_writer(out, labels=masks), batch_size=2, seed=0,
                          progress=False, config={"label_datalist": None}, shard=shard, class_table=OCT_PATHOLOGY,
                          class_ids=ids)
 
 
-def test_merged_class_conditional_shards_keep_every_pairs_class(tmp_path):
+@pytest.mark.parametrize("masks", [True, False], ids=["on_label_maps", "class_only"])
+def test_merged_class_conditional_shards_keep_every_pairs_class(tmp_path, masks):
     """Before, a shard manifest recorded no classes and the merge listed the pairs without them (an unsharded
-    class-conditional set lists each pair's class in datalist.json and ``classes`` in manifest.json)."""
+    class-conditional set lists each pair's class in datalist.json and ``classes`` in manifest.json); a class-only
+    set (images, no labels) did not merge at all (the merge always looked for labels)."""
     whole, out = tmp_path / "whole", tmp_path / "sharded"
-    _class_synthesis(whole).run_all()
+    _class_synthesis(whole, masks=masks).run_all()
     for s in ("0/2", "1/2"):
-        _class_synthesis(out, shard=s).run_all()
+        _class_synthesis(out, shard=s, masks=masks).run_all()
     assert _json(out / "manifests" / "shard-0-of-2.json")["classes"] == ["MS", "healthy", "DME"]  # pairs 0, 2, 4
     merge_synthesis(out)
-    _same_set(out, whole)
+    if masks:
+        _same_set(out, whole)
+    else:
+        png = lambda d: {p.name: p.read_bytes() for p in sorted((d / "images").glob("*.png"))}  # noqa: E731
+        assert len(png(whole)) == N and png(out) == png(whole) and not (out / "labels").exists()
+        assert (out / "datalist.json").read_bytes() == (whole / "datalist.json").read_bytes()
     assert [it["class"] for it in _json(out / "datalist.json")["training"]] == ["MS", "MS", "healthy", "DME", "DME"]
 
 
