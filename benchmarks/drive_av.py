@@ -257,6 +257,24 @@ def figure(out: Path, real: Path, synth: Path, rows: int = 3) -> None:
         write_png(out / "figure.png", np.concatenate([np.pad(t, ((0, 4), (0, 0), (0, 0)), constant_values=255) for t in tiles]))
 
 
+def quality_lines(report: Path) -> list[str]:
+    """Markdown of ``monai-oct evaluate``'s ``report.json``: FD / KID with the real-vs-real floor, MS-SSIM of both
+    sets, the memorised fraction; a line saying it is missing otherwise."""
+    from monai_oct.core.io import read_json
+
+    if not report.is_file():
+        return [f"Not run (no {report})."]
+    rep = read_json(report, "quality report")
+    fr, ms = rep.get("frechet") or {}, (rep.get("diversity") or {}).get("ms_ssim") or {}
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    mem = (rep.get("memorisation") or {}).get("pixel") or {}
+    return ["| FD | KID | FD floor (real vs real) | FD of a real set of the synthetic set's size | MS-SSIM real | "
+            "MS-SSIM synthetic | memorised (pixels) |", "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {f(fr.get('fd'))} | {f(fr.get('kid'))} | {f(fr.get('fd_floor'))} | {f(fr.get('fd_matched'))} | "
+            f"{f((ms.get('real') or {}).get('mean'))} | {f((ms.get('synthetic') or {}).get('mean'))} | "
+            f"{f(mem.get('fraction_flagged'))} |", "", f"From `{report}` ({fr.get('extractor', 'no extractor')})."]
+
+
 def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Path, real: Path, synth: Path,
                   results: dict, wall: float, timings: dict, adherence: dict[str, dict[str, float]] | None = None) -> None:
     """``results.json``, ``results.md`` and ``figure.png``.
@@ -302,9 +320,9 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
     lines += [f"| {t} | " + " | ".join(f"{m[k]:.3f}" if k in m else "n/a" for k in METRICS) + " |" for t, m in (adherence or {}).items()]
     lines += ["", "## Targets (issue 16)", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {yes[ok]} |" for t, m, ok in goals]
-    lines += ["", "The rest of the OCT sets' quality report (`monai-oct evaluate`: FD/KID, diversity, memorisation) reads "
-                  "grey B-scans and the OCT label table; it is not run on the RGB fundus set here.", "",
-              "## Step times (minutes)", "", "| step | min |", "|---|---:|"] + [f"| {k} | {v / 60:.1f} |" for k, v in timings.items()]
+    lines += ["", "## Quality of the synthetic photographs (`monai-oct evaluate`, 256x256, against the real train set)", ""]
+    lines += quality_lines(out / "quality" / "report.json")
+    lines += ["", "## Step times (minutes)", "", "| step | min |", "|---|---:|"] + [f"| {k} | {v / 60:.1f} |" for k, v in timings.items()]
     write_text(out / "results.md", "\n".join(lines) + "\n")
     figure(out, real, synth)
     print(f"\nresults: {out / 'results.md'}")
@@ -384,6 +402,14 @@ def main(argv: list[str] | None = None) -> int:
     plan.add("synthesize", lambda: stage("synthesize", synth / "datalist.json", output_dir=str(synth), latent_ckpt=latent,
                                          image_ckpt=str(d["images"] / "model.pt"), num_samples=n, **maps),
              after=["train_images"] + (["train_masks"] if cfg["label_source"] == "masks" else []))
+
+    # quality report of the synthetic photographs against the real train set (FD/KID on one RGB triplet with the
+    # real-vs-real floor of a split of the train set, MS-SSIM diversity, memorisation); the held-out images stay out
+    quality = out / "quality"
+    plan.add("quality", lambda: run.step("quality", quality / "report.json", [
+        sys.executable, "-m", "monai_oct", "evaluate", "--real", str(real), "--real-key", "train", "--synthetic",
+        str(synth / "datalist.json"), "--synthetic-key", "training", "--out", str(quality), "--table", "fundus_av",
+        "--image-size", "256", "256", "--device", a.device], required=False), after=["synthesize"])
 
     # 4. segmentation: every task x set x seed, the same iterations; the final weights scored on the test datalist
     results: dict[str, dict[str, dict[int, dict[str, float]]]] = {t: {} for t in cfg["tasks"]}

@@ -36,10 +36,12 @@ def _dry_run(bench, capsys, tmp_path, *args):
 def test_dry_run_lists_the_steps_in_order_with_the_right_overrides(bench, capsys, tmp_path):
     steps = _dry_run(bench, capsys, tmp_path, "--scale", "smoke", "--seeds", "0,1", "--tasks", "vessel,av")
     names = [s[0] for s in steps]
-    # data, 4 generative stages, 2 tasks x 3 sets x 2 seeds x (train + evaluate), one adherence check a task
-    assert len(names) == 1 + 4 + 2 * 3 * 2 * 2 + 2 and len(set(names)) == len(names)
+    # data, 4 generative stages, the quality report, 2 tasks x 3 sets x 2 seeds x (train + evaluate), one adherence
+    # check a task
+    assert len(names) == 1 + 4 + 1 + 2 * 3 * 2 * 2 + 2 and len(set(names)) == len(names)
     assert names[0] == "data"
     pos = names.index
+    assert pos("synthesize") < pos("quality")
     assert pos("train_autoencoder") < pos("train_images") < pos("synthesize") and pos("train_masks") < pos("synthesize")
     for task in ("vessel", "av"):
         for key in ("real", "synthetic", "mixed"):
@@ -235,3 +237,13 @@ def test_long_scale_trains_longer_on_real_maps(bench, capsys, tmp_path):
     assert steps["train_autoencoder"]["max_epochs"] == "300" and steps["train_images"]["max_epochs"] == "200"
     steps = {n: o for n, o, _ in _dry_run(bench, capsys, tmp_path, "--scale", "long", "--label-source", "masks")}
     assert "train_masks" in steps and steps["synthesize"]["mask_ckpt"] == f"{out}/masks/model.pt"
+
+
+def test_quality_lines_read_the_evaluate_report(bench, tmp_path):
+    assert bench.quality_lines(tmp_path / "report.json") == [f"Not run (no {tmp_path / 'report.json'})."]
+    write_json(tmp_path / "report.json", {"frechet": {"fd": 85.6, "kid": 0.019, "fd_floor": 76.3, "fd_matched": 83.6,
+                                                      "extractor": "tf_inception"},
+                                          "diversity": {"ms_ssim": {"real": {"mean": 0.688}, "synthetic": {"mean": 0.9}}},
+                                          "memorisation": {"pixel": {"fraction_flagged": 0.0}}})
+    lines = bench.quality_lines(tmp_path / "report.json")
+    assert lines[2] == "| 85.600 | 0.019 | 76.300 | 83.600 | 0.688 | 0.900 | 0.000 |" and "tf_inception" in lines[-1]
