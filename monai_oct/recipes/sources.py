@@ -73,8 +73,9 @@ class MaskSampler:
         min_fluid: fluid components smaller than this are given back to their layer (topology decoding).
         report_path: with ``"topology"`` or ``"vessel_tree"``, a JSON file that keeps the decoding report of every
             sample (by index, so a resumed synthesis adds to it) and their sum under ``"total"``
-            (:func:`merge_decoding_reports` keys; :func:`~monai_oct.transforms.vessels.vessel_tree_total` for vessel trees); a multi-process run
-            writes one file per rank (``<name>.rank<r>.json``). None: ``report`` / ``tree_reports`` only.
+            (:func:`merge_decoding_reports` keys; for vessel trees
+            :func:`~monai_oct.transforms.vessels.vessel_tree_total`'s); a multi-process run writes one file per
+            rank (``<name>.rank<r>.json``). None: ``report`` / ``tree_reports`` only.
 
     Raises:
         ValueError: for an unknown encoding or decode, a decode that does not fit the encoding, a ``label_size``
