@@ -257,6 +257,42 @@ def figure(out: Path, real: Path, synth: Path, rows: int = 3) -> None:
         write_png(out / "figure.png", np.concatenate([np.pad(t, ((0, 4), (0, 0), (0, 0)), constant_values=255) for t in tiles]))
 
 
+def autoencoder_check(out: Path, test: Path, image_size: list[int] | None, rows: int = 3) -> dict[str, Any] | None:
+    """Reconstruct the held-out photographs with the trained autoencoder before any latent model is judged: what
+    it loses (thin vessels, colour) no image model in its latent space can draw. Writes
+    ``autoencoder/recon_check.json`` (L1 per image in [-1, 1] inside the FOV, and the mean) and
+    ``autoencoder/recon_check.png`` (rows of real | reconstruction); returns the record, None before training
+    (and, with ``image_size`` None, when the check has not been written: read it back only)."""
+    import torch
+
+    from monai_oct.core.io import read_json, write_json, write_png
+    from monai_oct.networks.autoencoder import load_latent
+    from monai_oct.recipes.fundus import fundus_transforms
+    from monai_oct.recipes.items import resolve_items
+
+    ckpt, done = out / "autoencoder" / "model.pt", out / "autoencoder" / "recon_check.json"
+    if done.is_file():
+        return read_json(done, "autoencoder check")
+    if not ckpt.is_file() or image_size is None:
+        return None
+    codec, load = load_latent(ckpt), fundus_transforms(image_size, with_label=False)
+    l1, tiles = [], []
+    for it in resolve_items(str(test), ["test", "validation", "val"]):
+        d = load({"image": it["image"], "fov": it["fov"]})
+        img, fov = torch.as_tensor(d["image"])[None].float(), torch.as_tensor(d["fov"])[None] > 0.5
+        with torch.no_grad():
+            rec = codec.decode(codec.encode(img)).clamp(-1.0, 1.0)
+        l1.append(float((rec - img).abs().mean(1, keepdim=True)[fov].mean()))
+        if len(tiles) < rows:
+            tiles.append(torch.cat([img, rec], dim=-1)[0])
+    rec_record = {"l1": l1, "mean_l1": float(np.mean(l1)) if l1 else None, "datalist": str(test)}
+    if tiles:
+        grid = ((torch.cat(tiles, dim=-2).permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).byte().numpy()
+        write_png(out / "autoencoder" / "recon_check.png", grid)
+    write_json(done, rec_record)
+    return rec_record
+
+
 def quality_lines(report: Path) -> list[str]:
     """Markdown of ``monai-oct evaluate``'s ``report.json``: FD / KID with the real-vs-real floor, MS-SSIM of both
     sets, the memorised fraction; a line saying it is missing otherwise."""
@@ -300,6 +336,7 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
             "device": a.device, "mix_ratio": a.mix_ratio, "jobs": a.jobs, "threads": a.threads, "versions": _versions(),
             "wall_time_min": round(wall / 60, 1), "step_minutes": {k: round(v / 60, 2) for k, v in timings.items()}}
     write_json(out / "results.json", {"meta": meta, "segmentation": means, "segmentation_seeds": results,
+                                      "autoencoder_check": autoencoder_check(out, test, None),
                                       "plausibility": {"synthetic": plaus, "real": real_p}, "adherence": adherence or {},
                                       "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in goals]})
     yes = {True: "yes", False: "**no**", None: "n/a"}
@@ -313,6 +350,12 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
              f"Scale: {cfg['why']}.", "",
              "## Segmentation (seed mean ± half the spread)", ""] + results_table(results, n, n_real)
     lines += ["", "Seeds:", ""] + seed_table(results)
+    rec = autoencoder_check(out, test, None)  # written by the plan's step; read back here
+    lines += ["", "## Autoencoder reconstruction of the held-out photographs", "",
+              (f"Mean L1 inside the FOV {rec['mean_l1']:.3f} (images in [-1, 1]; per image "
+               f"{', '.join(f'{v:.3f}' for v in rec['l1'])}); `autoencoder/recon_check.png`: real | reconstruction. "
+               "Detail the autoencoder loses, no latent image model can draw.") if rec and rec.get("mean_l1") is not None
+              else "Not checked (no autoencoder)."]
     lines += ["", "## Generated label maps", ""] + plausibility_table(plaus, real_p)
     lines += ["", f"## Adherence (the real-only segmenter of seed {cfg['seeds'][0]} on the {n} synthetic images, their "
                   "conditioning maps as the truth; compare with its row above)", "",
@@ -394,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     plan.add("train_autoencoder", lambda: stage("train_autoencoder", d["autoencoder"] / "model.pt", output_dir=str(d["autoencoder"])),
              after=["data"])
     maps = {"mask_ckpt": str(d["masks"] / "model.pt")} if cfg["label_source"] == "masks" else {"label_datalist": str(real)}
+    image_size = load_preset(FUNDUS, preset, "train_autoencoder")["image_size"]
+    plan.add("autoencoder_check", lambda: a.dry_run or autoencoder_check(out, test, image_size), after=["train_autoencoder"])
     if cfg["label_source"] == "masks":
         plan.add("train_masks", lambda: stage("train_masks", d["masks"] / "model.pt", output_dir=str(d["masks"])), after=["data"])
     plan.add("train_images", lambda: stage("train_images", d["images"] / "model.pt", output_dir=str(d["images"]), latent_ckpt=latent),

@@ -247,3 +247,27 @@ def test_quality_lines_read_the_evaluate_report(bench, tmp_path):
                                           "memorisation": {"pixel": {"fraction_flagged": 0.0}}})
     lines = bench.quality_lines(tmp_path / "report.json")
     assert lines[2] == "| 85.600 | 0.019 | 76.300 | 83.600 | 0.688 | 0.900 | 0.000 |" and "tf_inception" in lines[-1]
+
+
+def test_autoencoder_check_reconstructs_the_held_out_photographs(bench, tmp_path):
+    """Before any latent image model is judged: the autoencoder's reconstruction of the held-out photographs (L1
+    inside the FOV, a real | reconstruction figure), written once and read back; None before the autoencoder exists."""
+    import torch
+
+    from monai_oct.networks.autoencoder import build_autoencoder, write_latent_json
+
+    data = write_fundus_phantom_dataset(tmp_path / "data", num=3, size=64, seed=0)
+    assert bench.autoencoder_check(tmp_path, data, [64, 64]) is None  # not trained yet
+    cfg = {"kind": "kl", "image_channels": 3, "channels": [8, 8], "latent_channels": 4, "num_res_blocks": 1}
+    torch.manual_seed(0)
+    (tmp_path / "autoencoder").mkdir()
+    torch.save(build_autoencoder(**cfg).state_dict(), tmp_path / "autoencoder" / "model.pt")
+    write_latent_json(tmp_path / "autoencoder" / "model.pt", 1.0, cfg)
+    rec = bench.autoencoder_check(tmp_path, data, [64, 64])
+    validation = read_json(data)["validation"]
+    assert len(rec["l1"]) == len(validation) >= 1 and rec["mean_l1"] == pytest.approx(np.mean(rec["l1"]))
+    assert rec["mean_l1"] > 0.05  # untrained
+    fig = read_image(tmp_path / "autoencoder" / "recon_check.png")
+    assert fig.shape == (64 * len(validation), 128, 3)
+    (tmp_path / "autoencoder" / "model.pt").unlink()
+    assert bench.autoencoder_check(tmp_path, data, None) == rec  # read back, not recomputed
