@@ -29,7 +29,7 @@ def test_spectral_report_survives_a_synthetic_set_without_arteries():
 def test_structure_classifier_gives_unlabelled_images_masks():
     """The per-pixel classifier the benchmark and tutorial 6 use to give synthetic images structure masks (moved
     into the package from benchmarks/multiband_ldm.py): fitted on real phantoms, it labels other phantoms mostly
-    right (the FOV, most vein pixels; thin arteries at 64 px it mostly misses), and fails on masks of
+    right (the FOV, most vein pixels; per-structure recall: the test below), and fails on masks of
     another size."""
     from monai_oct.metrics.spectral import classify_structures, structure_classifier
 
@@ -43,6 +43,25 @@ def test_structure_classifier_gives_unlabelled_images_masks():
     assert ((pred == 2) & (truth == 2)).sum() > 0.5 * (truth == 2).sum()
     with pytest.raises(ValueError, match="same N, H, W"):
         structure_classifier(x[:2], m[:2, :32])
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_structure_classifier_finds_every_structure_on_held_out_real_phantoms(size):
+    """Bug: fitted on a few 64 px phantoms (fewer artery pixels than ``per_class``), the classifier traded the thin
+    arteries for the background: held-out artery recall 0.008 while the pixel accuracy was 0.985, so a synthetic
+    set's "no artery" could be the classifier's failure. Class-balanced weights, weaker L2: every structure's recall
+    >= 0.8 (artery 0.86 at 64 px, 0.98 at 128 px)."""
+    from monai_oct.metrics.spectral import classifier_scores, classify_structures, structure_classifier
+
+    ph = [multiband_phantom(size, seed=sample_seed(0, i)) for i in range(6)]
+    x, m = np.stack([p["image"] for p in ph]), np.stack([p["structures"] for p in ph])
+    scores = classifier_scores(classify_structures(structure_classifier(x[:4], m[:4], seed=0), x[4:]), m[4:])
+    recall = {k: v["recall"] for k, v in scores["per_structure"].items()}
+    assert set(recall) == {"background", "artery", "vein", "onh"} and scores["per_structure"]["artery"]["pixels"] > 50
+    assert min(recall.values()) >= 0.8, recall
+    assert scores["per_structure"]["artery"]["precision"] > 0.2  # not everything called artery
+    with pytest.raises(ValueError, match="differ in shape"):
+        classifier_scores(m[4:, :8], m[4:])
 
 
 # ---- the data path ------------------------------------------------------------------------------------------------
