@@ -222,3 +222,38 @@ def test_benchmark_row_has_no_mean_kl_when_a_structure_is_missing():
     assert row["sep_error"] == "no artery" and row["sep_synthetic"] is None
     full = dict(rep, spectral_kl_floor=dict(rep["spectral_kl_floor"], ratio={"artery": 3.0, "vein": 2.0, "onh": 1.0}))
     assert mb.row_of("x", 8, 8, [16, 32, 32], full, {"seconds_per_image": 0.5}, 0.97)["kl_ratio_mean"] == 2.0
+
+
+def test_long_scale_trains_two_cpu_configurations_several_times_longer():
+    from conftest import load_benchmark
+
+    mb = load_benchmark("multiband_ldm")
+    long, cpu = mb.SCALES["long"], mb.SCALES["cpu"]
+    assert [mb.config_name(*c) for c in mb.configurations(long)] == ["f8_z4_w16", "f4_z4_w16"]
+    assert {mb.config_name(*c) for c in mb.configurations(long)} <= {mb.config_name(*c) for c in mb.configurations(cpu)}
+    assert long["ae_epochs"] >= 5 * cpu["ae_epochs"] and long["ldm_epochs"] >= 5 * cpu["ldm_epochs"]
+    assert len(mb.configurations(cpu)) == 12 and mb.configurations(cpu)[:2] == [(4, 4, [16, 32, 32]), (4, 4, [32, 64, 64])]
+    assert mb.parse_args(["--scale", "long", "--rescore"]).rescore
+
+
+def test_rescore_names_a_missing_synthetic_set_and_trains_nothing(tmp_path):
+    from conftest import load_benchmark
+
+    mb = load_benchmark("multiband_ldm")
+    with pytest.raises(SystemExit, match="no synthetic set to rescore at .*f8_z4_w8/synthetic/datalist.json"):
+        mb.main(["--scale", "smoke", "--out", str(tmp_path), "--rescore", "--threads", "1"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_results_header_gives_the_classifier_recall_per_structure(tmp_path):
+    from argparse import Namespace
+
+    from conftest import load_benchmark
+
+    mb = load_benchmark("multiband_ldm")
+    clf = {"accuracy": 0.98, "per_structure": {"background": {"recall": 0.99, "precision": 1.0, "pixels": 9},
+                                               "artery": {"recall": 0.012, "precision": None, "pixels": 9}}}
+    mb.write_results(tmp_path, Namespace(scale="smoke"), mb.SCALES["smoke"], [_row("a", 0.1, 4.0, 0.1)], clf)
+    md = (tmp_path / "results.md").read_text()
+    assert "recall / precision: background 0.99 / 1.00, artery 0.01 / - (pixel accuracy 0.980" in md
+    assert json.loads((tmp_path / "results.json").read_text())["classifier"]["per_structure"]["artery"]["recall"] == 0.012
