@@ -46,9 +46,10 @@ sys.path.insert(0, str(ROOT))
 
 from monai_oct.core.io import read_bands, read_json, read_label, write_json, write_text  # noqa: E402
 
-#: Epochs of the long scale (the cpu scale: 15 and 30). Measured on the shared 2-core CPU, one thread, per epoch:
-#: autoencoder f8 ~3 s, f4 ~5 s; latent UNet (16-32-32) f8 ~2 s, f4 ~3 s: 8 x 120 + 5 x 150 s ~ 29 min in all.
-LONG_AE_EPOCHS, LONG_LDM_EPOCHS = 120, 150
+#: Epochs of the long scale (the cpu scale: 15 and 30). At 120 / 150 the whole run took 9.5 min on the shared 2-core
+#: CPU, one thread (per epoch: autoencoder f8 2.1 s, f4 0.85 s; latent UNet 16-32-32 f8 0.4 s, f4 0.5 s), so twice
+#: that (~19 min there, <= 35 min at twice the per-epoch time of a busier machine).
+LONG_AE_EPOCHS, LONG_LDM_EPOCHS = 240, 300
 #: Scales. ``size``: image side; ``train``/``val``: phantom images; ``samples``: synthetic images per configuration;
 #: ``compressions`` x ``latent_channels`` x ``widths`` (UNet widths, three levels) is the sweep, unless
 #: ``configs`` lists ``[f, z, widths]`` configurations instead.
