@@ -25,6 +25,8 @@ its ``last.pt``). Stages run in this process (``monai_oct.bundle.run_bundle``), 
 
     python benchmarks/multiband_ldm.py --scale smoke --out runs/mldm_smoke      # ~1 min, numbers meaningless
     python benchmarks/multiband_ldm.py --scale cpu --out runs/mldm_cpu --threads 2   # ~30 min on 2 cores
+    python benchmarks/multiband_ldm.py --scale long --out runs/mldm_long --threads 1  # 2 configurations, <= 35 min
+    python benchmarks/multiband_ldm.py --scale cpu --out runs/mldm_cpu --rescore      # new metrics, no training
 """
 
 from __future__ import annotations
@@ -44,8 +46,13 @@ sys.path.insert(0, str(ROOT))
 
 from monai_oct.core.io import read_bands, read_json, read_label, write_json, write_text  # noqa: E402
 
+#: Epochs of the long scale (the cpu scale: 15 and 30). At 120 / 150 the whole run took 9.5 min on the shared 2-core
+#: CPU, one thread (per epoch: autoencoder f8 2.1 s, f4 0.85 s; latent UNet 16-32-32 f8 0.4 s, f4 0.5 s), so twice
+#: that (~19 min there, <= 35 min at twice the per-epoch time of a busier machine).
+LONG_AE_EPOCHS, LONG_LDM_EPOCHS = 240, 300
 #: Scales. ``size``: image side; ``train``/``val``: phantom images; ``samples``: synthetic images per configuration;
-#: ``compressions`` x ``latent_channels`` x ``widths`` (UNet widths, three levels) is the sweep.
+#: ``compressions`` x ``latent_channels`` x ``widths`` (UNet widths, three levels) is the sweep, unless
+#: ``configs`` lists ``[f, z, widths]`` configurations instead.
 SCALES: dict[str, dict[str, Any]] = {
     "smoke": {"size": 64, "train": 8, "val": 4, "samples": 4, "compressions": [8, 16], "latent_channels": [4],
               "widths": [[8, 16, 16]], "ae_base": 8, "ae_crop": None, "ae_epochs": 1, "ldm_epochs": 1, "ae_lr": 1e-3, "steps": 3, "batch": 8,
@@ -55,6 +62,13 @@ SCALES: dict[str, dict[str, Any]] = {
             "steps": 20,
             "batch": 8, "timesteps": 1000,
             "why": "64x64 16-band phantoms, 12 configurations, sized for ~30 min on this 2-core CPU"},
+    # the two cpu configurations whose synthetic sets held every structure, trained far longer (the cpu scale's
+    # autoencoders ended at recon L1 0.24-0.28 on [-1, 1] images, still falling); "configs" replaces the sweep
+    "long": {"size": 64, "train": 48, "val": 16, "samples": 16, "configs": [[8, 4, [16, 32, 32]], [4, 4, [16, 32, 32]]],
+             "ae_base": 16, "ae_crop": 32, "ae_epochs": LONG_AE_EPOCHS, "ldm_epochs": LONG_LDM_EPOCHS, "ae_lr": 2e-4,
+             "steps": 20, "batch": 8, "timesteps": 1000,
+             "why": "the cpu scale's f8_z4_w16 and f4_z4_w16 trained longer, sized for <= 35 min of one CPU thread "
+                    "on this shared 2-core machine"},
 }
 
 
@@ -65,7 +79,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rescore", action="store_true",
+                   help="recompute every configuration's metrics.json (e.g. after a change of the structure classifier) "
+                        "from the synthetic sets in --out; trains nothing, fails naming a missing set")
     return p.parse_args(argv)
+
+
+def configurations(cfg: dict[str, Any]) -> list[tuple[int, int, list[int]]]:
+    """``[(f, z, widths)]`` of a scale: its ``configs`` or the sweep ``compressions x latent_channels x widths``,
+    grouped by ``(f, z)`` (one autoencoder each)."""
+    if "configs" in cfg:
+        return [(int(f), int(z), list(w)) for f, z, w in cfg["configs"]]
+    return [(f, z, list(w)) for f, z in itertools.product(cfg["compressions"], cfg["latent_channels"])
+            for w in cfg["widths"]]
 
 
 def config_name(f: int, z: int, widths: Sequence[int]) -> str:
@@ -177,17 +203,27 @@ def pareto_plot(rows: list[dict], path: Path, size: tuple[int, int] = (420, 300)
         img.save(tmp, format="PNG")
 
 
-def write_results(out: Path, a: argparse.Namespace, cfg: dict, rows: list[dict], clf_acc: float) -> None:
-    """``results.json``, ``results.md`` and ``pareto.png`` in ``out``."""
-    write_json(out / "results.json", {"scale": a.scale, "settings": cfg, "classifier_accuracy": clf_acc, "rows": rows})
+def classifier_line(scores: dict[str, Any]) -> str:
+    """``artery 0.86 / 0.72, ...``: recall / precision per structure of :func:`~monai_oct.metrics.spectral.classifier_scores`."""
+    return ", ".join(f"{name} {_f(v['recall'], '.2f')} / {_f(v['precision'], '.2f')}"
+                     for name, v in scores["per_structure"].items())
+
+
+def write_results(out: Path, a: argparse.Namespace, cfg: dict, rows: list[dict], clf: dict[str, Any]) -> None:
+    """``results.json``, ``results.md`` and ``pareto.png`` in ``out``; ``clf``: the structure classifier's
+    :func:`~monai_oct.metrics.spectral.classifier_scores` on the real validation images."""
+    clf_acc = clf["accuracy"]
+    write_json(out / "results.json", {"scale": a.scale, "settings": cfg, "classifier_accuracy": clf_acc,
+                                      "classifier": clf, "rows": rows})
     lines = [f"# Multi-band latent diffusion, scale {a.scale}", "", cfg["why"] + ".", "",
              f"{cfg['train']} train / {cfg['val']} validation phantoms ({cfg['size']}x{cfg['size']}, 16 bands), "
              f"{cfg['samples']} synthetic images per configuration, DDIM-{cfg['steps']}; f = compression, z = latent "
              "channels. KL/floor: spectral KL of the synthetic set at matched sizes over the real-vs-real floor (target "
              "<= 2). A/V acc: held-out accuracy of a linear artery/vein classifier on band values (target: synthetic "
              "within 5 points of real). Synthetic structures come from a per-pixel classifier trained on the real "
-             f"spectra (held-out accuracy on real validation pixels: {clf_acc:.3f}); bold: the Pareto front of "
-             "KL/floor against s/image.", ""]
+             "spectra (`structure_classifier`); bold: the Pareto front of KL/floor against s/image.", "",
+             f"Structure classifier on the real validation pixels, recall / precision: {classifier_line(clf)} (pixel "
+             f"accuracy {clf_acc:.3f}; a structure it misses on real images cannot be judged on synthetic ones).", ""]
     lines += results_table(rows) + ["", "![Pareto](pareto.png)", ""]
     write_text(out / "results.md", "\n".join(lines))
     pareto_plot(rows, out / "pareto.png")
@@ -201,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from monai_oct.bundle import bundle_dir, ldm_stage_configs, run_bundle
-    from monai_oct.metrics.spectral import classify_structures, spectral_report, structure_classifier
+    from monai_oct.metrics.spectral import (classifier_scores, classify_structures, spectral_report,
+                                            structure_classifier)
     from monai_oct.phantoms.multiband import write_multiband_dataset
 
     if a.threads:
@@ -213,14 +250,22 @@ def main(argv: list[str] | None = None) -> int:
     train, train_m = load_set(data["train"] / "datalist.json")
     val, val_m = load_set(data["validation"] / "datalist.json")
     clf = structure_classifier(train, train_m, seed=a.seed)
-    clf_acc = float((classify_structures(clf, val) == val_m).mean())
+    clf_scores = classifier_scores(classify_structures(clf, val), val_m)
+    clf_acc = clf_scores["accuracy"]
+    print(f"structure classifier on the real validation images (recall / precision): {classifier_line(clf_scores)}")
+    if a.rescore:
+        missing = [str(out / "runs" / config_name(f, z, w) / "synthetic" / "datalist.json")
+                   for f, z, w in configurations(cfg)
+                   if not (out / "runs" / config_name(f, z, w) / "synthetic" / "datalist.json").is_file()]
+        if missing:
+            raise SystemExit(f"--rescore: no synthetic set to rescore at {', '.join(missing)}; run without --rescore")
     bundle = bundle_dir("retina_ldm")
     common = dict(dataset_dir=str(data["train"]), device=a.device, progress=False, seed=a.seed,
                   image_size=[cfg["size"]] * 2, batch_size=cfg["batch"], num_train_timesteps=cfg["timesteps"],
                   prediction_type="v_prediction", schedule="cosine", log_interval=0, sample_interval=0,
                   num_sample_images=2, sample_steps=3, num_res_blocks=1, learning_rate=1e-3)
     rows = []
-    for f, z in itertools.product(cfg["compressions"], cfg["latent_channels"]):
+    for (f, z), group in itertools.groupby(configurations(cfg), key=lambda c: c[:2]):
         ae = out / "runs" / f"ae_f{f}_z{z}"
         t = time.time()
         if not (ae / "model.pt").is_file():
@@ -229,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                        ae_crop_size=[cfg["ae_crop"]] * 2 if cfg["ae_crop"] else None,
                        **{**common, "learning_rate": cfg["ae_lr"]})
             write_json(ae / "timing.json", {"minutes": (time.time() - t) / 60})
-        for widths in cfg["widths"]:
+        for *_, widths in group:
             name = config_name(f, z, widths)
             run = out / "runs" / name
             t = time.time()
@@ -243,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                            image_ckpt=str(run / "ldm" / "model.pt"), channels=widths, num_samples=cfg["samples"],
                            num_inference_steps=cfg["steps"], **common)
             metrics = run / "metrics.json"
-            if not metrics.is_file():
+            if a.rescore or not metrics.is_file():
                 images, _ = load_set(syn / "datalist.json")
                 rep = spectral_report(images, classify_structures(clf, images), train, train_m, val, seed=a.seed)
                 manifest = read_json(syn / "manifest.json", "synthesis manifest")
@@ -253,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                           if (run / "ldm" / "timing.json").is_file() else None}
                 write_json(metrics, row_of(name, f, z, widths, rep, timing, clf_acc))
             rows.append(json.loads(metrics.read_text()))
-    write_results(out, a, cfg, rows, clf_acc)
+    write_results(out, a, cfg, rows, clf_scores)
     return 0
 
 

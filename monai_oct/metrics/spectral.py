@@ -21,7 +21,8 @@ the phantom, for synthetic images from the phantom's masks or a structure segmen
 - :func:`spectral_report`: all of them and the nearest-training-image distances of
   :func:`monai_oct.metrics.memorisation.memorisation_report`.
 - :func:`structure_classifier` / :func:`classify_structures`: structure masks for images that have none (a
-  synthetic set), by a per-pixel classifier fitted on real images and their masks.
+  synthetic set), by a per-pixel classifier fitted on real images and their masks; :func:`classifier_scores`: its
+  per-structure recall and precision on held-out real images.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from monai_oct.metrics.memorisation import memorisation_report
 from monai_oct.phantoms.multiband import STRUCTURES
 
 __all__ = ["VESSEL_STRUCTURES", "CLASSIFIER_STRUCTURES", "structure_histograms", "spectral_kl", "spectral_kl_floor",
-           "ms_ssim_gap", "av_separability", "spectral_report", "structure_classifier", "classify_structures"]
+           "ms_ssim_gap", "av_separability", "spectral_report", "structure_classifier", "classify_structures",
+           "classifier_scores"]
 
 #: Structures scored by default: everything of :data:`STRUCTURES` but the background.
 VESSEL_STRUCTURES = {k: v for k, v in STRUCTURES.items() if k != 0}
@@ -291,7 +293,7 @@ def spectral_report(synthetic: Any, synthetic_structures: Any, train: Any, train
     return out
 
 
-def _pixel_features(images: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+def _pixel_features(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """``(N*H*W, 2C)``: log band values of each pixel and of its Gaussian neighbourhood (``sigma`` pixels)."""
     from scipy import ndimage
 
@@ -304,11 +306,15 @@ def structure_classifier(images: Any, structures: Any, per_class: int = 4000, se
     """A per-pixel structure classifier fitted on real images and their masks, to give synthetic images masks.
 
     Logistic regression (scikit-learn, standardised features: the log band values of the pixel and of its
-    Gaussian-smoothed neighbourhood; classes :data:`CLASSIFIER_STRUCTURES` balanced by subsampling at most
-    ``per_class`` pixels each). Why not a segmentation network: the point is to label synthetic pixels by the real
-    spectra alone, cheaply, with a boundary linear in log reflectance like the physics. Caveat: artery vs vein is
-    then assigned by band values, so :func:`av_separability` of the classified pixels is an upper bound; the
-    classifier's accuracy on real validation images says how far its labels can be trusted.
+    Gaussian-smoothed neighbourhood, sigma 1 pixel; classes :data:`CLASSIFIER_STRUCTURES`, at most ``per_class``
+    pixels each, weighted inversely to their pixel counts, scikit-learn's ``class_weight="balanced"``; weak L2,
+    ``C=10``). The weights matter: a few 64 px phantoms hold fewer artery pixels than ``per_class`` and, by
+    subsampling alone, the fit traded the thin arteries for the background (held-out artery recall 0.008 from 4
+    training phantoms, sigma 1.5, C=1; balanced: 0.66; balanced, C=10, sigma 1: 0.86, precision 0.72). Why not a segmentation network: the point is to label synthetic pixels by the real spectra
+    alone, cheaply, with a boundary linear in log reflectance like the physics. Caveat: artery vs vein is then
+    assigned by band values, so :func:`av_separability` of the classified pixels is an upper bound; the
+    classifier's per-structure recall and precision on real validation images (:func:`classifier_scores`) say how
+    far its labels can be trusted (the pixel accuracy cannot: the background and the outside dominate it).
 
     Args:
         images, structures: ``(N, C, H, W)`` reflectances and ``(N, H, W)`` structure ids.
@@ -329,7 +335,8 @@ def structure_classifier(images: Any, structures: Any, per_class: int = 4000, se
     feats, y = _pixel_features(x), m.reshape(-1)
     rng = np.random.default_rng(seed)
     keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in CLASSIFIER_STRUCTURES])
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(feats[keep], y[keep])
+    return make_pipeline(StandardScaler(), LogisticRegression(C=10.0, max_iter=3000, class_weight="balanced")
+                         ).fit(feats[keep], y[keep])
 
 
 def classify_structures(classifier: Any, images: Any) -> np.ndarray:
@@ -337,3 +344,29 @@ def classify_structures(classifier: Any, images: Any) -> np.ndarray:
     x = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=np.float64)
     n, _, h, w = x.shape
     return classifier.predict(_pixel_features(x)).reshape(n, h, w).astype(np.uint8)
+
+
+def classifier_scores(predicted: Any, truth: Any, structures: Mapping[int, str] = STRUCTURES) -> dict[str, Any]:
+    """Per-structure recall and precision of predicted structure masks against true ones (e.g. a
+    :func:`structure_classifier` on held-out real images).
+
+    Args:
+        predicted, truth: ``(N, H, W)`` structure ids of the same shape.
+        structures: ``{id: name}`` scored (default :data:`STRUCTURES`: background, artery, vein, ONH).
+
+    Returns:
+        ``{"per_structure": {name: {"recall", "precision", "pixels"} (recall None where the truth has no such pixel,
+        precision None where none is predicted)}, "accuracy": pixel accuracy over every pixel}``.
+
+    Raises:
+        ValueError: for masks of different shapes.
+    """
+    p, t = np.asarray(predicted), np.asarray(truth)
+    if p.shape != t.shape:
+        raise ValueError(f"predicted and true structure masks differ in shape: {p.shape} and {t.shape}")
+    per = {}
+    for sid, name in structures.items():
+        hit, n_true, n_pred = int(((p == sid) & (t == sid)).sum()), int((t == sid).sum()), int((p == sid).sum())
+        per[name] = {"recall": hit / n_true if n_true else None, "precision": hit / n_pred if n_pred else None,
+                     "pixels": n_true}
+    return {"per_structure": per, "accuracy": float((p == t).mean())}
