@@ -209,12 +209,41 @@ def classifier_line(scores: dict[str, Any]) -> str:
                      for name, v in scores["per_structure"].items())
 
 
-def write_results(out: Path, a: argparse.Namespace, cfg: dict, rows: list[dict], clf: dict[str, Any]) -> None:
+def codec_ceiling(ae: Path, train: np.ndarray, train_m: np.ndarray, val: np.ndarray, val_m: np.ndarray,
+                  seed: int = 0) -> dict[str, Any]:
+    """What the autoencoder alone costs: its reconstructions of the real validation images scored as a synthetic
+    set with their true structure masks (spectral KL / floor, :func:`~monai_oct.metrics.spectral.spectral_kl_floor`)
+    and their L1; no latent model drawing in this codec's space can do better. Written once to ``ae/codec.json``.
+
+    Args:
+        ae: the autoencoder's folder (``model.pt``, ``latent.json``).
+        train, train_m, val, val_m: real ``(N, C, H, W)`` reflectances in [0, 1] and ``(N, H, W)`` structure ids.
+        seed: the floor's draws.
+    """
+    import torch
+
+    from monai_oct.metrics.spectral import spectral_kl_floor
+    from monai_oct.networks.autoencoder import load_latent
+
+    done = ae / "codec.json"
+    if done.is_file():
+        return read_json(done, "codec ceiling")
+    codec = load_latent(ae / "model.pt")
+    with torch.no_grad():
+        rec = codec.decode(codec.encode(torch.as_tensor(val).float() * 2 - 1)).clamp(-1, 1).numpy() / 2 + 0.5
+    kl = spectral_kl_floor(train, train_m, rec, val_m, seed=seed)
+    write_json(done, {"l1": float(np.abs(rec - val).mean() * 2), "kl_ratio": kl["ratio"], "kl": kl})
+    return read_json(done, "codec ceiling")
+
+
+def write_results(out: Path, a: argparse.Namespace, cfg: dict, rows: list[dict], clf: dict[str, Any],
+                  codecs: dict[str, dict] | None = None) -> None:
     """``results.json``, ``results.md`` and ``pareto.png`` in ``out``; ``clf``: the structure classifier's
-    :func:`~monai_oct.metrics.spectral.classifier_scores` on the real validation images."""
+    :func:`~monai_oct.metrics.spectral.classifier_scores` on the real validation images; ``codecs``: each
+    autoencoder's :func:`codec_ceiling` by name (``ae_f8_z4``)."""
     clf_acc = clf["accuracy"]
     write_json(out / "results.json", {"scale": a.scale, "settings": cfg, "classifier_accuracy": clf_acc,
-                                      "classifier": clf, "rows": rows})
+                                      "classifier": clf, "rows": rows, "codecs": codecs or {}})
     lines = [f"# Multi-band latent diffusion, scale {a.scale}", "", cfg["why"] + ".", "",
              f"{cfg['train']} train / {cfg['val']} validation phantoms ({cfg['size']}x{cfg['size']}, 16 bands), "
              f"{cfg['samples']} synthetic images per configuration, DDIM-{cfg['steps']}; f = compression, z = latent "
@@ -225,6 +254,13 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, rows: list[dict],
              f"Structure classifier on the real validation pixels, recall / precision: {classifier_line(clf)} (pixel "
              f"accuracy {clf_acc:.3f}; a structure it misses on real images cannot be judged on synthetic ones).", ""]
     lines += results_table(rows) + ["", "![Pareto](pareto.png)", ""]
+    if codecs:
+        lines += ["Codec ceiling: each autoencoder's reconstructions of the real validation images, scored as a synthetic "
+                  "set with their true masks (no latent model in that space can do better; target KL/floor <= 2):", "",
+                  "| autoencoder | recon L1 ([-1, 1]) | KL/floor artery | vein | ONH |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {c['l1']:.3f} | " + " | ".join(_f((c.get("kl_ratio") or {}).get(k), ".2f")
+                                                             for k in ("artery", "vein", "onh")) + " |"
+                  for name, c in codecs.items()] + [""]
     write_text(out / "results.md", "\n".join(lines))
     pareto_plot(rows, out / "pareto.png")
     print(f"results: {out / 'results.md'}")
@@ -264,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                   image_size=[cfg["size"]] * 2, batch_size=cfg["batch"], num_train_timesteps=cfg["timesteps"],
                   prediction_type="v_prediction", schedule="cosine", log_interval=0, sample_interval=0,
                   num_sample_images=2, sample_steps=3, num_res_blocks=1, learning_rate=1e-3)
-    rows = []
+    rows, codecs = [], {}
     for (f, z), group in itertools.groupby(configurations(cfg), key=lambda c: c[:2]):
         ae = out / "runs" / f"ae_f{f}_z{z}"
         t = time.time()
@@ -274,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                        ae_crop_size=[cfg["ae_crop"]] * 2 if cfg["ae_crop"] else None,
                        **{**common, "learning_rate": cfg["ae_lr"]})
             write_json(ae / "timing.json", {"minutes": (time.time() - t) / 60})
+        codecs[ae.name] = codec_ceiling(ae, train, train_m, val, val_m, seed=a.seed)
         for *_, widths in group:
             name = config_name(f, z, widths)
             run = out / "runs" / name
@@ -298,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                           if (run / "ldm" / "timing.json").is_file() else None}
                 write_json(metrics, row_of(name, f, z, widths, rep, timing, clf_acc))
             rows.append(json.loads(metrics.read_text()))
-    write_results(out, a, cfg, rows, clf_scores)
+    write_results(out, a, cfg, rows, clf_scores, codecs)
     return 0
 
 

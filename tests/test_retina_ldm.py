@@ -257,3 +257,32 @@ def test_results_header_gives_the_classifier_recall_per_structure(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "recall / precision: background 0.99 / 1.00, artery 0.01 / - (pixel accuracy 0.980" in md
     assert json.loads((tmp_path / "results.json").read_text())["classifier"]["per_structure"]["artery"]["recall"] == 0.012
+
+
+def test_codec_ceiling_scores_the_autoencoders_reconstructions_of_real_images(tmp_path):
+    """The autoencoder alone bounds what a latent model can reach: its reconstructions of the real validation
+    phantoms scored as a synthetic set with their true masks (KL/floor, L1), written once and read back; a
+    perfect codec (the images themselves) scores about the real-vs-real floor, an untrained one far more."""
+    import torch
+
+    from conftest import load_benchmark
+    from monai_oct.metrics.spectral import spectral_kl_floor
+    from monai_oct.networks.autoencoder import build_autoencoder, write_latent_json
+
+    mb = load_benchmark("multiband_ldm")
+    train, train_m = mb.load_set(write_multiband_dataset(tmp_path / "train", num=8, size=64, seed=0))
+    val, val_m = mb.load_set(write_multiband_dataset(tmp_path / "val", num=4, size=64, seed=1))
+    cfg = {"kind": "kl", "image_channels": 16, "channels": [8, 8], "latent_channels": 4, "num_res_blocks": 1}
+    torch.manual_seed(0)
+    (tmp_path / "ae").mkdir()
+    torch.save(build_autoencoder(**cfg).state_dict(), tmp_path / "ae" / "model.pt")
+    write_latent_json(tmp_path / "ae" / "model.pt", 1.0, cfg)
+    rec = mb.codec_ceiling(tmp_path / "ae", train, train_m, val, val_m)
+    perfect = spectral_kl_floor(train, train_m, val, val_m)["ratio"]
+    assert rec["l1"] > 0.05 and set(rec["kl_ratio"]) == set(perfect)
+    assert all(rec["kl_ratio"][k] > 2 * perfect[k] for k in perfect)  # untrained: far from the floor
+    (tmp_path / "ae" / "model.pt").unlink()
+    assert mb.codec_ceiling(tmp_path / "ae", train, train_m, val, val_m) == rec  # read back
+    mb.write_results(tmp_path, __import__("argparse").Namespace(scale="smoke"), mb.SCALES["smoke"],
+                     [_row("a", 0.1, 4.0, 0.1)], {"accuracy": 0.9, "per_structure": {}}, {"ae_f4_z4": rec})
+    assert "| ae_f4_z4 | " in (tmp_path / "results.md").read_text()
