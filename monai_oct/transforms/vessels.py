@@ -34,7 +34,9 @@ from monai_oct.core.labels import FUNDUS_AV, UNANNOTATED, LabelTable, get_label_
 __all__ = ["ResolveUncertain", "ResolveUncertaind", "estimate_disc_centre", "VesselTreeDecode", "VesselTreeDecoded",
            "vessel_tree_total"]
 
-ARTERY, VEIN, CROSSING, UNCERTAIN = 1, 2, 3, 4
+#: the ids of :data:`~monai_oct.core.labels.FUNDUS_AV` the defaults below use (read from the table, not repeated)
+ARTERY, VEIN, CROSSING = (FUNDUS_AV.group(g)[0] for g in ("artery", "vein", "crossing"))
+UNCERTAIN = FUNDUS_AV.names.index("uncertain")
 
 
 class ResolveUncertain(Transform):
