@@ -37,13 +37,15 @@ from scipy import ndimage
 from monai_oct.core.datalist import write_datalists
 from monai_oct.core.geometry import four_adjacent
 from monai_oct.core.io import write_png
+from monai_oct.core.labels import FUNDUS_AV
 from monai_oct.core.seeding import sample_seed
 
 __all__ = ["fundus_phantom", "fundus_geometry", "write_fundus_phantom_dataset", "REFERENCE_RADIUS"]
 
 #: FOV radius (px) of the 512 x 512 reference picture all phantom lengths are given in.
 REFERENCE_RADIUS = 240.0
-ARTERY, VEIN, CROSSING = 1, 2, 3
+#: the label ids the phantom draws, those of :data:`~monai_oct.core.labels.FUNDUS_AV`
+ARTERY, VEIN, CROSSING = (FUNDUS_AV.group(g)[0] for g in ("artery", "vein", "crossing"))
 
 
 def _size(size: int | Sequence[int]) -> tuple[int, int]:
