@@ -104,14 +104,25 @@ def spectral_kl(real: Any, real_structures: Any, synthetic: Any, synthetic_struc
     Raises:
         ValueError: for an unknown direction, different band counts or badly shaped inputs.
     """
-    if direction not in ("symmetric", "real_to_synthetic"):
-        raise ValueError(f"unknown direction {direction!r}; use 'symmetric' or 'real_to_synthetic'")
+    _check_direction(direction)
     if np.shape(real)[1] != np.shape(synthetic)[1]:
         raise ValueError(f"real and synthetic images have different band counts: {np.shape(real)[1]} and "
                          f"{np.shape(synthetic)[1]}")
     ids = list(structures)
     hr = structure_histograms(real, real_structures, ids, bins, value_range)
     hs = structure_histograms(synthetic, synthetic_structures, ids, bins, value_range)
+    return _histogram_kl(hr, hs, structures, bins, smoothing, direction)
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in ("symmetric", "real_to_synthetic"):
+        raise ValueError(f"unknown direction {direction!r}; use 'symmetric' or 'real_to_synthetic'")
+
+
+def _histogram_kl(hr: np.ndarray, hs: np.ndarray, structures: Mapping[int, str], bins: int, smoothing: float,
+                  direction: str) -> dict[str, Any]:
+    """:func:`spectral_kl` from the two sets' :func:`structure_histograms` (rows in the order of ``structures``)."""
+    ids = list(structures)
     per, values = {}, []
     for i, sid in enumerate(ids):
         nr, ns = hr[i, 0].sum(), hs[i, 0].sum()
@@ -132,7 +143,9 @@ def spectral_kl(real: Any, real_structures: Any, synthetic: Any, synthetic_struc
 
 
 def spectral_kl_floor(real: Any, real_structures: Any, synthetic: Any | None = None, synthetic_structures: Any = None,
-                      repeats: int = 3, seed: int = 0, **kl_args: Any) -> dict[str, Any]:
+                      repeats: int = 3, seed: int = 0, structures: Mapping[int, str] = VESSEL_STRUCTURES,
+                      bins: int = 32, value_range: tuple[float, float] = (0.0, 1.0), smoothing: float = 0.5,
+                      direction: str = "symmetric") -> dict[str, Any]:
     """Real-vs-real spectral KL at matched sizes and, with a synthetic set, the matched synthetic value.
 
     ``k = min(#synthetic, #real // 2)`` real images are held out (``#real // 2`` without a synthetic set) and
@@ -143,7 +156,8 @@ def spectral_kl_floor(real: Any, real_structures: Any, synthetic: Any | None = N
         real, real_structures: the real set (at least 4 images).
         synthetic, synthetic_structures: optional synthetic set.
         repeats, seed: the random draws.
-        kl_args: passed to :func:`spectral_kl`.
+        structures, bins, value_range, smoothing, direction: as :func:`spectral_kl`. Each draw's reference part is
+            histogrammed once for both comparisons.
 
     Returns:
         ``{"floor": {name: mean KL}, "matched": {name: mean KL} or None, "ratio": {name: matched / floor} or None,
@@ -160,15 +174,26 @@ def spectral_kl_floor(real: Any, real_structures: Any, synthetic: Any | None = N
     if not draws:
         raise ValueError(f"a spectral KL floor needs two parts of at least 2 real images; got {x.shape[0]} real "
                          f"images (k = {k})")
+    _check_direction(direction)
+    if synthetic is not None and s.shape[1] != x.shape[1]:
+        raise ValueError(f"real and synthetic images have different band counts: {x.shape[1]} and {s.shape[1]}")
+
+    def hist(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        return structure_histograms(images, masks, list(structures), bins, value_range)
+
+    def kls(hr: np.ndarray, hs: np.ndarray) -> dict[str, Any]:
+        return _histogram_kl(hr, hs, structures, bins, smoothing, direction)["per_structure"]
+
     floor: dict[str, list[float]] = {}
     matched: dict[str, list[float]] = {}
     for i1, i2, i_s in draws:
         i1, i2 = i1.numpy(), i2.numpy()
-        for name, v in spectral_kl(x[i1], m[i1], x[i2], m[i2], **kl_args)["per_structure"].items():
+        h1 = hist(x[i1], m[i1])  # the reference part, once for both comparisons
+        for name, v in kls(h1, hist(x[i2], m[i2])).items():
             floor.setdefault(name, []).append(np.nan if v is None else v["kl"])
         if synthetic is not None:
             i_s = i_s.numpy()
-            for name, v in spectral_kl(x[i1], m[i1], s[i_s], sm[i_s], **kl_args)["per_structure"].items():
+            for name, v in kls(h1, hist(s[i_s], sm[i_s])).items():
                 matched.setdefault(name, []).append(np.nan if v is None else v["kl"])
     fl = {n: float(np.nanmean(v)) if not np.all(np.isnan(v)) else None for n, v in floor.items()}
     out: dict[str, Any] = {"floor": fl, "matched": None, "ratio": None,
