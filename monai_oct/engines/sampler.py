@@ -162,7 +162,7 @@ class DiffusionSampler:
         if getattr(self.scheduler, "use_timestep_transform", False):  # rectified flow's shift depends on H x W
             self.scheduler.set_timesteps(self.num_inference_steps, input_img_size_numel=h * w)
             self.timesteps = [int(t) for t in self.scheduler.timesteps]
-        classes = self._classes(network, class_labels, b, device)
+        classes, null = self._classes(network, class_labels, b, device)
         guided = self.guidance_scale is not None and (condition is not None or classes is not None)
         n = 2 * b if guided else b
         x = randn_per_sample((b, c_img, h, w), generators, device)
@@ -178,7 +178,7 @@ class DiffusionSampler:
                 inp[:b, c_img:] = inp[b:, c_img:]
         kw = {}
         if classes is not None:  # guided: the first half gets the null class
-            kw["class_labels"] = torch.cat([torch.full_like(classes, null_class_id(network)), classes]) if guided else classes
+            kw["class_labels"] = torch.cat([torch.full_like(classes, null), classes]) if guided else classes
         tt = torch.empty((n,), dtype=torch.long, device=device)
         for t in timesteps:
             inp[:b, :c_img] = x
@@ -219,9 +219,9 @@ class DiffusionSampler:
 
     @staticmethod
     def _classes(network: nn.Module, class_labels: torch.Tensor | Sequence[int] | None, b: int,
-                 device: torch.device) -> torch.Tensor | None:
-        """``(B,)`` long class ids for a class-conditioned network (the null class where none is given), None for
-        a network without class embeddings.
+                 device: torch.device) -> tuple[torch.Tensor | None, int | None]:
+        """``(classes, null)``: ``(B,)`` long class ids for a class-conditioned network (the null class where none
+        is given) and its null class id; ``(None, None)`` for a network without class embeddings.
 
         Raises:
             ValueError: for class labels given to a network without class embeddings, of another count than B,
@@ -232,10 +232,10 @@ class DiffusionSampler:
             if class_labels is not None:
                 raise ValueError("class labels given, but the network has no class embeddings (num_class_embeds "
                                  "None): it was trained without classes")
-            return None
+            return None, None
         if class_labels is None:
-            return torch.full((b,), null, dtype=torch.long, device=device)
+            return torch.full((b,), null, dtype=torch.long, device=device), null
         classes = torch.as_tensor(class_labels, dtype=torch.long).to(device).view(-1)
         if classes.shape[0] != b or bool(((classes < 0) | (classes > null)).any()):
             raise ValueError(f"class labels {classes.tolist()} must be {b} ids in 0..{null} ({null} the null class)")
-        return classes
+        return classes, null
