@@ -329,6 +329,7 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
     plaus = read_json(manifest, "synthesis manifest").get("plausibility") if manifest.is_file() else None
     real_p = real_plausibility(real)
     goals = targets(results, plaus, real_p)
+    rec = autoencoder_check(out, test, None)  # written by the plan's step; read back here
     means = {task: {k: seed_means(v) for k, v in sets.items() if v} for task, sets in results.items()}
     meta = {"scale": a.scale, "why": cfg["why"], "preset": cfg["preset"], "label_source": cfg.get("label_source", "masks"),
             "epochs": cfg.get("epochs") or {}, "num_samples": n, "num_real": n_real, "seed": a.seed,
@@ -336,7 +337,7 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
             "device": a.device, "mix_ratio": a.mix_ratio, "jobs": a.jobs, "threads": a.threads, "versions": _versions(),
             "wall_time_min": round(wall / 60, 1), "step_minutes": {k: round(v / 60, 2) for k, v in timings.items()}}
     write_json(out / "results.json", {"meta": meta, "segmentation": means, "segmentation_seeds": results,
-                                      "autoencoder_check": autoencoder_check(out, test, None),
+                                      "autoencoder_check": rec,
                                       "plausibility": {"synthetic": plaus, "real": real_p}, "adherence": adherence or {},
                                       "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in goals]})
     yes = {True: "yes", False: "**no**", None: "n/a"}
@@ -350,7 +351,6 @@ def write_results(out: Path, a: argparse.Namespace, cfg: dict, n: int, test: Pat
              f"Scale: {cfg['why']}.", "",
              "## Segmentation (seed mean ± half the spread)", ""] + results_table(results, n, n_real)
     lines += ["", "Seeds:", ""] + seed_table(results)
-    rec = autoencoder_check(out, test, None)  # written by the plan's step; read back here
     lines += ["", "## Autoencoder reconstruction of the held-out photographs", "",
               (f"Mean L1 inside the FOV {rec['mean_l1']:.3f} (images in [-1, 1]; per image "
                f"{', '.join(f'{v:.3f}' for v in rec['l1'])}); `autoencoder/recon_check.png`: real | reconstruction. "
