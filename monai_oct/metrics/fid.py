@@ -237,14 +237,16 @@ def segmentation_encoder_extractor(checkpoint: str | os.PathLike, network: str =
     return ModuleExtractor(net, layer=layer, name=f"{Path(checkpoint).name}:{layer}")
 
 
-def get_extractor(spec: str | os.PathLike | nn.Module | Callable | None = "tf_inception", **kwargs: Any
-                  ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def get_extractor(spec: str | os.PathLike | nn.Module | Callable | None = "tf_inception",
+                  in_channels: int | None = None, **kwargs: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """An extractor from a name, a file or a module.
 
     Args:
         spec: ``"tf_inception"``; ``"none"``/None (no extractor: the distances are skipped); the path of a
             TorchScript file or an ``nn.Module`` (wrapped in :class:`ModuleExtractor` with ``kwargs``);
             any other callable ``(B, 1, H, W) -> (B, D)`` is returned as is.
+        in_channels: the channels a file or module extractor is fed (3 for band triplets; None: its default, 1);
+            the named Inception takes grey and RGB as they are.
 
     Raises:
         ExtractorUnavailable: when the extractor cannot be built (e.g. the ``fid`` extra is missing).
@@ -254,7 +256,7 @@ def get_extractor(spec: str | os.PathLike | nn.Module | Callable | None = "tf_in
     if isinstance(spec, str) and spec.lower() in ("tf_inception", "inception", "tf-inception"):
         return TFInceptionExtractor(**kwargs)
     if isinstance(spec, (str, os.PathLike, nn.Module)):
-        return ModuleExtractor(spec, **kwargs)
+        return ModuleExtractor(spec, **kwargs, **({} if in_channels is None else {"in_channels": int(in_channels)}))
     if callable(spec):
         return spec
     raise ExtractorUnavailable(f"unknown feature extractor {spec!r}: use 'tf_inception', a TorchScript path or a module")

@@ -187,16 +187,6 @@ def quality_figure(real: ImageSet, synthetic: ImageSet, report: dict[str, Any], 
     return Path(path)
 
 
-def _extractor(spec: Any, layer: str | None, bands: int) -> Callable | None:
-    """The feature extractor of ``spec`` (:func:`~monai_oct.metrics.fid.get_extractor`); for C > 1 bands a file or
-    module is wrapped to take the 3-channel band triplets."""
-    kwargs: dict[str, Any] = {"layer": layer} if layer else {}
-    named = isinstance(spec, str) and spec.lower() in ("tf_inception", "inception", "tf-inception", "none", "")
-    if bands > 1 and not named and isinstance(spec, (str, os.PathLike, nn.Module)):
-        kwargs["in_channels"] = 3
-    return get_extractor(spec, **kwargs)
-
-
 def _spectral_section(real: ImageSet, synthetic: ImageSet, reference: ImageSet | None, max_pairs: int, repeats: int,
                       seed: int, bins: int) -> dict[str, Any]:
     """``|MS-SSIM(synthetic) - MS-SSIM(validation)|`` (the reference set, else the real one) and, with structure
@@ -301,7 +291,9 @@ def evaluate_synthesis(real: Any, synthetic: Any, output_dir: str | os.PathLike 
     }
 
     bands = real_set.num_channels
-    ext = _extractor(extractor, extractor_layer, bands)
+    # a file or module extractor sees C > 1 bands as 3-channel triplets
+    ext = get_extractor(extractor, in_channels=3 if bands > 1 else None,
+                        **({"layer": extractor_layer} if extractor_layer else {}))
     feats_r = feats_s = None
     if bands > 1:
         report["bands"] = {"num_bands": bands, "triplets": [list(t) for t in band_triplets(bands)],
